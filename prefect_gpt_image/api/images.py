@@ -1,0 +1,157 @@
+"""Image bytes: sniffing, decoding and checking input images, masks and results.
+
+Inputs are read and checked here before any request is made, so a bad file never costs a call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal, Union
+
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "MAX_INPUT_BYTES",
+    "MAX_MASK_BYTES",
+    "ImageFormat",
+    "ImageInfo",
+    "ImageSource",
+    "InputImage",
+    "load_input_image",
+    "probe_image",
+    "sniff_format",
+]
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, IO[bytes], "InputImage"]
+"""What the client accepts as an image: a path, raw bytes, a binary file object, or an InputImage."""
+
+MAX_INPUT_BYTES = 50 * 1024 * 1024
+"""Each input image must be smaller than 50 MB (contract §3)."""
+MAX_MASK_BYTES = 4 * 1024 * 1024
+"""A mask must be a PNG smaller than 4 MB (contract §3)."""
+
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_PIL_FORMATS: dict[str, ImageFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """The image format from the first bytes (PNG, JPEG or WebP), or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What decoding an image told us: format, dimensions and whether it has an alpha channel."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    has_alpha: bool
+
+
+def probe_image(data: bytes) -> ImageInfo:
+    """Decode ``data`` fully and describe it; raise ``ValueError`` if it is not a valid image.
+
+    The full decode (not just the header) catches truncated or corrupt files.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise ValueError("not a PNG, JPEG or WebP image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            declared = _PIL_FORMATS.get(img.format or "")
+            if declared != fmt:
+                raise ValueError(f"header says {fmt} but the image decodes as {img.format}")
+            width, height = img.size
+            has_alpha = img.mode in ("RGBA", "LA", "PA") or (
+                img.mode == "P" and "transparency" in img.info
+            )
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ValueError(f"the {fmt} data does not decode ({exc})") from None
+    return ImageInfo(format=fmt, width=width, height=height, has_alpha=has_alpha)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input image or mask, read and checked, ready to upload as one multipart file.
+
+    The bytes are left out of the repr so logs and errors stay small.
+    """
+
+    filename: str
+    data: bytes = field(repr=False)
+    format: ImageFormat
+    width: int
+    height: int
+    has_alpha: bool
+    sha256: str
+
+    @property
+    def content_type(self) -> str:
+        """The MIME type sent with the upload."""
+        return CONTENT_TYPES[self.format]
+
+    @classmethod
+    def from_bytes(cls, data: bytes, filename: str | None = None) -> InputImage:
+        """Decode and describe ``data``; raise ``ValueError`` with the reason if it is no image."""
+        info = probe_image(data)
+        name = filename or f"image.{info.format}"
+        return cls(
+            filename=os.path.basename(name),
+            data=data,
+            format=info.format,
+            width=info.width,
+            height=info.height,
+            has_alpha=info.has_alpha,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+
+def load_input_image(source: ImageSource, *, max_bytes: int = MAX_INPUT_BYTES) -> InputImage:
+    """Read ``source`` (path, bytes or binary file object) into a checked :class:`InputImage`.
+
+    Raises ``ValueError`` naming what is wrong: unreadable, too large, or not a valid image.
+    """
+    if isinstance(source, InputImage):
+        if len(source.data) >= max_bytes:
+            raise ValueError(f"{len(source.data)} bytes; must be under {max_bytes} bytes")
+        return source
+    filename: str | None = None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        filename = path.name
+        try:
+            size = path.stat().st_size
+            if size >= max_bytes:
+                raise ValueError(f"{path} is {size} bytes; must be under {max_bytes} bytes")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    elif hasattr(source, "read"):
+        raw = source.read(max_bytes + 1)
+        if not isinstance(raw, (bytes, bytearray)):
+            raise ValueError("file object must be opened in binary mode")
+        data = bytes(raw)
+        name = getattr(source, "name", None)
+        filename = os.path.basename(name) if isinstance(name, str) else None
+    else:
+        raise ValueError(f"expected a path, bytes or a binary file object, got {type(source).__name__}")
+    if len(data) >= max_bytes:
+        raise ValueError(f"{len(data)} bytes; must be under {max_bytes} bytes")
+    if not data:
+        raise ValueError("empty file")
+    return InputImage.from_bytes(data, filename)
