@@ -140,9 +140,7 @@ class ClientConfig:
         if "api_key" not in given:
             key = os.environ.get("GPT_IMAGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
             if not key:
-                raise ValueError(
-                    "no API key: pass api_key or set GPT_IMAGE_API_KEY (or OPENAI_API_KEY)"
-                )
+                raise ValueError("no API key: pass api_key or set GPT_IMAGE_API_KEY (or OPENAI_API_KEY)")
             given["api_key"] = SecretStr(key)
         if "base_url" not in given:
             url = os.environ.get("GPT_IMAGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")

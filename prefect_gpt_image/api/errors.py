@@ -106,12 +106,15 @@ class APIStatusError(GptImageError):
         code: str | int | None = None,
         param: str | None = None,
         request_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.status = status
         self.type = type
         self.code = code
         self.param = param
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After`` / ``retry-after-ms``), if any."""
 
     def __str__(self) -> str:
         head = f"HTTP {self.status}" if self.status is not None else "stream error"
@@ -206,7 +209,8 @@ class InvalidResponseError(GptImageError):
 class DownloadError(GptImageError):
     """A result image could not be fetched, or its bytes are not the image they claim to be.
 
-    The images were generated (and billed); ``url`` says which one was lost.
+    The images were generated (and billed); ``url`` says which one was lost, and ``images`` holds
+    the other images of the same answer that did arrive, so a caller can still keep them.
     """
 
     maybe_billed = True
@@ -214,6 +218,7 @@ class DownloadError(GptImageError):
     def __init__(self, message: str, *, url: str | None = None, request_id: str | None = None):
         super().__init__(message, request_id=request_id)
         self.url = url
+        self.images: list[Any] = []
 
 
 class UnsafeURLError(DownloadError):

@@ -74,9 +74,7 @@ def probe_image(data: bytes) -> ImageInfo:
             if declared != fmt:
                 raise ValueError(f"header says {fmt} but the image decodes as {img.format}")
             width, height = img.size
-            has_alpha = img.mode in ("RGBA", "LA", "PA") or (
-                img.mode == "P" and "transparency" in img.info
-            )
+            has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
             img.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"the {fmt} data does not decode ({exc})") from None

@@ -107,9 +107,7 @@ class ImageRequest(BaseModel):
     quality: Quality | None = Field(None, description="auto, low, medium or high ('hd' → high).")
     background: Background | None = Field(None, description="auto or opaque.")
     output_format: OutputFormat | None = Field(None, description="png (default), jpeg or webp.")
-    output_compression: int | None = Field(
-        None, ge=0, le=100, description="0..100, only with jpeg or webp."
-    )
+    output_compression: int | None = Field(None, ge=0, le=100, description="0..100, only with jpeg or webp.")
     stream: bool = Field(False, description="Stream the image as SSE events.")
     partial_images: int | None = Field(
         None, ge=0, le=3, description="0..3 partial images, only with stream=true."
@@ -319,9 +317,7 @@ def _explain(exc: ValidationError, fields: dict[str, Any]) -> list[tuple[str, An
 
 
 def _as_source_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
-    if isinstance(images, (str, bytes, bytearray, memoryview, Path, InputImage)) or hasattr(
-        images, "read"
-    ):
+    if isinstance(images, (str, bytes, bytearray, memoryview, Path, InputImage)) or hasattr(images, "read"):
         return [images]  # type: ignore[list-item]
     return list(images)  # type: ignore[arg-type]
 

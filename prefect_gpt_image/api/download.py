@@ -1,0 +1,238 @@
+"""Fetching result images: URL allowlist, size cap, retries, and checking the bytes.
+
+Result URLs are temporary (contract §4), so they are fetched at once. The API key is never sent
+to a media host, redirects are followed by hand so each hop is checked, and a body that is not
+the image it claims to be is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from .config import ClientConfig
+from .errors import DownloadError, UnsafeURLError
+from .images import ImageFormat, probe_image
+
+__all__ = ["Downloaded", "check_url", "download_image", "verify_image"]
+
+log = logging.getLogger("prefect_gpt_image.api")
+
+_MAX_REDIRECTS = 3
+_RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A fetched and checked image: bytes in memory, or a spool file when ``path`` is set."""
+
+    data: bytes | None
+    path: Path | None
+    format: ImageFormat
+    width: int
+    height: int
+    sha256: str
+    size_bytes: int
+
+
+def check_url(url: str, allowed_hosts: frozenset[str]) -> None:
+    """Refuse a result URL that is not https on an allowed host (plain http only on loopback),
+    or that names a private, link-local or reserved address.
+    """
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("http", "https") or not host:
+        raise UnsafeURLError(f"result URL scheme {parts.scheme!r} is not allowed", url=url)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    loopback = host == "localhost" or (address is not None and address.is_loopback)
+    if parts.scheme == "http" and not loopback:
+        raise UnsafeURLError(f"plain http is only allowed on loopback, not {host}", url=url)
+    if (
+        address is not None
+        and not loopback
+        and (address.is_private or address.is_link_local or address.is_reserved or address.is_multicast)
+    ):
+        raise UnsafeURLError(f"result URL points to a non-public address {host}", url=url)
+    if host not in allowed_hosts:
+        raise UnsafeURLError(
+            f"result URL host {host} is not in the allowed media hosts {sorted(allowed_hosts)}",
+            url=url,
+        )
+
+
+def verify_image(
+    data: bytes, *, expected_format: str | None, expected_size: tuple[int, int] | None
+) -> tuple[ImageFormat, int, int]:
+    """Decode ``data`` and check it is the declared format and size; raise ValueError if not."""
+    info = probe_image(data)
+    if expected_format and info.format != expected_format:
+        raise ValueError(f"expected a {expected_format} image, got {info.format}")
+    if expected_size and (info.width, info.height) != expected_size:
+        raise ValueError(f"expected {expected_size[0]}x{expected_size[1]}, got {info.width}x{info.height}")
+    return info.format, info.width, info.height
+
+
+async def download_image(
+    http: httpx.AsyncClient,
+    url: str,
+    config: ClientConfig,
+    *,
+    expected_format: str | None,
+    expected_size: tuple[int, int] | None,
+    request_id: str | None,
+) -> Downloaded:
+    """Fetch ``url`` with retries on transient failures, cap its size, and check the image."""
+    policy = config.retry
+    waited = 0.0
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await _fetch_once(
+                http, url, config, expected_format=expected_format, expected_size=expected_size
+            )
+        except _TransientDownload as exc:
+            wait = policy.backoff(attempt)
+            if attempt >= policy.max_attempts or waited + wait > policy.max_total_seconds:
+                raise DownloadError(
+                    f"download failed after {attempt} attempts: {exc}",
+                    url=_safe_url(url),
+                    request_id=request_id,
+                ) from None
+            log.warning(
+                "download of %s failed (%s); retry %d in %.1fs (request id: %s)",
+                _safe_url(url),
+                exc,
+                attempt,
+                wait,
+                request_id,
+            )
+            waited += wait
+            await asyncio.sleep(wait)
+        except DownloadError as exc:
+            exc.request_id = exc.request_id or request_id
+            raise
+
+
+class _TransientDownload(Exception):
+    """A download failure worth another try (5xx, 429, connection trouble)."""
+
+
+async def _fetch_once(
+    http: httpx.AsyncClient,
+    url: str,
+    config: ClientConfig,
+    *,
+    expected_format: str | None,
+    expected_size: tuple[int, int] | None,
+) -> Downloaded:
+    allowed = config.media_hosts
+    current = url
+    timeout = httpx.Timeout(
+        config.timeouts.download, connect=config.timeouts.connect, pool=config.timeouts.pool
+    )
+    for _ in range(_MAX_REDIRECTS + 1):
+        check_url(current, allowed)
+        try:
+            async with http.stream("GET", current, timeout=timeout, follow_redirects=False) as response:
+                if response.is_redirect:
+                    location = response.headers.get("location", "")
+                    current = urljoin(current, location)
+                    continue
+                if response.status_code in _RETRY_STATUSES:
+                    raise _TransientDownload(f"HTTP {response.status_code}")
+                if response.status_code != 200:
+                    raise DownloadError(
+                        f"result URL answered HTTP {response.status_code} (expired?)",
+                        url=_safe_url(current),
+                    )
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > config.max_download_bytes:
+                    raise DownloadError(
+                        f"result is {declared} bytes, over the {config.max_download_bytes} cap",
+                        url=_safe_url(current),
+                    )
+                return await _receive(
+                    response, config, expected_format=expected_format, expected_size=expected_size
+                )
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise _TransientDownload(type(exc).__name__) from None
+    raise UnsafeURLError(f"more than {_MAX_REDIRECTS} redirects", url=_safe_url(url))
+
+
+async def _receive(
+    response: httpx.Response,
+    config: ClientConfig,
+    *,
+    expected_format: str | None,
+    expected_size: tuple[int, int] | None,
+) -> Downloaded:
+    """Stream the body to memory or a spool file, hashing as it comes, then check the image."""
+    digest = hashlib.sha256()
+    total = 0
+    spool: Path | None = None
+    chunks: list[bytes] = []
+    fh = None
+    if config.spool_dir:
+        os.makedirs(config.spool_dir, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="dl-", suffix=".part", dir=config.spool_dir)
+        spool = Path(name)
+        fh = os.fdopen(fd, "wb")
+    try:
+        async for chunk in response.aiter_bytes(_CHUNK):
+            total += len(chunk)
+            if total > config.max_download_bytes:
+                raise DownloadError(
+                    f"result exceeds the {config.max_download_bytes}-byte cap",
+                    url=_safe_url(str(response.url)),
+                )
+            digest.update(chunk)
+            if fh is not None:
+                fh.write(chunk)
+            else:
+                chunks.append(chunk)
+        if fh is not None:
+            fh.close()
+            fh = None
+        data = b"".join(chunks) if spool is None else None
+        try:
+            body = data if data is not None else spool.read_bytes()  # type: ignore[union-attr]
+            fmt, width, height = verify_image(
+                body, expected_format=expected_format, expected_size=expected_size
+            )
+            del body
+        except ValueError as exc:
+            raise DownloadError(
+                f"result is not a valid image: {exc}", url=_safe_url(str(response.url))
+            ) from None
+        sha = digest.hexdigest()
+        if spool is not None:
+            final = spool.with_name(f"{sha}.{fmt}")
+            os.replace(spool, final)
+            spool = final
+        return Downloaded(data, spool, fmt, width, height, sha, total)
+    except BaseException:
+        if fh is not None:
+            fh.close()
+        if spool is not None:
+            spool.unlink(missing_ok=True)
+        raise
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query string (presigned signatures stay out of logs)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"

@@ -1,0 +1,154 @@
+"""Settings of the offline gpt-image-2 sandbox: server behaviour and fault injection.
+
+Both are plain frozen dataclasses so a test can build one in a line and the CLI can map flags to
+fields one to one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+__all__ = [
+    "FAULT_KINDS",
+    "MEDIA_FAULTS",
+    "NO_FAULT",
+    "STATUS_FAULTS",
+    "STREAM_FAULTS",
+    "FaultConfig",
+    "ResultMode",
+    "SandboxConfig",
+    "check_fault_kind",
+]
+
+STATUS_FAULTS: tuple[str, ...] = ("429", "500", "502", "503")
+"""Faults answered at once with that HTTP status and an error envelope (never billed)."""
+STREAM_FAULTS: tuple[str, ...] = ("stream_error", "stream_truncate")
+"""Faults that only apply to ``stream=true`` requests."""
+MEDIA_FAULTS: tuple[str, ...] = (
+    "media_404",
+    "media_fail_once",
+    "media_redirect_offhost",
+    "media_not_image",
+    "media_truncated",
+)
+"""Faults of the result URL's download (the response itself then carries URLs)."""
+FAULT_KINDS: tuple[str, ...] = (
+    *STATUS_FAULTS,
+    "drop",
+    "slow",
+    *STREAM_FAULTS,
+    "malformed_json",
+    "url_offhost",
+    "url_private",
+    *MEDIA_FAULTS,
+)
+"""Every fault kind, in the fixed order used when drawing one at random."""
+NO_FAULT = "none"
+"""A scripted entry that means: serve this request normally."""
+
+ResultMode = Literal["url", "b64_json"]
+
+
+def check_fault_kind(kind: str, *, allow_none: bool = False) -> str:
+    """Return ``kind`` if it names a fault (or ``"none"`` when allowed), else raise ValueError."""
+    if kind in FAULT_KINDS or (allow_none and kind == NO_FAULT):
+        return kind
+    raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Random fault injection: each image request gets at most one fault.
+
+    ``probabilities`` maps fault kinds (see :data:`FAULT_KINDS`) to the chance that a request
+    gets that fault; their sum must not exceed 1. Draws come from one ``random.Random(seed)``, so
+    the same sequence of requests gets the same faults. A kind is only drawn for requests it can
+    apply to (the ``stream_*`` kinds only for streams).
+    """
+
+    probabilities: Mapping[str, float] = field(default_factory=dict)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check and normalize the fields."""
+        probs: dict[str, float] = {}
+        for kind, prob in dict(self.probabilities).items():
+            check_fault_kind(kind)
+            value = float(prob)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"probability of {kind!r} must be within 0..1, not {prob!r}")
+            probs[kind] = value
+        if sum(probs.values()) > 1.0 + 1e-9:
+            raise ValueError("fault probabilities must add up to at most 1")
+        object.__setattr__(self, "probabilities", MappingProxyType(probs))
+
+    @classmethod
+    def parse(cls, specs: Iterable[str], seed: int | None = None) -> FaultConfig:
+        """Build from ``KIND=PROB`` strings, as given to the CLI's ``--fault`` flag."""
+        probs: dict[str, float] = {}
+        for spec in specs:
+            kind, sep, prob = spec.partition("=")
+            if not sep:
+                raise ValueError(f"expected KIND=PROBABILITY, got {spec!r}")
+            try:
+                probs[kind.strip()] = float(prob)
+            except ValueError:
+                raise ValueError(f"probability in {spec!r} is not a number") from None
+        return cls(probabilities=probs, seed=seed)
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-ready copy, for the control endpoints."""
+        return {"probabilities": dict(self.probabilities), "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How the sandbox server behaves; every field has a default and a CLI flag.
+
+    ``latency`` is the simulated generation time per image request; ``max_concurrency`` caps
+    image requests in flight (more get 429); ``keys`` empty accepts any bearer key; ``balance``
+    is the number of images that may be billed before 403 ``insufficient_user_quota``;
+    ``public_url`` (e.g. ``http://localhost:8000``) overrides the scheme and host of result URLs,
+    which otherwise follow the request's ``Host`` header.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    latency: float = 0.0
+    max_concurrency: int | None = None
+    result_mode: ResultMode = "url"
+    keys: tuple[str, ...] = ()
+    media_ttl: float = 3600.0
+    balance: int | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    moderation_trigger: str = "[sandbox:block]"
+    retry_after: float | None = None
+    stream_done: bool = True
+    stream_completed_url: bool = False
+    slow_seconds: float = 5.0
+    public_url: str | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        """Check and normalize the fields."""
+        object.__setattr__(self, "keys", tuple(self.keys))
+        if self.result_mode not in ("url", "b64_json"):
+            raise ValueError(f"result_mode must be 'url' or 'b64_json', not {self.result_mode!r}")
+        for name in ("latency", "media_ttl", "slow_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1 (or None for no limit)")
+        if self.balance is not None and self.balance < 0:
+            raise ValueError("balance must not be negative")
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be positive")
+        if self.retry_after is not None and self.retry_after < 0:
+            raise ValueError("retry_after must not be negative")
+        if not (0 <= self.port <= 65535):
+            raise ValueError("port must be within 0..65535")
+        if not isinstance(self.faults, FaultConfig):
+            raise TypeError("faults must be a FaultConfig")

@@ -1,0 +1,255 @@
+"""The image store interface: content-addressed images, their manifests and small JSON records.
+
+Layout under a store's prefix::
+
+    {prefix}/images/{sha256}.{ext}    the image (ext png, jpeg or webp), never overwritten
+    {prefix}/images/{sha256}.json     its manifest (request, usage, ...), may be rewritten
+
+A *key* is always the full object key (prefix included), as in :attr:`StoredObject.key`; build one
+with :meth:`ImageStore.key`. Each backend implements a handful of primitives; every public
+operation (validation, hashing, JSON) is written once, here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from prefect_gpt_image.api.images import ImageFormat, sniff_format
+
+__all__ = [
+    "CONTENT_TYPES",
+    "MAX_PRESIGN_TTL",
+    "ImageStore",
+    "StoredObject",
+    "check_key",
+    "check_ttl",
+]
+
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+"""The Content-Type stored with each image extension."""
+JSON_CONTENT_TYPE = "application/json"
+MAX_PRESIGN_TTL = 7 * 24 * 3600
+"""SigV4 presigned URLs live at most 7 days."""
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_MAX_KEY_BYTES = 1024
+_CHUNK = 1024 * 1024
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key, else raise ValueError.
+
+    Refused: empty keys, absolute paths, empty, ``.`` or ``..`` segments, backslashes and control
+    characters, so a key never escapes a store's root or prefix on any backend.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"invalid key {key!r}: must be a non-empty string")
+    if key.startswith("/"):
+        raise ValueError(f"invalid key {key!r}: absolute paths are not allowed")
+    if "\\" in key or any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise ValueError(f"invalid key {key!r}: backslashes and control characters are not allowed")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid key {key!r}: empty, '.' and '..' segments are not allowed")
+    if len(key.encode()) > _MAX_KEY_BYTES:
+        raise ValueError(f"invalid key: longer than {_MAX_KEY_BYTES} bytes")
+    return key
+
+
+def check_ttl(ttl: int) -> int:
+    """Return ``ttl`` if it is a valid presigned-URL lifetime (1 s to 7 days), else ValueError."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_PRESIGN_TTL:
+        raise ValueError(f"ttl must be whole seconds from 1 to {MAX_PRESIGN_TTL} (7 days), got {ttl!r}")
+    return ttl
+
+
+def _normalize_prefix(prefix: str) -> str:
+    prefix = prefix.rstrip("/")
+    return check_key(prefix) if prefix else ""
+
+
+def _check_sha256(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256_RE.match(sha256.lower()):
+        raise ValueError(f"invalid sha256 {sha256!r}: expected 64 hexadecimal characters")
+    return sha256.lower()
+
+
+def _check_ext(ext: str) -> ImageFormat:
+    formats: tuple[ImageFormat, ...] = get_args(ImageFormat)
+    for fmt in formats:
+        if ext == fmt:
+            return fmt
+    raise ValueError(f"invalid image extension {ext!r}: expected one of {', '.join(formats)}")
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Where an image was stored: its URI and key, digest, size and type.
+
+    ``created`` is False when the object already existed (it was left untouched).
+    """
+
+    uri: str
+    key: str
+    sha256: str
+    size_bytes: int
+    content_type: str
+    created: bool
+
+
+class ImageStore(ABC):
+    """Where image bytes go: a local folder or an S3 bucket, behind one small interface.
+
+    Images are content-addressed and written once (a second put is a no-op reporting
+    ``created=False``, even under concurrent writers); manifests and JSON records may be
+    rewritten. All operations are synchronous; run them in a thread from async code.
+    """
+
+    prefix: str
+    """The key prefix of everything this store writes ("" for none), without a trailing slash."""
+
+    def __init__(self, prefix: str = "") -> None:
+        """Set and check the key prefix (a trailing slash is dropped)."""
+        self.prefix = _normalize_prefix(prefix)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.describe()}>"
+
+    # -- keys -----------------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> str:
+        """The full key of ``parts`` joined with "/" under this store's prefix, checked."""
+        return check_key("/".join(p for p in (self.prefix, *parts) if p))
+
+    def image_key(self, sha256: str, ext: str) -> str:
+        """The key of an image: ``{prefix}/images/{sha256}.{ext}``."""
+        return self.key("images", f"{_check_sha256(sha256)}.{_check_ext(ext)}")
+
+    def manifest_key(self, sha256: str) -> str:
+        """The key of an image's manifest: ``{prefix}/images/{sha256}.json``."""
+        return self.key("images", f"{_check_sha256(sha256)}.json")
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def put_image(self, sha256: str, ext: str, data: bytes | Path) -> StoredObject:
+        """Store an image under its digest unless it is already there (then ``created=False``).
+
+        ``data`` is the bytes or a file (streamed, not read into memory). Raises ValueError if
+        ``sha256`` is not the digest of the data or the data is not a ``ext`` image.
+        """
+        sha256 = _check_sha256(sha256)
+        fmt = _check_ext(ext)
+        key = self.image_key(sha256, fmt)
+        if isinstance(data, Path):
+            with data.open("rb") as f:
+                head = f.read(16)
+            actual, size = _file_sha256(data), data.stat().st_size
+        else:
+            head, actual, size = data[:16], hashlib.sha256(data).hexdigest(), len(data)
+        if actual != sha256:
+            raise ValueError(f"sha256 mismatch: given {sha256}, data hashes to {actual}")
+        sniffed = sniff_format(head)
+        if sniffed != fmt:
+            raise ValueError(f"data is {sniffed or 'not a PNG, JPEG or WebP image'}, not {fmt}")
+        content_type = CONTENT_TYPES[fmt]
+        created = self._create(key, data, content_type, sha256)
+        return StoredObject(
+            uri=self._uri(key),
+            key=key,
+            sha256=sha256,
+            size_bytes=size,
+            content_type=content_type,
+            created=created,
+        )
+
+    def put_manifest(self, sha256: str, manifest: Mapping[str, Any]) -> str:
+        """Write (or rewrite) the JSON manifest beside image ``sha256``; return its URI."""
+        key = self.manifest_key(sha256)
+        self.put_json(key, dict(manifest))
+        return self._uri(key)
+
+    def get_manifest(self, sha256: str) -> dict[str, Any] | None:
+        """The manifest of image ``sha256``, or None if it has none."""
+        manifest = self.get_json(self.manifest_key(sha256))
+        if manifest is not None and not isinstance(manifest, dict):
+            raise ValueError(f"manifest {self.manifest_key(sha256)} is not a JSON object")
+        return manifest
+
+    def put_json(self, key: str, obj: Any) -> None:
+        """Write a small JSON record at ``key`` (overwriting), with Content-Type application/json."""
+        data = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).encode()
+        self._write(check_key(key), data, JSON_CONTENT_TYPE)
+
+    def get_json(self, key: str) -> Any:
+        """The JSON record at ``key``, or None if there is none."""
+        data = self._read(check_key(key))
+        return None if data is None else json.loads(data)
+
+    def exists(self, key: str) -> bool:
+        """Whether an object is stored at ``key``."""
+        return self._exists(check_key(key))
+
+    def read_bytes(self, uri_or_key: str) -> bytes:
+        """The bytes at a key or at a URI of this store; FileNotFoundError if missing."""
+        key = check_key(self._key_from(uri_or_key))
+        data = self._read(key)
+        if data is None:
+            raise FileNotFoundError(f"no object at {self._uri(key)}")
+        return data
+
+    def uri_for(self, key: str) -> str:
+        """The URI of ``key``: ``s3://bucket/key`` or an absolute local path."""
+        return self._uri(check_key(key))
+
+    def link_for(self, key: str, ttl: int | None = None) -> str:
+        """A URL a person can open for ``key``.
+
+        A presigned GET valid ``ttl`` seconds (default: the store's, at most 7 days), a public
+        URL when the store has a public base URL, or a ``file://`` URI for a local store.
+        """
+        return self._link(check_key(key), None if ttl is None else check_ttl(ttl))
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this store writes, for people and logs (never any secret)."""
+
+    # -- backend primitives (keys are already checked) -----------------------------------------
+
+    @abstractmethod
+    def _create(self, key: str, data: bytes | Path, content_type: str, sha256: str) -> bool:
+        """Write ``data`` at ``key`` only if nothing is there; return whether it was written."""
+
+    @abstractmethod
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        """Write ``data`` at ``key``, replacing what is there."""
+
+    @abstractmethod
+    def _read(self, key: str) -> bytes | None:
+        """The bytes at ``key``, or None if nothing is there."""
+
+    @abstractmethod
+    def _exists(self, key: str) -> bool:
+        """Whether something is stored at ``key``."""
+
+    @abstractmethod
+    def _uri(self, key: str) -> str:
+        """The URI of ``key``."""
+
+    @abstractmethod
+    def _link(self, key: str, ttl: int | None) -> str:
+        """A URL a person can open for ``key``."""
+
+    @abstractmethod
+    def _key_from(self, uri_or_key: str) -> str:
+        """The key of a URI of this store (ValueError for another store's), or the key itself."""

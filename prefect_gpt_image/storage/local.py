@@ -1,0 +1,133 @@
+"""A local-folder image store: atomic, never-overwriting writes on the local file system."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+from urllib.request import url2pathname
+
+from .base import ImageStore, check_key
+
+__all__ = [
+    "DEFAULT_LOCAL_ROOT",
+    "STORAGE_ENV",
+    "LocalImageStore",
+    "default_local_root",
+    "path_from_file_uri",
+]
+
+STORAGE_ENV = "GPT_IMAGE_STORAGE"
+"""Environment variable naming the default store: a local path or an ``s3://bucket/prefix`` URI."""
+DEFAULT_LOCAL_ROOT = "gpt-image-output"
+"""The folder (relative to the working directory) used when nothing else is configured."""
+
+
+def path_from_file_uri(uri: str) -> Path:
+    """The local path of a ``file://`` URI (ValueError if it names another host)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise ValueError("expected a file:// URI of this machine")
+    return Path(url2pathname(unquote(parsed.path)))
+
+
+def default_local_root() -> Path:
+    """``$GPT_IMAGE_STORAGE`` if it is a local path (or ``file://`` URI), else ./gpt-image-output."""
+    configured = os.environ.get(STORAGE_ENV, "").strip()
+    if configured.startswith("file://"):
+        return path_from_file_uri(configured)
+    if configured and "://" not in configured:
+        return Path(configured)
+    return Path(DEFAULT_LOCAL_ROOT)
+
+
+class LocalImageStore(ImageStore):
+    """Images in a local folder, under ``root/prefix``.
+
+    Every write goes to a temporary file in the target's folder first, then is linked (images:
+    ``os.link``, which fails if the name exists, so a concurrent writer never overwrites) or
+    renamed (JSON records) into place: readers never see a partial file.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, prefix: str = "") -> None:
+        """A store under ``root`` (default: :func:`default_local_root`); created on first write."""
+        super().__init__(prefix)
+        self.root = Path(root if root is not None else default_local_root()).expanduser().resolve()
+
+    def describe(self) -> str:
+        """The folder this store writes to."""
+        return f"local folder {self.root / self.prefix if self.prefix else self.root}"
+
+    def path_for(self, key: str) -> Path:
+        """The local path of ``key``."""
+        return self.root / check_key(key)
+
+    def _temp_file(self, path: Path) -> tuple[int, Path]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return fd, Path(tmp)
+
+    def _create(self, key: str, data: bytes | Path, content_type: str, sha256: str) -> bool:
+        path = self.root / key
+        if path.exists():
+            return False
+        fd, tmp = self._temp_file(path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(data, Path):
+                    with data.open("rb") as src:
+                        shutil.copyfileobj(src, out)
+                else:
+                    out.write(data)
+            if isinstance(data, Path):
+                # The file may have changed since it was hashed: check what was copied.
+                with tmp.open("rb") as f:
+                    if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
+                        raise ValueError(f"{data} changed while it was being stored")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _write(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.root / key
+        fd, tmp = self._temp_file(path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def _uri(self, key: str) -> str:
+        return str(self.root / key)
+
+    def _link(self, key: str, ttl: int | None) -> str:
+        return (self.root / key).as_uri()
+
+    def _key_from(self, uri_or_key: str) -> str:
+        if uri_or_key.startswith("file://"):
+            path = path_from_file_uri(uri_or_key)
+        elif os.path.isabs(uri_or_key):
+            path = Path(uri_or_key)
+        else:
+            return uri_or_key
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            raise ValueError(f"{path} is not inside this store ({self.root})") from None

@@ -1,0 +1,437 @@
+"""The client against the sandbox over real HTTP: results, multipart, streaming, errors, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from prefect_gpt_image.api import (
+    AsyncImagesClient,
+    AuthenticationError,
+    BadRequestError,
+    ClientConfig,
+    ConnectionFailedError,
+    DownloadError,
+    EditRequest,
+    GenerateRequest,
+    GptImageError,
+    ImagesClient,
+    InsufficientQuotaError,
+    InvalidResponseError,
+    ModerationError,
+    NotFoundError,
+    OutcomeUnknownError,
+    PartialImage,
+    RateLimitError,
+    RequestTooLargeError,
+    ResponseTimeoutError,
+    RetryPolicy,
+    ServerError,
+    StreamErrorEvent,
+    Timeouts,
+    UnsafeURLError,
+)
+from tests.support.images import decode, mask_bytes, png_bytes
+from tests.support.sandbox import billed_images, sandbox_requests
+
+KEY = "sk-test-SECRET-4f1c9e2a77"
+FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
+
+
+@pytest.fixture
+def sandbox(make_sandbox: Any) -> Any:
+    return make_sandbox()
+
+
+def client_for(sandbox: Any, **kw: Any) -> ImagesClient:
+    kw.setdefault("retry", FAST)
+    return ImagesClient(KEY, base_url=sandbox.base_url, **kw)
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_generate_returns_checked_images(sandbox: Any, fmt: str) -> None:
+    with client_for(sandbox) as client:
+        images = client.generate("a red fox", size="1536x1024", output_format=fmt, n=2, quality="hd")
+    assert len(images) == 2
+    log = sandbox_requests(sandbox)
+    assert len(log) == 1 and log[0]["fields"]["quality"] == "high"
+    for i, image in enumerate(images):
+        data = image.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == image.sha256 and image.size_bytes == len(data)
+        img = decode(data)
+        assert (img.width, img.height) == (image.width, image.height) == (1536, 1024)
+        assert img.format.lower() == fmt == image.format
+        assert image.index == i and image.request_id == log[0]["request_id"]
+        assert isinstance(image.request, GenerateRequest) and image.request.prompt == "a red fox"
+    assert images[0].sha256 != images[1].sha256
+    assert billed_images(sandbox) == 2
+
+
+def test_b64_json_results(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(result_mode="b64_json")
+    with client_for(sandbox) as client:
+        (image,) = client.generate("a blue whale", size="1024x1024")
+    assert image.url is None and decode(image.read_bytes()).size == (1024, 1024)
+
+
+def test_spool_dir_streams_results_to_files(sandbox: Any, tmp_path: Any) -> None:
+    with client_for(sandbox, spool_dir=str(tmp_path)) as client:
+        (image,) = client.generate("a heron", size="1024x1024")
+    assert image.data is None and image.path is not None and image.path.parent == tmp_path
+    assert hashlib.sha256(image.path.read_bytes()).hexdigest() == image.sha256
+
+
+def test_base_url_variants_never_double_v1(sandbox: Any) -> None:
+    for base in (sandbox.base_url + "/", sandbox.base_url + "/images/generations"):
+        with ImagesClient(KEY, base_url=base, retry=FAST) as client:
+            client.generate("a cat")
+    assert [r["endpoint"] for r in sandbox_requests(sandbox)] == ["/images/generations"] * 2
+
+
+def test_config_from_environment(sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GPT_IMAGE_API_KEY", raising=False)
+    monkeypatch.delenv("GPT_IMAGE_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-fallback")
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://example.invalid/v1")
+    assert ClientConfig.from_env().base_url == "https://example.invalid/v1"
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    config = ClientConfig.from_env()
+    assert config.api_key.get_secret_value() == KEY and config.base_url == sandbox.base_url
+    with ImagesClient(retry=FAST) as client:
+        assert len(client.generate("env configured")) == 1
+    monkeypatch.delenv("GPT_IMAGE_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(ValueError, match="GPT_IMAGE_API_KEY"):
+        ClientConfig.from_env()
+
+
+# -- edits: multipart naming ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [1, 16])
+def test_edit_sends_repeated_image_parts_and_mask(sandbox: Any, count: int) -> None:
+    images = [png_bytes((1024, 1024), colour=f"#{i * 15:02x}4080") for i in range(count)]
+    mask = mask_bytes((1024, 1024), (256, 256, 768, 768))
+    with client_for(sandbox) as client:
+        (result,) = client.edit("paint a sun", images, mask=mask, size="1024x1024")
+    (entry,) = sandbox_requests(sandbox)
+    files = entry["files"]
+    assert [f["field"] for f in files] == ["image[]"] * count + ["mask"]
+    assert all(f["content_type"] == "image/png" for f in files)
+    assert [f["sha256"] for f in files[:-1]] == [hashlib.sha256(b).hexdigest() for b in images]
+    assert entry["fields"]["prompt"] == "paint a sun" and "image" not in entry["fields"]
+    assert isinstance(result.request, EditRequest)
+    assert result.request.summary()["mask"] == hashlib.sha256(mask).hexdigest()
+    assert decode(result.read_bytes()).size == (1024, 1024)
+
+
+def test_edit_filenames_and_content_types_from_paths(sandbox: Any, tmp_path: Any) -> None:
+    from PIL import Image
+
+    jpg, webp = tmp_path / "person.jpg", tmp_path / "background.webp"
+    Image.new("RGB", (1024, 1024), "tan").save(jpg, "JPEG")
+    Image.new("RGB", (1024, 1024), "teal").save(webp, "WEBP")
+    with client_for(sandbox) as client, jpg.open("rb") as fh:
+        client.edit("blend them", [fh, webp])
+    files = sandbox_requests(sandbox)[0]["files"]
+    assert [(f["filename"], f["content_type"]) for f in files] == [
+        ("person.jpg", "image/jpeg"),
+        ("background.webp", "image/webp"),
+    ]
+
+
+# -- streaming ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("partials", [0, 1, 2, 3])
+def test_stream_delivers_partials_then_final(sandbox: Any, partials: int) -> None:
+    got: list[PartialImage] = []
+    with client_for(sandbox) as client:
+        (final,) = client.generate(
+            "a kite", size="1024x1024", stream=True, partial_images=partials, on_partial=got.append
+        )
+    assert [p.index for p in got] == list(range(partials))
+    assert all(decode(p.data).size == (p.width, p.height) for p in got)
+    assert decode(final.read_bytes()).size == (1024, 1024)
+    assert final.request_id == sandbox_requests(sandbox)[0]["request_id"]
+    assert billed_images(sandbox) == 1
+
+
+def test_stream_edit_with_async_callback(sandbox: Any) -> None:
+    got: list[int] = []
+
+    async def on_partial(p: PartialImage) -> None:
+        await asyncio.sleep(0)
+        got.append(p.index)
+
+    async def run() -> Any:
+        async with AsyncImagesClient(KEY, base_url=sandbox.base_url, retry=FAST) as client:
+            return await client.edit(
+                "add a moon", [png_bytes((1024, 1024))], stream=True, partial_images=2, on_partial=on_partial
+            )
+
+    (final,) = asyncio.run(run())
+    assert got == [0, 1] and final.format == "png"
+
+
+def test_stream_completed_url_is_downloaded(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(stream_completed_url=True, stream_done=False)
+    with client_for(sandbox) as client:
+        (final,) = client.generate("a boat", stream=True, partial_images=1)
+    assert final.url is not None and decode(final.read_bytes()).size == (1024, 1024)
+
+
+def test_stream_error_event_raises(sandbox: Any) -> None:
+    sandbox.script_faults(["stream_error"])
+    with client_for(sandbox) as client, pytest.raises(StreamErrorEvent) as info:
+        client.generate("a storm", stream=True, partial_images=1)
+    assert info.value.request_id and len(sandbox_requests(sandbox)) == 1
+
+
+def test_truncated_stream_is_outcome_unknown(sandbox: Any) -> None:
+    sandbox.script_faults(["stream_truncate"])
+    with client_for(sandbox) as client, pytest.raises(OutcomeUnknownError, match="without a completed"):
+        client.generate("a storm", stream=True, partial_images=2)
+    assert len(sandbox_requests(sandbox)) == 1  # not retried by default
+
+
+# -- error classes and retry counts ---------------------------------------------------------------
+
+
+def test_401_not_retried_and_key_not_in_message(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(keys=("sk-the-right-one",))
+    with client_for(sandbox) as client, pytest.raises(AuthenticationError) as info:
+        client.generate("a cat")
+    err = info.value
+    assert err.status == 401 and err.request_id and KEY not in str(err)
+    assert len(sandbox_requests(sandbox)) == 1
+
+
+def test_quota_403_not_retried(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(balance=0)
+    with client_for(sandbox) as client, pytest.raises(InsufficientQuotaError) as info:
+        client.generate("a cat")
+    assert info.value.status == 403 and info.value.code == "insufficient_user_quota"
+    assert len(sandbox_requests(sandbox)) == 1
+
+
+def test_unknown_model_404(sandbox: Any) -> None:
+    with client_for(sandbox) as client, pytest.raises(NotFoundError):
+        client.generate("a cat", model="gpt-image-9")
+    assert len(sandbox_requests(sandbox)) == 1
+
+
+def test_moderation_400_not_retried(sandbox: Any) -> None:
+    with client_for(sandbox) as client, pytest.raises(ModerationError) as info:
+        client.generate("please [sandbox:block] this")
+    assert info.value.code == "moderation_blocked" and len(sandbox_requests(sandbox)) == 1
+
+
+def test_server_side_400_maps_to_bad_request(sandbox: Any) -> None:
+    """A request that skipped our validation (model_construct) is refused by the sandbox too."""
+    bad = GenerateRequest.model_construct(
+        model="gpt-image-2",
+        prompt="x",
+        n=1,
+        size="1000x1000",
+        stream=False,
+        quality=None,
+        background=None,
+        output_format=None,
+        output_compression=None,
+        partial_images=None,
+        user=None,
+        moderation=None,
+    )
+    with client_for(sandbox) as client, pytest.raises(BadRequestError) as info:
+        client.send(bad)
+    assert info.value.param == "size" and info.value.status == 400
+    assert info.value.request_id == sandbox_requests(sandbox)[0]["request_id"]
+
+
+def test_413_request_too_large(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(max_body_bytes=10_000)
+    with client_for(sandbox) as client, pytest.raises(RequestTooLargeError):
+        client.edit("x", [png_bytes((1024, 1024), colour="white")] * 3)
+
+
+@pytest.mark.parametrize(
+    "status,error",
+    [("429", RateLimitError), ("500", ServerError), ("502", ServerError), ("503", ServerError)],
+)
+def test_transient_errors_retried_then_succeed(sandbox: Any, status: str, error: type[GptImageError]) -> None:
+    sandbox.script_faults([status, status])
+    retries: list[Any] = []
+    with client_for(sandbox) as client:
+        (image,) = client.generate("a cat", on_retry=retries.append)
+    assert [r["status"] for r in sandbox_requests(sandbox)] == [int(status), int(status), 200]
+    assert [type(r.error) for r in retries] == [error, error] and billed_images(sandbox) == 1
+    assert image.request_id == sandbox_requests(sandbox)[-1]["request_id"]
+
+
+def test_retries_bounded_by_max_attempts(sandbox: Any) -> None:
+    sandbox.script_faults(["503"] * 5)
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, jitter=0.0)
+    with client_for(sandbox, retry=policy) as client, pytest.raises(ServerError) as info:
+        client.generate("a cat")
+    assert info.value.status == 503 and len(sandbox_requests(sandbox)) == 3
+    assert billed_images(sandbox) == 0
+
+
+def test_retries_bounded_by_total_time(sandbox: Any) -> None:
+    sandbox.script_faults(["429"] * 10)
+    policy = RetryPolicy(
+        max_attempts=10, initial_backoff=0.2, multiplier=1.0, jitter=0.0, max_total_seconds=0.5
+    )
+    with client_for(sandbox, retry=policy) as client, pytest.raises(RateLimitError):
+        client.generate("a cat")
+    assert len(sandbox_requests(sandbox)) == 3  # waits 0.2 + 0.2; a third wait would pass 0.5 s
+
+
+def test_backoff_doubles_from_initial() -> None:
+    policy = RetryPolicy(initial_backoff=1.0, max_backoff=8.0, jitter=0.0)
+    assert [policy.backoff(a) for a in range(1, 6)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    jittered = RetryPolicy(initial_backoff=1.0, jitter=0.5)
+    assert all(1.0 <= jittered.backoff(1) <= 1.5 for _ in range(50))
+
+
+def test_retry_after_header_honoured(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(retry_after=1)
+    sandbox.script_faults(["429"])
+    policy = RetryPolicy(initial_backoff=0.01, jitter=0.0)
+    started = time.monotonic()
+    with client_for(sandbox, retry=policy) as client:
+        client.generate("a cat")
+    assert time.monotonic() - started >= 1.0
+    assert len(sandbox_requests(sandbox)) == 2
+
+
+def test_retry_after_parsing() -> None:
+    assert RetryPolicy.retry_after({"retry-after-ms": "250"}) == 0.25
+    assert RetryPolicy.retry_after({"retry-after": "3"}) == 3.0
+    assert RetryPolicy.retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert RetryPolicy.retry_after({"retry-after": "soon"}) is None
+    assert RetryPolicy.retry_after({}) is None
+
+
+def test_dropped_connection_is_outcome_unknown_and_not_retried(sandbox: Any) -> None:
+    sandbox.script_faults(["drop"])
+    with client_for(sandbox) as client, pytest.raises(OutcomeUnknownError) as info:
+        client.generate("a cat")
+    assert info.value.maybe_billed
+    assert len(sandbox_requests(sandbox)) == 1 and billed_images(sandbox) == 1
+
+
+def test_dropped_connection_retried_when_opted_in(sandbox: Any) -> None:
+    sandbox.script_faults(["drop"])
+    policy = RetryPolicy(initial_backoff=0.01, jitter=0.0, retry_outcome_unknown=True)
+    with client_for(sandbox, retry=policy) as client:
+        (image,) = client.generate("a cat")
+    assert len(sandbox_requests(sandbox)) == 2 and billed_images(sandbox) == 2
+    assert image.request_id == sandbox_requests(sandbox)[1]["request_id"]
+
+
+def test_read_timeout_is_outcome_unknown(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(slow_seconds=2.0)
+    sandbox.script_faults(["slow"])
+    with client_for(sandbox, timeouts=Timeouts(read=0.3)) as client, pytest.raises(ResponseTimeoutError):
+        client.generate("a cat")
+    assert len(sandbox_requests(sandbox)) == 1
+
+
+def test_connection_refused_is_retried_then_raised() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    retries: list[Any] = []
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, jitter=0.0)
+    with ImagesClient(KEY, base_url=f"http://127.0.0.1:{port}/v1", retry=policy) as client:
+        with pytest.raises(ConnectionFailedError) as info:
+            client.generate("a cat", on_retry=retries.append)
+    assert len(retries) == 2 and info.value.retryable and KEY not in str(info.value)
+
+
+def test_media_failing_once_is_downloaded_on_retry(sandbox: Any) -> None:
+    sandbox.script_faults(["media_fail_once"])
+    with client_for(sandbox) as client:
+        (image,) = client.generate("a cat")
+    assert decode(image.read_bytes()).size == (1024, 1024)
+    assert len(sandbox_requests(sandbox)) == 1 and billed_images(sandbox) == 1
+
+
+def test_expired_media_raises_download_error(sandbox: Any) -> None:
+    sandbox.script_faults(["media_404"])
+    with client_for(sandbox) as client, pytest.raises(DownloadError) as info:
+        client.generate("a cat")
+    assert "404" in str(info.value) and info.value.request_id and info.value.url
+
+
+@pytest.mark.parametrize(
+    "fault,error,text",
+    [
+        ("url_offhost", UnsafeURLError, "not in the allowed media hosts"),
+        ("url_private", UnsafeURLError, "plain http is only allowed on loopback"),
+        ("media_redirect_offhost", UnsafeURLError, "evil.example.com"),
+        ("media_not_image", DownloadError, "not a valid image"),
+        ("media_truncated", DownloadError, "not a valid image"),
+        ("malformed_json", InvalidResponseError, "not an images response"),
+    ],
+)
+def test_hostile_answers_refused(sandbox: Any, fault: str, error: type[Exception], text: str) -> None:
+    sandbox.script_faults([fault])
+    with client_for(sandbox) as client, pytest.raises(error, match=text):
+        client.generate("a cat")
+    assert len(sandbox_requests(sandbox)) == 1  # billed answers are never retried
+
+
+def test_declared_size_is_checked(sandbox: Any) -> None:
+    """A result whose pixels differ from the size asked for is refused."""
+    from prefect_gpt_image.api.download import verify_image
+
+    data = png_bytes((64, 64))
+    with pytest.raises(ValueError, match="expected 1024x1024, got 64x64"):
+        verify_image(data, expected_format="png", expected_size=(1024, 1024))
+    with pytest.raises(ValueError, match="expected a jpeg image, got png"):
+        verify_image(data, expected_format="jpeg", expected_size=None)
+
+
+# -- secrets -------------------------------------------------------------------------------------
+
+
+def test_key_never_in_reprs_logs_or_errors(make_sandbox: Any, caplog: pytest.LogCaptureFixture) -> None:
+    sandbox = make_sandbox(keys=("sk-other",))
+    caplog.set_level(logging.DEBUG)
+    with client_for(sandbox) as client:
+        texts = [repr(client), repr(client.config), str(client.config)]
+        for fault in (None,):
+            del fault
+            with pytest.raises(GptImageError) as info:
+                client.generate("a cat")
+            texts += [str(info.value), repr(info.value)]
+    sandbox2 = make_sandbox()
+    sandbox2.script_faults(["429", "500", "drop"])
+    with client_for(sandbox2) as client, pytest.raises(OutcomeUnknownError) as info2:
+        client.generate("a cat")
+    texts += [str(info2.value), repr(info2.value)]
+    texts += [r.getMessage() for r in caplog.records]
+    assert any("retrying" in t for t in texts)
+    assert not [t for t in texts if KEY in t]
+
+
+def test_async_and_sync_clients_share_behaviour(sandbox: Any) -> None:
+    async def run() -> Any:
+        async with AsyncImagesClient(KEY, base_url=sandbox.base_url, retry=FAST) as client:
+            return await asyncio.gather(*(client.generate(f"cat {i}") for i in range(4)))
+
+    results = asyncio.run(run())
+    assert len({r[0].sha256 for r in results}) == 4 and billed_images(sandbox) == 4

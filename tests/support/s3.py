@@ -1,0 +1,26 @@
+"""Pytest fixtures for a real local S3 server (SeaweedFS): ``local_s3`` and ``s3_bucket``.
+
+Register with ``pytest_plugins = ["tests.support.s3"]`` in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from prefect_gpt_image.local_s3 import LocalS3Server
+
+
+@pytest.fixture(scope="session")
+def local_s3() -> Iterator[LocalS3Server]:
+    """One SeaweedFS S3 server on free ports of 127.0.0.1 for the whole test session."""
+    with LocalS3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(local_s3: LocalS3Server) -> str:
+    """A fresh, uniquely named, empty bucket on ``local_s3``; its name."""
+    return local_s3.create_bucket(f"test-{uuid.uuid4().hex[:16]}")
