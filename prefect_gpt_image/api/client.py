@@ -17,8 +17,8 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -294,37 +294,28 @@ class AsyncImagesClient:
     ) -> list[GeneratedImage]:
         completed: StreamEvent | None = None
         try:
-            async for sse in EventSource(response).aiter_sse():
-                if sse.data.strip() == "[DONE]":
-                    break
-                if not sse.data:
-                    continue
-                try:
-                    event = StreamEvent.model_validate_json(sse.data)
-                except ValidationError:
-                    raise InvalidResponseError(
-                        f"malformed stream event {sse.event!r}", request_id=request_id
-                    ) from None
-                if not event.type and sse.event:
-                    event = event.model_copy(update={"type": sse.event})
-                if event.error is not None or event.type == "error" or sse.event == "error":
-                    raise error_for_status(None, {"error": event.error or {}}, request_id=request_id)
-                if event.is_partial and event.b64_json:
-                    if on_partial is not None:
-                        await _call(on_partial, _partial(event, request, request_id))
-                elif event.is_completed:
-                    completed = event
-                    break
-        except httpx.TimeoutException:
-            raise ResponseTimeoutError(
-                "stream went idle beyond the stream_idle timeout; it may have been billed",
-                request_id=request_id,
-            ) from None
-        except (httpx.TransportError, httpx.StreamError) as exc:
-            raise OutcomeUnknownError(
-                f"stream broke off ({type(exc).__name__}); it may have been billed",
-                request_id=request_id,
-            ) from None
+            with _reading("the stream", request_id):
+                async for sse in EventSource(response).aiter_sse():
+                    if sse.data.strip() == "[DONE]":
+                        break
+                    if not sse.data:
+                        continue
+                    try:
+                        event = StreamEvent.model_validate_json(sse.data)
+                    except ValidationError:
+                        raise InvalidResponseError(
+                            f"malformed stream event {sse.event!r}", request_id=request_id
+                        ) from None
+                    if not event.type and sse.event:
+                        event = event.model_copy(update={"type": sse.event})
+                    if event.error is not None or event.type == "error" or sse.event == "error":
+                        raise error_for_status(None, {"error": event.error or {}}, request_id=request_id)
+                    if event.is_partial and event.b64_json:
+                        if on_partial is not None:
+                            await _call(on_partial, _partial(event, request, request_id))
+                    elif event.is_completed:
+                        completed = event
+                        break
         except SSEError as exc:
             raise InvalidResponseError(f"malformed stream: {exc}", request_id=request_id) from None
         if completed is None:
@@ -501,16 +492,23 @@ async def _make_async_client(api_key: str | SecretStr | None, kwargs: dict[str, 
 
 
 async def _read_body(response: httpx.Response, request_id: str | None) -> bytes:
-    try:
+    with _reading("the answer", request_id):
         return await response.aread()
+
+
+@contextmanager
+def _reading(what: str, request_id: str | None) -> Iterator[None]:
+    """Map failures while reading an answer the server started: it may already be billed."""
+    try:
+        yield
     except httpx.TimeoutException:
         raise ResponseTimeoutError(
-            "the answer stalled beyond the read timeout; it may have been billed",
+            f"{what} stalled beyond the read/stream-idle timeout; it may have been billed",
             request_id=request_id,
         ) from None
     except (httpx.TransportError, httpx.StreamError) as exc:
         raise OutcomeUnknownError(
-            f"connection lost while reading the answer ({type(exc).__name__}); it may have been billed",
+            f"connection lost while reading {what} ({type(exc).__name__}); it may have been billed",
             request_id=request_id,
         ) from None
 

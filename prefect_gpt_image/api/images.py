@@ -15,6 +15,7 @@ from typing import IO, Literal, Union
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "CONTENT_TYPES",
     "MAX_INPUT_BYTES",
     "MAX_MASK_BYTES",
     "ImageFormat",
@@ -36,6 +37,7 @@ MAX_MASK_BYTES = 4 * 1024 * 1024
 """A mask must be a PNG smaller than 4 MB (contract §3)."""
 
 CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+"""The MIME type of each image format."""
 _PIL_FORMATS: dict[str, ImageFormat] = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 
 

@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.errors import RequestValidationError
-from ..api.images import MAX_INPUT_BYTES, InputImage
+from ..api.images import CONTENT_TYPES, MAX_INPUT_BYTES, InputImage
 from ..api.models import (
     DEFAULT_MODEL,
     MAX_INPUT_IMAGES,
@@ -58,7 +58,6 @@ REQUEST_ID_KEY = "gpt_image_sandbox.request_id"
 """ASGI scope key holding the request id of a ``/v1`` request."""
 OFFHOST_URL = "https://evil.example.com/x.png"
 PRIVATE_URL = "http://10.0.0.1/x.png"
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MODEL_CARD = {"id": DEFAULT_MODEL, "object": "model", "created": 1776643200, "owned_by": "openai"}
 _ALNUM = string.ascii_letters + string.digits
 _OUTPUT_TOKENS = {"low": 196, "medium": 1756, "high": 7024}

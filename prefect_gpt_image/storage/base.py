@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from prefect_gpt_image.api.images import ImageFormat, sniff_format
+from prefect_gpt_image.api.images import CONTENT_TYPES, ImageFormat, sniff_format
 
 __all__ = [
     "CONTENT_TYPES",
@@ -32,8 +32,6 @@ __all__ = [
     "check_ttl",
 ]
 
-CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-"""The Content-Type stored with each image extension."""
 JSON_CONTENT_TYPE = "application/json"
 MAX_PRESIGN_TTL = 7 * 24 * 3600
 """SigV4 presigned URLs live at most 7 days."""
