@@ -6,10 +6,7 @@ Heavy imports (Prefect, boto3) happen inside the subcommands, so ``--help`` and 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,8 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sandbox", action="store_true", help="start a local sandbox and call it (offline)")
     p.set_defaults(run=_generate)
 
-    p = sub.add_parser("demo", help="run the demo offline against the sandbox")
-    p.add_argument("--out", default=None, help="storage: a folder or s3:// URI (default ./gpt-image-output)")
+    p = sub.add_parser(
+        "demo", help="run the pipeline and a small batch offline (sandbox + ephemeral Prefect)"
+    )
+    p.add_argument(
+        "--out", default="gpt-image-output", help="local folder for the images (default ./gpt-image-output)"
+    )
+    p.add_argument(
+        "--s3", action="store_true", help="start a local SeaweedFS S3 server and store there instead"
+    )
     p.set_defaults(run=_demo)
     return parser
 
@@ -88,40 +92,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """One generate → store round trip against the sandbox, stored content-addressed."""
-    from .api import ImagesClient
-    from .sandbox import SandboxServer
-    from .storage import resolve_store
+    """The pipeline (generate → mask edit → reference blend) and a small batch, run twice to show
+    the cache, offline: a sandbox for the API, an ephemeral Prefect, local or SeaweedFS storage.
+    """
+    from .demo import run_demo
 
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    store = resolve_store(args.out)
-    with (
-        SandboxServer(latency=0.2) as sandbox,
-        ImagesClient("sk-sandbox", base_url=sandbox.base_url) as client,
-    ):
-        print(f"sandbox at {sandbox.base_url}; storing to {store.describe()}")
-        started = time.monotonic()
-        images = client.generate(
-            "A lighthouse on a cliff at dawn, watercolour", size="1536x1024", quality="low", n=2
-        )
-        for image in images:
-            stored = store.put_image(image.sha256, image.format, image.read_bytes())
-            manifest = {
-                "model": image.request.model,
-                "parameters": image.request.summary(),
-                "request_id": image.request_id,
-                "sha256": image.sha256,
-                "created": time.time(),
-            }
-            store.put_manifest(image.sha256, manifest)
-            print(f"  {stored.uri}  ({image.width}x{image.height}, request id {image.request_id})")
-        billed = sandbox.ledger.billed_images
-        print(
-            json.dumps(
-                {"images": len(images), "billed": billed, "seconds": round(time.monotonic() - started, 2)}
-            )
-        )
-    return 0
+    return run_demo(out=Path(args.out), s3=args.s3)
 
 
 if __name__ == "__main__":

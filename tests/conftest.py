@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["tests.support.s3"]
+pytest_plugins = ["tests.support.s3", "tests.support.prefect"]
 
 os.environ["DO_NOT_TRACK"] = "1"
 for _name in (

@@ -1,0 +1,206 @@
+"""The settings block: model defaults and the policy (timeouts, retries, concurrency, rate,
+budget, price) that deployments share."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from prefect.blocks.core import Block
+from pydantic import Field, field_validator, model_validator
+
+from prefect_gpt_image.api import ClientConfig, RetryPolicy, Timeouts
+from prefect_gpt_image.api.config import DEFAULT_MEDIA_HOSTS
+from prefect_gpt_image.api.models import (
+    DEFAULT_MODEL,
+    Background,
+    Moderation,
+    OutputFormat,
+    Quality,
+    parse_size,
+)
+
+from ._meta import DOCUMENTATION_URL, LOGO_URL
+
+__all__ = ["DEFAULT_PRICE_PER_IMAGE", "GptImageSettings"]
+
+DEFAULT_PRICE_PER_IMAGE = 0.0377
+"""USD per returned image in Crazyrouter's 2026-06 price list (contract §7); prices change."""
+
+
+class GptImageSettings(Block):
+    """Model defaults and policy for gpt-image-2 calls, shared by flows and deployments.
+
+    Request defaults (``model``, ``size``, ``quality``, ``output_format``, ``background``, ...)
+    apply when a task does not pass its own value. The policy fields bound what a run may do:
+    HTTP timeouts, the client's retry policy, the Prefect global concurrency limit every paid
+    call holds a slot of (``concurrency_limit_name``, created with ``concurrency_limit`` slots when
+    missing; an existing limit keeps its own value), an optional requests-per-minute limit, and a
+    per-flow-run budget in images and in estimated cost (``n x price_per_image``).
+
+    Example:
+        Shared policy for every deployment::
+
+            from prefect_gpt_image.blocks import GptImageSettings
+
+            GptImageSettings(quality="high", concurrency_limit=8, max_cost_per_run=5.0).save("prod")
+
+            settings = GptImageSettings.load("prod")
+            refs = await generate_image("a red fox", settings=settings)
+    """
+
+    _block_type_name = "GPT Image Settings"
+    _logo_url = LOGO_URL  # type: ignore[assignment]
+    _documentation_url = DOCUMENTATION_URL  # type: ignore[assignment]
+    _description = (
+        "Defaults and policy for gpt-image-2 calls: model, size, quality, timeouts, retries, "
+        "concurrency and rate limits, price and per-run budget."
+    )
+
+    # -- request defaults ------------------------------------------------------------------------
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, description="The model name.")
+    size: str = Field(
+        default="1024x1024",
+        description="'auto' or WIDTHxHEIGHT (multiples of 16, at most 3840 a side), e.g. 1536x1024.",
+        examples=["1024x1024", "1536x1024", "1024x1536", "auto"],
+    )
+    quality: Quality = Field(default="auto", description="auto, low, medium or high.")
+    output_format: OutputFormat = Field(default="png", description="File type of the results.")
+    background: Background = Field(default="auto", description="auto or opaque.")
+    output_compression: int | None = Field(
+        default=None, ge=0, le=100, description="0..100, only with jpeg or webp."
+    )
+    moderation: Moderation | None = Field(
+        default=None, description="Moderation level for generations (auto or low); unset: the API's."
+    )
+
+    # -- HTTP timeouts ---------------------------------------------------------------------------
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    read_timeout_seconds: float = Field(
+        default=360.0,
+        gt=0,
+        description="Seconds to wait for a whole synchronous answer; quality=high can exceed 180 s.",
+    )
+    stream_idle_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Longest silence allowed between stream events."
+    )
+
+    # -- client retry policy ---------------------------------------------------------------------
+    max_attempts: int = Field(
+        default=5, ge=1, description="Attempts per call for 429, 500-503 and failures to connect."
+    )
+    initial_backoff_seconds: float = Field(
+        default=1.0, ge=0, description="First wait between attempts; it doubles each time."
+    )
+    max_total_retry_seconds: float = Field(
+        default=300.0, ge=0, description="Most time spent waiting between attempts of one call."
+    )
+    retry_outcome_unknown: bool = Field(
+        default=False,
+        description=(
+            "Retry a call that was sent but got no complete answer (timeout, dropped connection). "
+            "It may already have been billed: retrying can pay twice."
+        ),
+    )
+
+    # -- concurrency and rate --------------------------------------------------------------------
+    concurrency_limit_name: str = Field(
+        default="gpt-image",
+        min_length=1,
+        description="Prefect global concurrency limit that every paid call holds a slot of.",
+    )
+    concurrency_limit: int = Field(
+        default=4,
+        ge=1,
+        description="Slots of that limit when it must be created (an existing limit keeps its value).",
+    )
+    requests_per_minute: int | None = Field(
+        default=None,
+        ge=1,
+        description="Optional API requests per minute, enforced by the limit '<name>-rpm' (slot decay).",
+    )
+
+    # -- money -----------------------------------------------------------------------------------
+    price_per_image: float = Field(
+        default=DEFAULT_PRICE_PER_IMAGE, ge=0, description="Estimated USD per returned image."
+    )
+    max_images_per_run: int | None = Field(
+        default=None, ge=0, description="Most images one flow run may pay for; unset: unlimited."
+    )
+    max_cost_per_run: float | None = Field(
+        default=None, ge=0, description="Most estimated USD one flow run may spend; unset: unlimited."
+    )
+
+    # -- results ---------------------------------------------------------------------------------
+    allowed_media_hosts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MEDIA_HOSTS),
+        description="Hosts result URLs may point to, besides the base URL's own host.",
+    )
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        if value != "auto":
+            parse_size(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_compression(self) -> Self:
+        if self.output_compression is not None and self.output_format == "png":
+            raise ValueError("output_compression needs output_format jpeg or webp, not png")
+        return self
+
+    @property
+    def rate_limit_name(self) -> str:
+        """The name of the requests-per-minute limit: ``<concurrency_limit_name>-rpm``."""
+        return f"{self.concurrency_limit_name}-rpm"
+
+    def timeouts(self) -> Timeouts:
+        """The client's :class:`~prefect_gpt_image.api.Timeouts` from these settings."""
+        return Timeouts(
+            connect=self.connect_timeout_seconds,
+            read=self.read_timeout_seconds,
+            stream_idle=self.stream_idle_timeout_seconds,
+        )
+
+    def retry_policy(self) -> RetryPolicy:
+        """The client's :class:`~prefect_gpt_image.api.RetryPolicy` from these settings."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            initial_backoff=self.initial_backoff_seconds,
+            max_total_seconds=self.max_total_retry_seconds,
+            retry_outcome_unknown=self.retry_outcome_unknown,
+        )
+
+    def configure(self, config: ClientConfig) -> ClientConfig:
+        """``config`` with these settings' timeouts, retry policy and allowed media hosts."""
+        return config.with_options(
+            timeouts=self.timeouts(),
+            retry=self.retry_policy(),
+            allowed_media_hosts=tuple(self.allowed_media_hosts),
+        )
+
+    def request_defaults(self, *, moderation: bool = True) -> dict[str, Any]:
+        """The request fields these settings fill in (unset optional ones left out).
+
+        ``moderation=False`` leaves out ``moderation``, which only generations accept.
+        """
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "size": self.size,
+            "quality": self.quality,
+            "output_format": self.output_format,
+            "background": self.background,
+        }
+        if self.output_compression is not None:
+            fields["output_compression"] = self.output_compression
+        if moderation and self.moderation is not None:
+            fields["moderation"] = self.moderation
+        return fields
+
+    def call_deadline_seconds(self) -> float:
+        """An upper bound of one paid call's duration under these settings: every attempt's
+        connect, read and download timeouts plus the retry waits. Locks taken for a call are
+        held at most this long, so a killed holder never blocks its key for ever."""
+        t = self.timeouts()
+        per_attempt = t.connect + max(t.read, t.stream_idle) + t.download
+        return self.max_attempts * per_attempt + self.max_total_retry_seconds + 60.0

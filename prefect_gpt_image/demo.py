@@ -1,0 +1,128 @@
+"""The offline demo behind ``prefect-gpt-image demo``: everything a user meets, with no key and no
+network: the sandbox plays the API, Prefect runs ephemeral, images go to a local folder (or, with
+``--s3``, to a SeaweedFS server started for the demo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+__all__ = ["run_demo"]
+
+DEMO_PROMPTS = [
+    "a red paper kite over a green hill",
+    "a lighthouse in a storm, ink drawing",
+    "a bowl of lemons on a blue table",
+    "a fox reading a newspaper",
+]
+
+
+def run_demo(out: Path, s3: bool = False) -> int:
+    """Run the demo; print where each image went and what it would have cost. Returns an exit code."""
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    work = Path(tempfile.mkdtemp(prefix="gpt-image-demo-"))
+    # An ephemeral Prefect with its own home: nothing of the user's Prefect setup is touched.
+    os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))
+    os.environ.setdefault("GPT_IMAGE_SPOOL", str(work / "spool"))
+    os.environ.setdefault("GPT_IMAGE_LOCK_DIR", str(work / "locks"))
+    # The ephemeral server's default 20 s start-up allowance is tight on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+    from .local_s3 import LocalS3Server
+    from .sandbox import SandboxServer
+
+    with ExitStack() as stack:
+        sandbox = stack.enter_context(SandboxServer(latency=0.3))
+        os.environ["GPT_IMAGE_API_KEY"] = "sk-sandbox-demo"
+        os.environ["GPT_IMAGE_BASE_URL"] = sandbox.base_url
+        if s3:
+            server = stack.enter_context(LocalS3Server(work / "s3"))
+            server.create_bucket("gpt-image-demo")
+            os.environ.update(server.env())
+            storage = "s3://gpt-image-demo/demo"
+            print(f"local S3 (SeaweedFS) at {server.endpoint_url}, bucket gpt-image-demo")
+        else:
+            storage = str(out.resolve())
+        print(f"sandbox (a local gpt-image-2 stand-in) at {sandbox.base_url}")
+        print(f"images go to {storage}\n")
+        return asyncio.run(_run(sandbox, storage, work))
+    return 1  # pragma: no cover - ExitStack does not swallow exceptions
+
+
+async def _run(sandbox: object, storage: str, work: Path) -> int:
+    from .blocks import GptImageSettings
+    from .flows import (
+        BatchResult,
+        BlendStep,
+        EditStep,
+        ImageOptions,
+        MaskRegion,
+        batch_generate,
+        image_pipeline,
+    )
+    from .sandbox import SandboxServer
+
+    assert isinstance(sandbox, SandboxServer)
+    price = GptImageSettings().price_per_image
+    reference = work / "reference.png"
+    _write_reference(reference)
+
+    started = time.monotonic()
+    result = await image_pipeline(
+        "a lighthouse on a cliff at dawn, watercolour",
+        options=ImageOptions(size="1536x1024", quality="low"),
+        edit=EditStep(
+            prompt="add a rainbow in the sky", region=MaskRegion(left=0, top=0, right=1, bottom=0.35)
+        ),
+        blend=BlendStep(prompt="repaint it in the colours of the reference", references=[str(reference)]),
+        storage=storage,
+    )
+    print("pipeline (generate → mask edit → reference blend):")
+    for step, refs in (
+        ("generated", result.generated),
+        ("edited", result.edited),
+        ("blended", result.blended),
+    ):
+        for ref in refs or []:
+            print(f"  {step:9} {ref.uri}  {ref.width}x{ref.height}  request id {ref.request_id}")
+
+    for attempt in ("first run", "rerun (cached)"):
+        billed_before = sandbox.ledger.billed_images
+        state = await batch_generate(
+            prompts=DEMO_PROMPTS,
+            options=ImageOptions(size="1024x1024", quality="low"),
+            storage=storage,
+            return_state=True,
+        )
+        batch = await state.aresult(raise_on_failure=False)
+        if not isinstance(batch, BatchResult):
+            print(f"batch failed: {state.message}")
+            return 1
+        paid = sandbox.ledger.billed_images - billed_before
+        print(f"\nbatch of {len(DEMO_PROMPTS)} prompts, {attempt}: {state.message}; paid calls: {paid}")
+        if attempt == "first run":
+            for row in batch.rows:
+                for ref in row.images:
+                    print(f"  {ref.uri}  ({row.prompt})")
+
+    billed = sandbox.ledger.billed_images
+    print(
+        f"\n{billed} images billed by the sandbox in {time.monotonic() - started:.1f} s; "
+        f"at ${price:.4f} per image that would have cost ${billed * price:.4f} on the real API."
+    )
+    return 0
+
+
+def _write_reference(path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (512, 512), (250, 190, 40))
+    draw = ImageDraw.Draw(image)
+    for i in range(0, 512, 64):
+        draw.rectangle((i, 0, i + 31, 511), fill=(200, 60, 120))
+    image.save(path, "PNG")

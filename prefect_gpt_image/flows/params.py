@@ -1,0 +1,121 @@
+"""Typed flow parameters: the Prefect UI renders them as forms (dropdowns for the ``Literal``
+choices, nested forms for the models, help text from the descriptions).
+
+The same values pass through the API layer's request models before anything is paid for, so a
+bad value typed in the UI fails the run at once with the field and the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+from prefect_gpt_image.storage import ImageStore, resolve_store
+
+from .masks import MaskRegion
+
+__all__ = [
+    "BlendStep",
+    "EditStep",
+    "ImageOptions",
+    "SizePreset",
+    "load_credentials",
+    "load_settings",
+    "load_storage",
+]
+
+SizePreset = Literal[
+    "auto",
+    "1024x1024",
+    "1536x1024",
+    "1024x1536",
+    "2048x2048",
+    "2048x1152",
+    "1152x2048",
+    "3840x2160",
+    "2160x3840",
+]
+"""Common sizes offered in the UI (any ``WxH`` allowed by the API works from Python)."""
+
+
+class ImageOptions(BaseModel):
+    """Image options shared by every step; unset ones fall back to the settings block."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: SizePreset | None = Field(None, description="Image size; unset: the settings' size.")
+    quality: Literal["auto", "low", "medium", "high"] | None = Field(
+        None, description="Rendering quality (high can take minutes); unset: the settings' quality."
+    )
+    output_format: Literal["png", "jpeg", "webp"] | None = Field(
+        None, description="File format; unset: the settings' format (png)."
+    )
+    output_compression: int | None = Field(None, ge=0, le=100, description="0..100, only for jpeg or webp.")
+    background: Literal["auto", "opaque"] | None = Field(None, description="Background.")
+
+    def fields(self) -> dict[str, Any]:
+        """The options that are set, as API field names."""
+        return self.model_dump(exclude_none=True)
+
+
+class EditStep(BaseModel):
+    """Edit the generated image: where (a mask image, or a box) and how (a prompt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="How to change the image, e.g. 'add a rainbow in the sky'.")
+    mask_uri: str | None = Field(
+        None,
+        description="A mask PNG (alpha 0 = edit) as a local path, s3:// or https:// URI; "
+        "or leave empty and give a region.",
+    )
+    region: MaskRegion | None = Field(
+        None, description="The box to edit, in pixels or fractions (0..1) of the image."
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("edit prompt must not be empty")
+        return value
+
+
+class BlendStep(BaseModel):
+    """Blend the current image with reference images (style, subjects, scenes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="What to make of the image and the references.")
+    references: list[str] = Field(
+        min_length=1,
+        max_length=15,
+        description="1..15 reference images as local paths, s3:// or https:// URIs "
+        "(the current image is the 16th).",
+    )
+
+
+async def load_credentials(name: str | None) -> GptImageCredentials | None:
+    """The saved credentials block ``name``; None means the environment's key."""
+    return await GptImageCredentials.aload(name) if name else None
+
+
+async def load_settings(name: str | None) -> GptImageSettings:
+    """The saved settings block ``name``, or the defaults."""
+    return await GptImageSettings.aload(name) if name else GptImageSettings()
+
+
+async def load_storage(location: str | None) -> ImageStore:
+    """A store from a folder, an ``s3://bucket/prefix`` URI, or a saved block's slug:
+    ``gpt-image-storage/NAME`` or ``s3-bucket/NAME``. None: ``$GPT_IMAGE_STORAGE`` or ./gpt-image-output.
+    """
+    if location and location.startswith("gpt-image-storage/"):
+        block: GptImageStorage = await GptImageStorage.aload(location.split("/", 1)[1])
+        return block.get_store()
+    if location and location.startswith("s3-bucket/"):
+        from prefect_aws import S3Bucket
+
+        return resolve_store(await S3Bucket.aload(location.split("/", 1)[1]))
+    return resolve_store(location)

@@ -1,0 +1,47 @@
+"""Prefect tasks for gpt-image-2: :func:`generate_image`, :func:`edit_image`, :func:`blend_images`.
+
+They return :class:`ImageRef` records (never bytes), cache results in the image store (so a rerun
+anywhere pays nothing), make identical concurrent calls pay once (a lock per request), hold a
+slot of a Prefect global concurrency limit for every paid call, keep paid images in a local spool
+when storage fails, enforce per-run budgets and publish artifacts.
+"""
+
+from .clients import aclose_clients
+from .errors import (
+    BudgetExceededError,
+    CacheLockTimeoutError,
+    ImagesLostError,
+    ImagesSpooledError,
+    ImageStorageError,
+    ImageTaskError,
+    InputImageError,
+)
+from .images import StorageOption, blend_images, edit_image, generate_image
+from .inputs import ImageInput
+from .locks import ImageLockManager, get_lock_manager, use_lock_manager
+from .refs import ImageRef
+from .retry import is_safe_to_retry, retry_condition
+from .runner import bounded_task_runner
+
+__all__ = [
+    "BudgetExceededError",
+    "CacheLockTimeoutError",
+    "ImageInput",
+    "ImageLockManager",
+    "ImageRef",
+    "ImageStorageError",
+    "ImageTaskError",
+    "ImagesLostError",
+    "ImagesSpooledError",
+    "InputImageError",
+    "StorageOption",
+    "aclose_clients",
+    "blend_images",
+    "bounded_task_runner",
+    "edit_image",
+    "generate_image",
+    "get_lock_manager",
+    "is_safe_to_retry",
+    "retry_condition",
+    "use_lock_manager",
+]

@@ -1,0 +1,106 @@
+"""Prefect artifacts for image calls: each image, and a card with prompt, parameters and lineage.
+
+Keys follow Prefect's rule (``^[a-z0-9-]*$``): ``gpt-image-<sha256[:16]>`` for an image (the same
+image shown by several runs gets versions) and ``gpt-image-call-<cache key[:16]>`` for the card
+(reruns of the same request version it). Image URLs are the store's links: presigned S3 URLs
+expire (at most 7 days), public or ``file://`` links do not; a ``file://`` link shows only in a
+browser on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.artifacts import acreate_image_artifact, acreate_markdown_artifact
+
+from .refs import ImageRef
+
+__all__ = ["card_key", "image_key", "publish_artifacts"]
+
+_PROMPT_PREVIEW = 200
+
+
+def image_key(sha256: str) -> str:
+    """The artifact key of an image."""
+    return f"gpt-image-{sha256[:16].lower()}"
+
+
+def card_key(cache_key: str) -> str:
+    """The artifact key of a call's card."""
+    return f"gpt-image-call-{cache_key[:16].lower()}"
+
+
+def _md(text: str) -> str:
+    """``text`` safe inside a markdown table cell."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def card_markdown(
+    refs: Sequence[ImageRef],
+    *,
+    params: dict[str, Any],
+    outcome: str,
+    cache_key: str,
+    charged: float,
+) -> str:
+    """The markdown card of a call."""
+    first = refs[0]
+    lines = [
+        f"### gpt-image: {outcome}",
+        "",
+        "**Prompt**",
+        "",
+        "> " + first.prompt.replace("\n", "\n> "),
+        "",
+        "| parameter | value |",
+        "|---|---|",
+    ]
+    for name, value in sorted(params.items()):
+        if name in ("prompt", "images", "mask"):
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value)
+        lines.append(f"| {_md(name)} | {_md(str(shown))} |")
+    lines += [
+        f"| request id | {_md(first.request_id or '-')} |",
+        f"| cost of the images | ${sum(ref.cost for ref in refs):.4f} |",
+        f"| paid by this run | ${charged:.4f} |",
+        f"| cache key | `{cache_key}` |",
+        "",
+        "**Images**",
+        "",
+        "| # | image | size | sha256 | stored at |",
+        "|---|---|---|---|---|",
+    ]
+    for i, ref in enumerate(refs):
+        shown = f"[open]({ref.link})" if ref.link else "-"
+        size = f"{ref.width}x{ref.height} {ref.format}"
+        lines.append(f"| {i} | {shown} | {size} | `{ref.sha256[:16]}` | `{_md(ref.uri)}` |")
+    if first.parents:
+        lines += ["", "**Made from** (sha256 of the input images, then the mask)", ""]
+        lines += [f"- `{sha}`" for sha in first.parents]
+    return "\n".join(lines) + "\n"
+
+
+async def publish_artifacts(
+    refs: Sequence[ImageRef],
+    *,
+    params: dict[str, Any],
+    outcome: str,
+    cache_key: str,
+    charged: float,
+) -> None:
+    """Create an image artifact per ref (when it has a link) and one markdown card."""
+    for ref in refs:
+        if ref.link:
+            await acreate_image_artifact(
+                image_url=ref.link,
+                key=image_key(ref.sha256),
+                description=f"{ref.width}x{ref.height} {ref.format}: {ref.prompt[:_PROMPT_PREVIEW]}",
+            )
+    await acreate_markdown_artifact(
+        markdown=card_markdown(refs, params=params, outcome=outcome, cache_key=cache_key, charged=charged),
+        key=card_key(cache_key),
+        description=f"gpt-image call ({outcome}): {refs[0].prompt[:_PROMPT_PREVIEW]}",
+    )

@@ -1,0 +1,96 @@
+"""Per-flow-run spending caps, checked and reserved before each paid call.
+
+A call reserves ``n`` images and ``n x price_per_image`` against its flow run's caps
+(``max_images_per_run``, ``max_cost_per_run`` of the settings) before anything is sent, under
+one lock, so concurrent calls cannot overshoot together. A call that fails without being billed
+gives its reservation back; one that may have been billed keeps it. Cache hits and spool
+recoveries reserve nothing.
+
+The ledger lives in this process: a flow run's tasks share it when they run in the flow's
+process (the default task runners). Tasks run on a distributed runner each see their own share.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .errors import BudgetExceededError
+
+__all__ = ["Reservation", "reserve", "spent"]
+
+_MAX_RUNS = 10_000
+
+
+@dataclass
+class _RunTotals:
+    images: int = 0
+    cost: float = 0.0
+
+
+_totals: OrderedDict[str, _RunTotals] = OrderedDict()
+_lock = threading.Lock()
+
+
+@dataclass
+class Reservation:
+    """Images and cost set aside for one call; :meth:`cancel` gives them back."""
+
+    run_key: str
+    images: int
+    cost: float
+    _open: bool = True
+
+    def cancel(self) -> None:
+        """Give the reservation back (the call was not billed). Idempotent."""
+        with _lock:
+            if not self._open:
+                return
+            self._open = False
+            totals = _totals.get(self.run_key)
+            if totals is not None:
+                totals.images -= self.images
+                totals.cost -= self.cost
+
+
+def reserve(
+    run_key: str,
+    *,
+    images: int,
+    price_per_image: float,
+    max_images: int | None,
+    max_cost: float | None,
+) -> Reservation:
+    """Reserve ``images`` images for flow run ``run_key``, or raise BudgetExceededError naming
+    the cap the call would break (nothing is reserved then)."""
+    cost = images * price_per_image
+    with _lock:
+        totals = _totals.get(run_key)
+        if totals is None:
+            totals = _totals[run_key] = _RunTotals()
+            while len(_totals) > _MAX_RUNS:
+                _totals.popitem(last=False)
+        if max_images is not None and totals.images + images > max_images:
+            raise BudgetExceededError(
+                f"budget: this call asks for {images} image(s) but the flow run has already used "
+                f"{totals.images} of max_images_per_run={max_images}; nothing was sent",
+                cap="max_images_per_run",
+            )
+        if max_cost is not None and totals.cost + cost > max_cost + 1e-9:
+            raise BudgetExceededError(
+                f"budget: this call would cost about ${cost:.4f} ({images} x ${price_per_image:.4f}) but "
+                f"the flow run has already used ${totals.cost:.4f} of max_cost_per_run=${max_cost:.4f}; "
+                "nothing was sent",
+                cap="max_cost_per_run",
+            )
+        totals.images += images
+        totals.cost += cost
+        return Reservation(run_key, images, cost)
+
+
+def spent(run_key: str) -> tuple[int, float]:
+    """Images and estimated cost reserved so far by flow run ``run_key``."""
+    with _lock:
+        totals = _totals.get(run_key)
+        return (totals.images, totals.cost) if totals is not None else (0, 0.0)

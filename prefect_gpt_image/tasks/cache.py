@@ -1,0 +1,104 @@
+"""Cache keys and cache records of image calls, kept in the image store itself.
+
+The key is the SHA-256 of: the endpoint, the model and every normalized request parameter
+(``request.summary()``: prompt, size, quality, n, ... and the SHA-256 of each input image and the
+mask), plus ``variant``. Fields that change only how the answer travels (``stream``,
+``partial_images``, ``user``) are left out. The API key, the base URL and any run id are never
+part of it, so every run, on any machine, with any key, finds the same record; an input given as a
+path is hashed by its bytes, not its name.
+
+A record lives at ``{prefix}/cache/{key}.json`` in the same store as the images, so a rerun in
+another process or on another machine finds it, whatever the backend (a local folder, an
+``s3://`` URI, or an S3Bucket block). It holds the refs (without links, which expire) and the
+request summary, as plain JSON any tool can read.
+
+Why not Prefect's own cache (``cache_policy`` + ``isolation_level="SERIALIZABLE"``): its records go
+to the task's ``result_storage``, which must be a local path or a block saved on the server
+(Prefect 3.8.8 raises ``TypeError: Result storage configuration must be persisted server-side`` for
+an unsaved ``S3Bucket``, even through ``with_options``), and an ``s3://`` location has no block at
+all. The store is a task parameter, so Prefect's records could not follow the images to all three
+backends; they would also be cloudpickle payloads, opaque to anything but Prefect. The isolation
+idea is kept: the lookup, the paid call and the record happen under a lock on the key, taken with a
+Prefect ``LockManager`` (see :mod:`.locks`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from prefect_gpt_image.api import EditRequest, GenerateRequest
+from prefect_gpt_image.storage import ImageStore
+
+from .refs import ImageRef
+
+__all__ = ["CACHE_FOLDER", "TRANSPORT_FIELDS", "cache_key", "read_record", "record_key", "write_record"]
+
+CACHE_FOLDER = "cache"
+"""The folder of cache records under a store's prefix."""
+TRANSPORT_FIELDS = frozenset({"stream", "partial_images", "user"})
+"""Request fields that do not change the images, left out of the key."""
+_KEY_VERSION = 1
+
+
+def endpoint_of(request: GenerateRequest | EditRequest) -> str:
+    """``images/edits`` or ``images/generations``."""
+    return "images/edits" if isinstance(request, EditRequest) else "images/generations"
+
+
+def cache_key(request: GenerateRequest | EditRequest, variant: int = 0) -> str:
+    """The cache key of ``request`` with ``variant`` (64 hex characters)."""
+    params = {k: v for k, v in request.summary().items() if k not in TRANSPORT_FIELDS}
+    material = {
+        "version": _KEY_VERSION,
+        "endpoint": endpoint_of(request),
+        "params": params,
+        "variant": variant,
+    }
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def record_key(store: ImageStore, key: str) -> str:
+    """The store key of the cache record of ``key``."""
+    return store.key(CACHE_FOLDER, f"{key}.json")
+
+
+def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
+    """The refs recorded for ``key``, or None if there is no usable record (none, damaged, or an
+    image it names is gone from the store). Errors reaching the store propagate."""
+    try:
+        record = store.get_json(record_key(store, key))
+    except ValueError:  # not JSON (a damaged write): a miss, the next success rewrites it
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    try:
+        refs = [ImageRef.model_validate(item) for item in record["refs"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not refs:
+        return None
+    found: list[ImageRef] = []
+    for ref in refs:
+        image_key = store.image_key(ref.sha256, ref.format)
+        if not store.exists(image_key):
+            return None
+        # The record may have been written through another mount or machine: point at this store.
+        found.append(ref.model_copy(update={"uri": store.uri_for(image_key)}))
+    return found
+
+
+def write_record(store: ImageStore, key: str, refs: list[ImageRef], request: dict[str, Any]) -> None:
+    """Record ``refs`` (without links) as the result of ``key``."""
+    store.put_json(
+        record_key(store, key),
+        {
+            "key": key,
+            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "request": request,
+            "refs": [ref.without_link().model_dump(mode="json") for ref in refs],
+        },
+    )

@@ -1,0 +1,81 @@
+"""Errors the image tasks raise on top of the API client's (``prefect_gpt_image.api.errors``).
+
+    ImageTaskError                 base of the errors below
+    ├── BudgetExceededError        a per-run cap would be exceeded: nothing was sent
+    ├── InputImageError            an input image or mask could not be read: nothing was sent
+    ├── CacheLockTimeoutError      another run held this image's lock too long: nothing was sent
+    ├── ImageStorageError          the store failed before the paid call: nothing was sent
+    │   └── ImagesSpooledError     paid images were kept in the local spool; a rerun stores them
+    └── ImagesLostError            paid images could be neither stored nor spooled
+
+Which errors Prefect may retry is decided in :mod:`prefect_gpt_image.tasks.retry`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "BudgetExceededError",
+    "CacheLockTimeoutError",
+    "ImageStorageError",
+    "ImageTaskError",
+    "ImagesLostError",
+    "ImagesSpooledError",
+    "InputImageError",
+]
+
+
+class ImageTaskError(Exception):
+    """Base class of the errors raised by the image tasks themselves."""
+
+
+class BudgetExceededError(ImageTaskError):
+    """The call would exceed a per-flow-run cap (``max_images_per_run`` or ``max_cost_per_run``).
+
+    Raised before anything is sent, so nothing was paid; ``cap`` names the setting.
+    """
+
+    def __init__(self, message: str, *, cap: str) -> None:
+        super().__init__(message)
+        self.cap = cap
+
+
+class InputImageError(ImageTaskError, ValueError):
+    """An input image or mask could not be read or is not a valid image. Nothing was sent."""
+
+
+class CacheLockTimeoutError(ImageTaskError, TimeoutError):
+    """Another run kept the lock of the same image request longer than a call can take.
+
+    Nothing was sent; a retry waits for the lock again (a stale lock expires by itself).
+    """
+
+
+class ImageStorageError(ImageTaskError):
+    """Reading from or writing to the image store failed.
+
+    Before the paid call nothing was spent; after it the images were spooled (see
+    :class:`ImagesSpooledError`), so either way a retry pays nothing twice.
+    """
+
+
+class ImagesSpooledError(ImageStorageError):
+    """The API returned images but storing them failed: they are kept in the local spool.
+
+    ``spool_path`` is where; the next run with the same request stores them from there without
+    a new paid call, then clears the spool entry.
+    """
+
+    def __init__(self, message: str, *, spool_path: Path, count: int) -> None:
+        super().__init__(message)
+        self.spool_path = spool_path
+        self.count = count
+
+
+class ImagesLostError(ImageTaskError):
+    """The API returned (and billed) images, but they could be neither stored nor spooled.
+
+    The message names the request id and the images' SHA-256. Not retried: a retry would pay
+    again.
+    """

@@ -1,0 +1,259 @@
+"""Locks that make two identical image calls pay once, and recover from a killed holder.
+
+Every cache miss runs under a lock on its cache key: the first caller pays and writes the cache
+record, the others wait, then find the record. Any Prefect
+:class:`~prefect.locking.protocol.LockManager` works:
+
+* the default, :class:`ImageLockManager`, is a ``FileSystemLockManager`` whose locks expire: it
+  serializes the processes of one machine (threads, task runners, ``prefect worker`` children);
+* for many machines, install ``prefect-redis`` and call
+  ``use_lock_manager(RedisLockManager(host=..., port=...))`` once per process, e.g. at the top of
+  the flow module.
+
+Prefect's own ``FileSystemLockManager`` keeps a lock for ever unless the caller passes a
+``hold_timeout``, so a holder killed with ``kill -9`` blocks its key until a human deletes the file;
+it also writes the lock file after creating it (a racing reader sees an empty file) and breaks
+expired locks by a plain unlink (two breakers can delete a third caller's fresh lock).
+:class:`ImageLockManager` writes each lock file completely before linking it into place, expires
+locks after ``default_hold_timeout`` seconds unless told otherwise, and breaks a stale lock only if
+the file it removes is the stale one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect.locking.filesystem import FileSystemLockManager
+from prefect.locking.protocol import LockManager
+from prefect.settings import PREFECT_HOME
+
+__all__ = [
+    "DEFAULT_HOLD_TIMEOUT",
+    "LOCK_DIR_ENV",
+    "ImageLockManager",
+    "default_lock_dir",
+    "get_lock_manager",
+    "use_lock_manager",
+]
+
+LOCK_DIR_ENV = "GPT_IMAGE_LOCK_DIR"
+"""Environment variable naming the folder of the default file locks."""
+DEFAULT_HOLD_TIMEOUT = 3600.0
+"""Seconds a lock is held at most unless the caller says otherwise: longer than the slowest
+image call under the default settings (5 attempts of at most 6 minutes each, plus backoff)."""
+_POLL_SECONDS = 0.05
+
+
+class ImageLockManager(FileSystemLockManager):
+    """A ``FileSystemLockManager`` whose locks always expire, written and broken atomically.
+
+    ``default_hold_timeout`` applies when ``acquire_lock`` gets no ``hold_timeout``; re-acquiring a
+    lock one already holds extends it. Works across threads and processes of one machine
+    (and across machines only on a shared file system with working hard links).
+    """
+
+    def __init__(
+        self,
+        lock_files_directory: Path | None = None,
+        default_hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
+    ) -> None:
+        """Locks as files in ``lock_files_directory`` (default: :func:`default_lock_dir`)."""
+        super().__init__(lock_files_directory or default_lock_dir())
+        if default_hold_timeout <= 0:
+            raise ValueError("default_hold_timeout must be positive")
+        self.default_hold_timeout = default_hold_timeout
+
+    def __repr__(self) -> str:
+        return f"ImageLockManager({str(self.lock_files_directory)!r})"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, key: str) -> dict[str, Any] | None:
+        """The lock's holder and expiry (epoch seconds), or None when it is not locked."""
+        path = self._path(key)
+        try:
+            raw = path.read_bytes()
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        try:
+            info = json.loads(raw)
+            holder = str(info["holder"])
+            expires = float(info["expires"])
+        except (ValueError, KeyError, TypeError):
+            # Not written by us (or damaged): treat as held until the default timeout after it
+            # was last written, so it cannot block for ever.
+            holder, expires = "", mtime + self.default_hold_timeout
+        return {"holder": holder, "expires": expires, "raw": raw}
+
+    def _path(self, key: str) -> Path:
+        return self.lock_files_directory / f"{key}.lock"
+
+    def _live(self, key: str) -> dict[str, Any] | None:
+        """The lock's info if it is held and not expired; breaks an expired lock."""
+        info = self._read(key)
+        if info is None:
+            return None
+        if info["expires"] > time.time():
+            return info
+        self._break(key, info["raw"])
+        return None
+
+    def _break(self, key: str, stale: bytes) -> None:
+        """Remove the lock file if it still holds the ``stale`` content."""
+        path = self._path(key)
+        tomb = path.with_name(f".{path.name}.{uuid.uuid4().hex}.stale")
+        try:
+            os.rename(path, tomb)
+        except FileNotFoundError:
+            return
+        try:
+            if tomb.read_bytes() != stale:
+                # A fresh lock was taken between our read and the rename: put it back.
+                try:
+                    os.link(tomb, path)
+                except FileExistsError:
+                    pass
+        finally:
+            tomb.unlink(missing_ok=True)
+
+    # -- the LockManager protocol --------------------------------------------------------------
+
+    def _try_acquire(self, key: str, holder: str, hold_timeout: float | None) -> bool:
+        hold = self.default_hold_timeout if hold_timeout is None else hold_timeout
+        body = json.dumps({"holder": holder, "expires": time.time() + hold, "pid": os.getpid()}).encode()
+        self.lock_files_directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        current = self._live(key)
+        if current is not None and current["holder"] != holder:
+            return False
+        fd, tmp_name = tempfile.mkstemp(dir=self.lock_files_directory, prefix=f".{key}.", suffix=".tmp")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+            if current is not None:
+                # We hold it already: extend (replace our own file).
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Take the lock on ``key`` for ``holder``, waiting up to ``acquire_timeout`` seconds
+        (None: until it is free; 0: no wait). Held ``hold_timeout`` seconds at most (None: the
+        default). Acquiring a lock one holds extends it. Returns whether it was acquired."""
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        while not self._try_acquire(key, holder, hold_timeout):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_SECONDS)
+        return True
+
+    async def aacquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """:meth:`acquire_lock` for async callers (polls without blocking the event loop)."""
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        while not self._try_acquire(key, holder, hold_timeout):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_SECONDS)
+        return True
+
+    def release_lock(self, key: str, holder: str) -> None:
+        """Release ``holder``'s lock on ``key``; ValueError if ``holder`` does not hold it
+        (it expired and was taken over, or was never taken)."""
+        info = self._live(key)
+        if info is None:
+            raise ValueError(f"no lock for key {key}")
+        if info["holder"] != holder:
+            raise ValueError(f"the lock for key {key} is not held by {holder}")
+        self._break(key, info["raw"])
+
+    def is_locked(self, key: str, use_cache: bool = False) -> bool:
+        """Whether ``key`` is locked by anyone (expired locks are not)."""
+        return self._live(key) is not None
+
+    def is_lock_holder(self, key: str, holder: str) -> bool:
+        """Whether ``holder`` holds a live lock on ``key``."""
+        info = self._live(key)
+        return info is not None and info["holder"] == holder
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until ``key`` is free (True) or ``timeout`` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_SECONDS)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """:meth:`wait_for_lock` for async callers."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_SECONDS)
+        return True
+
+
+def default_lock_dir() -> Path:
+    """``$GPT_IMAGE_LOCK_DIR``, else ``$PREFECT_HOME/locks/gpt-image``."""
+    configured = os.environ.get(LOCK_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured).expanduser()
+    return Path(PREFECT_HOME.value()).expanduser() / "locks" / "gpt-image"
+
+
+_configured: LockManager | None = None
+_defaults: dict[Path, ImageLockManager] = {}
+_guard = threading.Lock()
+
+
+def use_lock_manager(manager: LockManager | None) -> None:
+    """Use ``manager`` for every image task of this process (None: back to the default).
+
+    For runs on several machines pass a shared one, e.g. ``prefect_redis.RedisLockManager``.
+    """
+    global _configured
+    if manager is not None and not isinstance(manager, LockManager):
+        raise TypeError(f"expected a prefect LockManager, got {type(manager).__name__}")
+    _configured = manager
+
+
+def get_lock_manager() -> LockManager:
+    """The lock manager image tasks use: the one given to :func:`use_lock_manager`, else an
+    :class:`ImageLockManager` in :func:`default_lock_dir`."""
+    if _configured is not None:
+        return _configured
+    directory = default_lock_dir().resolve()
+    with _guard:
+        manager = _defaults.get(directory)
+        if manager is None:
+            manager = _defaults[directory] = ImageLockManager(directory)
+        return manager

@@ -1,0 +1,436 @@
+"""One image call, end to end: cache, spool, budget, limits, the paid call, storage, artifacts.
+
+Order of a call (all of it under the lock of its cache key, see :mod:`.locks`)::
+
+    cache record in the store?   -> return its refs (no call, no cost)
+    entry in the local spool?    -> store it, record it, clear it (no call, no cost)
+    reserve budget               -> BudgetExceededError before anything is sent
+    local gate + global limit (+ rate limit) -> the paid call (client retries are logged)
+    store images and manifests, then the cache record
+        on a store failure       -> spool the bytes, raise ImagesSpooledError (a rerun stores them)
+    artifacts (best effort)
+
+The paid call's concurrency slot is released as soon as the API answered: storing does not hold
+API capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
+
+from prefect_gpt_image import __version__
+from prefect_gpt_image.api import (
+    ClientConfig,
+    EditRequest,
+    GeneratedImage,
+    GenerateRequest,
+    GptImageError,
+    PartialCallback,
+    RetryEvent,
+)
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
+from prefect_gpt_image.storage import ImageStore
+
+from . import budget, spool
+from .artifacts import publish_artifacts
+from .cache import cache_key, endpoint_of, read_record, write_record
+from .clients import shared_client
+from .concurrency import api_slot
+from .errors import CacheLockTimeoutError, ImagesLostError, ImagesSpooledError, ImageStorageError
+from .locks import get_lock_manager
+from .refs import ImageRef
+from .retry import allow_outcome_unknown_retry
+
+__all__ = ["run_image_call"]
+
+_fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return _fallback_logger
+
+
+def _run_ids() -> tuple[str | None, str | None]:
+    task_ctx = TaskRunContext.get()
+    flow_ctx = FlowRunContext.get()
+    task_run_id = str(task_ctx.task_run.id) if task_ctx is not None else None
+    flow_run_id: str | None = None
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        flow_run_id = str(flow_ctx.flow_run.id)
+    elif task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
+        flow_run_id = str(task_ctx.task_run.flow_run_id)
+    return flow_run_id, task_run_id
+
+
+def _prefect_refresh_requested() -> bool:
+    """Whether Prefect asks for a refresh: ``task.with_options(refresh_cache=True)`` or
+    ``PREFECT_TASKS_REFRESH_CACHE``."""
+    task_ctx = TaskRunContext.get()
+    flag = task_ctx.task.refresh_cache if task_ctx is not None else None
+    return bool(flag) if flag is not None else bool(PREFECT_TASKS_REFRESH_CACHE.value())
+
+
+def _parents(request: GenerateRequest | EditRequest) -> tuple[str, ...]:
+    if not isinstance(request, EditRequest):
+        return ()
+    shas = [image.sha256 for image in request.images]
+    if request.mask is not None:
+        shas.append(request.mask.sha256)
+    return tuple(shas)
+
+
+def _client_config(credentials: GptImageCredentials | None, settings: GptImageSettings) -> ClientConfig:
+    if credentials is not None:
+        return credentials.client_config(settings)
+    return settings.configure(ClientConfig.from_env())
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    return await asyncio.to_thread(fn, *args)
+
+
+def _with_links(store: ImageStore, refs: Sequence[ImageRef], logger: Any) -> list[ImageRef]:
+    out: list[ImageRef] = []
+    for ref in refs:
+        try:
+            link: str | None = store.link_for(store.image_key(ref.sha256, ref.format))
+        except Exception as exc:
+            logger.warning("No link for image %s: %s", ref.sha256[:16], exc)
+            link = None
+        out.append(ref.model_copy(update={"link": link}))
+    return out
+
+
+async def run_image_call(
+    request: GenerateRequest | EditRequest,
+    *,
+    variant: int,
+    refresh_cache: bool,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+    on_partial: PartialCallback | None,
+) -> list[ImageRef]:
+    """Make (or find) the images of ``request`` and return their refs; see the module docstring."""
+    logger = _logger()
+    key = cache_key(request, variant)
+    refresh = refresh_cache or _prefect_refresh_requested()
+    locks = get_lock_manager()
+    lock_key = f"gpt-image-{key}"
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
+    hold = settings.call_deadline_seconds()
+    if not await locks.aacquire_lock(lock_key, holder, acquire_timeout=hold, hold_timeout=hold):
+        raise CacheLockTimeoutError(
+            f"another run held the lock of this request (cache key {key[:16]}) for over {hold:.0f} s; "
+            "nothing was sent"
+        )
+    try:
+        return await _locked_call(
+            request,
+            key=key,
+            variant=variant,
+            refresh=refresh,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            on_partial=on_partial,
+            logger=logger,
+            extend_lock=lambda: locks.aacquire_lock(lock_key, holder, acquire_timeout=0, hold_timeout=hold),
+        )
+    finally:
+        try:
+            locks.release_lock(lock_key, holder)
+        except ValueError:
+            logger.warning(
+                "The lock of cache key %s expired while this call held it: another run may have "
+                "made the same images",
+                key[:16],
+            )
+
+
+async def _locked_call(
+    request: GenerateRequest | EditRequest,
+    *,
+    key: str,
+    variant: int,
+    refresh: bool,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+    on_partial: PartialCallback | None,
+    logger: Any,
+    extend_lock: Any,
+) -> list[ImageRef]:
+    summary = request.summary()
+    params = {k: v for k, v in summary.items() if k != "prompt"}
+    if not refresh:
+        try:
+            hit = await _in_thread(read_record, store, key)
+        except Exception as exc:
+            raise ImageStorageError(
+                f"reading the cache record from {store.describe()} failed ({type(exc).__name__}: {exc}); "
+                "nothing was sent"
+            ) from exc
+        if hit is not None:
+            refs = _with_links(store, hit, logger)
+            logger.info(
+                "Cache hit: %d image(s) of this request are already in %s (no API call, no cost)",
+                len(refs),
+                store.describe(),
+            )
+            await _artifacts(refs, params=params, outcome="cached", key=key, charged=0.0, logger=logger)
+            return refs
+    entry = spool.load(key)
+    if entry is not None:
+        refs = await _store_from_spool(store, entry, key, logger)
+        await _artifacts(
+            refs, params=params, outcome="recovered from the spool", key=key, charged=0.0, logger=logger
+        )
+        return refs
+
+    flow_run_id, task_run_id = _run_ids()
+    reservation = budget.reserve(
+        flow_run_id or task_run_id or "no-run",
+        images=request.n,
+        price_per_image=settings.price_per_image,
+        max_images=settings.max_images_per_run,
+        max_cost=settings.max_cost_per_run,
+    )
+    images: list[GeneratedImage] | None = None
+    try:
+        config = _client_config(credentials, settings)
+        client = await shared_client(config)
+
+        def on_retry(event: RetryEvent) -> None:
+            logger.warning(
+                "gpt-image attempt %d failed (request id %s): %s; retrying in %.1f s",
+                event.attempt,
+                event.error.request_id or "-",
+                event.error,
+                event.wait_seconds,
+            )
+
+        async with api_slot(
+            settings.concurrency_limit_name,
+            settings.concurrency_limit,
+            requests_per_minute=settings.requests_per_minute,
+            rate_limit_name=settings.rate_limit_name,
+            lease_seconds=300.0,
+            logger=logger,
+        ):
+            await extend_lock()
+            images = await client.send(request, on_partial=on_partial, on_retry=on_retry)
+    except GptImageError as exc:
+        if exc.maybe_billed:
+            if settings.retry_outcome_unknown:
+                allow_outcome_unknown_retry(exc)
+        else:
+            reservation.cancel()
+        logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
+        raise
+    except Exception as exc:
+        if images is None:
+            reservation.cancel()
+            raise
+        # The API answered; only releasing the concurrency slot failed (its lease will expire).
+        logger.warning("Releasing the concurrency slot failed: %s", exc)
+
+    assert images is not None  # every path without images raised above
+    request_id = images[0].request_id if images else None
+    logger.info(
+        "gpt-image returned %d image(s) (request id %s, about $%.4f)",
+        len(images),
+        request_id or "-",
+        reservation.cost,
+    )
+    refs, manifests = _describe(request, images, store, key, variant, settings, flow_run_id, task_run_id)
+    try:
+        await _in_thread(_store_new, store, images, refs, manifests, key, summary)
+    except Exception as exc:
+        raise _spool_after_failure(exc, store, key, images, refs, manifests, summary, logger) from exc
+    refs = _with_links(store, refs, logger)
+    await _artifacts(
+        refs, params=params, outcome="generated", key=key, charged=reservation.cost, logger=logger
+    )
+    return refs
+
+
+def _describe(
+    request: GenerateRequest | EditRequest,
+    images: list[GeneratedImage],
+    store: ImageStore,
+    key: str,
+    variant: int,
+    settings: GptImageSettings,
+    flow_run_id: str | None,
+    task_run_id: str | None,
+) -> tuple[list[ImageRef], list[dict[str, Any]]]:
+    """The refs and manifests of freshly returned images (nothing secret in either)."""
+    parents = _parents(request)
+    summary = request.summary()
+    created = dt.datetime.now(dt.UTC).isoformat()
+    refs: list[ImageRef] = []
+    manifests: list[dict[str, Any]] = []
+    for i, image in enumerate(images):
+        refs.append(
+            ImageRef(
+                uri=store.uri_for(store.image_key(image.sha256, image.format)),
+                sha256=image.sha256,
+                width=image.width,
+                height=image.height,
+                format=image.format,
+                size_bytes=image.size_bytes,
+                request_id=image.request_id,
+                cost=settings.price_per_image,
+                parents=parents,
+                prompt=request.prompt,
+            )
+        )
+        manifests.append(
+            {
+                "sha256": image.sha256,
+                "format": image.format,
+                "width": image.width,
+                "height": image.height,
+                "size_bytes": image.size_bytes,
+                "model": request.model,
+                "prompt": request.prompt,
+                "endpoint": endpoint_of(request),
+                "parameters": {k: v for k, v in summary.items() if k != "prompt"},
+                "request_id": image.request_id,
+                "index": i,
+                "n": len(images),
+                "created": created,
+                "parents": list(parents),
+                "inputs": {
+                    "images": list(summary.get("images", [])),
+                    "mask": summary.get("mask"),
+                },
+                "revised_prompt": image.revised_prompt,
+                "usage": image.usage.model_dump(mode="json") if image.usage is not None else None,
+                "cost": settings.price_per_image,
+                "currency": "USD",
+                "cache_key": key,
+                "variant": variant,
+                "flow_run_id": flow_run_id,
+                "task_run_id": task_run_id,
+                "generator": f"prefect-gpt-image {__version__}",
+            }
+        )
+    return refs, manifests
+
+
+def _store_new(
+    store: ImageStore,
+    images: list[GeneratedImage],
+    refs: list[ImageRef],
+    manifests: list[dict[str, Any]],
+    key: str,
+    summary: dict[str, Any],
+) -> None:
+    for image, manifest in zip(images, manifests, strict=True):
+        data: bytes | Path = image.path if image.path is not None else image.read_bytes()
+        store.put_image(image.sha256, image.format, data)
+        store.put_manifest(image.sha256, manifest)
+    write_record(store, key, refs, summary)
+
+
+def _spool_after_failure(
+    error: Exception,
+    store: ImageStore,
+    key: str,
+    images: list[GeneratedImage],
+    refs: list[ImageRef],
+    manifests: list[dict[str, Any]],
+    summary: dict[str, Any],
+    logger: Any,
+) -> Exception:
+    """Spool paid images after the store failed; the error to raise."""
+    what = (
+        f"storing {len(images)} paid image(s) in {store.describe()} failed ({type(error).__name__}: {error})"
+    )
+    try:
+        path = spool.save(
+            key,
+            [
+                (
+                    image.path if image.path is not None else image.read_bytes(),
+                    image.sha256,
+                    image.format,
+                    manifest,
+                    ref.without_link().model_dump(mode="json"),
+                )
+                for image, manifest, ref in zip(images, manifests, refs, strict=True)
+            ],
+            summary,
+        )
+    except Exception as spool_error:
+        shas = ", ".join(image.sha256 for image in images)
+        logger.error("%s, and spooling them failed too (%s)", what, spool_error)
+        return ImagesLostError(
+            f"{what}, and spooling them failed too ({type(spool_error).__name__}: {spool_error}); "
+            f"request id {images[0].request_id or '-'}, sha256 {shas}"
+        )
+    message = (
+        f"{what}. The images are spooled at {path}; run again with the same request to store them "
+        "without paying again"
+    )
+    logger.error(message)
+    return ImagesSpooledError(message, spool_path=path, count=len(images))
+
+
+async def _store_from_spool(
+    store: ImageStore, entry: spool.SpoolEntry, key: str, logger: Any
+) -> list[ImageRef]:
+    def store_all() -> list[ImageRef]:
+        refs: list[ImageRef] = []
+        for item in entry.images:
+            store.put_image(item.sha256, item.format, item.path)
+            store.put_manifest(item.sha256, item.manifest)
+            ref = ImageRef.model_validate(item.ref)
+            refs.append(
+                ref.model_copy(update={"uri": store.uri_for(store.image_key(ref.sha256, ref.format))})
+            )
+        write_record(store, key, refs, entry.request)
+        return refs
+
+    try:
+        refs: list[ImageRef] = await _in_thread(store_all)
+    except Exception as exc:
+        raise ImageStorageError(
+            f"storing {len(entry.images)} spooled image(s) from {entry.path} in {store.describe()} failed "
+            f"({type(exc).__name__}: {exc}); they stay spooled, run again later (nothing was paid)"
+        ) from exc
+    spool.clear(key)
+    logger.info(
+        "Recovered %d image(s) from the spool into %s (no API call, no cost)", len(refs), store.describe()
+    )
+    return _with_links(store, refs, logger)
+
+
+async def _artifacts(
+    refs: list[ImageRef], *, params: dict[str, Any], outcome: str, key: str, charged: float, logger: Any
+) -> None:
+    if TaskRunContext.get() is None and FlowRunContext.get() is None:
+        return
+    try:
+        await publish_artifacts(refs, params=params, outcome=outcome, cache_key=key, charged=charged)
+    except Exception as exc:
+        logger.warning("Creating the artifacts failed: %s", exc)

@@ -1,0 +1,52 @@
+"""When Prefect may retry an image task: only when a retry cannot pay twice unseen.
+
+The API client already retries transient API errors (429, 500-503, failures to connect) with
+backoff and logs each retry in the run log. A Prefect task retry runs the whole task again, so it
+is allowed only for failures after which nothing paid can be lost or paid again:
+
+* store failures (:class:`~.errors.ImageStorageError`, including :class:`~.errors.ImagesSpooledError`:
+  paid images are in the spool and the retry stores them without a call);
+* API errors that were not billed and may pass later (``retryable`` and not ``maybe_billed``:
+  429, 5xx, :class:`~prefect_gpt_image.api.ConnectionFailedError`) and lock timeouts;
+* errors that may have been billed (``maybe_billed``: :class:`~prefect_gpt_image.api.OutcomeUnknownError`,
+  stream errors, lost downloads) only when the settings opt in with ``retry_outcome_unknown``.
+
+Never: 400-class errors, validation, budget caps, unreadable inputs, lost images, or anything
+unexpected. :func:`retry_condition` is a plain function because Prefect 3.8.8 silently ignores a
+``retry_condition_fn`` that is a callable object, bound method or ``functools.partial``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect_gpt_image.api.errors import GptImageError
+
+from .errors import CacheLockTimeoutError, ImageStorageError
+
+__all__ = ["allow_outcome_unknown_retry", "is_safe_to_retry", "retry_condition"]
+
+_OPT_IN_ATTRIBUTE = "_prefect_gpt_image_retry_outcome_unknown"
+
+
+def allow_outcome_unknown_retry(error: BaseException) -> None:
+    """Mark ``error`` as raised under ``retry_outcome_unknown=True``: a ``maybe_billed`` API error
+    may then be retried (the user accepted paying twice)."""
+    setattr(error, _OPT_IN_ATTRIBUTE, True)
+
+
+def is_safe_to_retry(error: BaseException | None) -> bool:
+    """Whether running the image task again after ``error`` cannot pay twice unseen."""
+    if isinstance(error, (ImageStorageError, CacheLockTimeoutError)):
+        return True
+    if isinstance(error, GptImageError):
+        if error.maybe_billed:
+            return bool(getattr(error, _OPT_IN_ATTRIBUTE, False))
+        return error.retryable
+    return False
+
+
+def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn`` of the image tasks: see :func:`is_safe_to_retry`."""
+    data = getattr(state, "data", None)
+    return is_safe_to_retry(data if isinstance(data, BaseException) else None)

@@ -1,0 +1,108 @@
+"""Global concurrency and rate limits around paid calls, on a real Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from prefect import flow, unmapped
+from prefect.client.orchestration import get_client
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+from prefect_gpt_image.tasks import ImageRef, bounded_task_runner, generate_image
+from tests.support.sandbox import ledger
+
+from .conftest import CANARY_KEY
+
+pytestmark = pytest.mark.usefixtures("prefect_env")
+
+
+def _limit(name: str) -> Any:
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name(name)
+
+
+def test_twenty_calls_under_a_missing_limit_of_four(
+    make_sandbox: Any, settings: GptImageSettings, local_storage: GptImageStorage, limit_name: str
+) -> None:
+    """The limit does not exist: it is created (never ignored) and holds calls to 4 in flight."""
+    latency = 0.3
+    sandbox = make_sandbox(latency=latency)
+    credentials = GptImageCredentials(api_key=CANARY_KEY, base_url=sandbox.base_url)
+
+    @flow
+    async def batch() -> list[list[ImageRef]]:
+        return await asyncio.gather(
+            *(
+                generate_image(
+                    f"fox number {i}", credentials=credentials, settings=settings, storage=local_storage
+                )
+                for i in range(20)
+            )
+        )
+
+    started = time.monotonic()
+    results = asyncio.run(batch())
+    elapsed = time.monotonic() - started
+    stats = ledger(sandbox)["stats"]
+    assert len(results) == 20 and stats["billed_images"] == 20
+    assert 2 <= stats["max_in_flight"] <= 4  # never more than the limit, and really concurrent
+    limit = _limit(limit_name)
+    assert limit.limit == 4 and limit.active and limit.active_slots == 0
+    # Ideal: ceil(20/4) x 0.3 s = 1.5 s of API time, plus flow and storage overhead. Prefect's own
+    # 423/Retry-After hand-off would take about ten times the ideal; timing goals live in bench/.
+    assert elapsed < 20.0, f"20 calls took {elapsed:.1f} s"
+
+
+def test_an_existing_limit_keeps_its_value_in_a_sync_flow(
+    make_sandbox: Any, settings: GptImageSettings, local_storage: GptImageStorage, limit_name: str
+) -> None:
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(limit_name, 2)
+    sandbox = make_sandbox(latency=0.2)
+    credentials = GptImageCredentials(api_key=CANARY_KEY, base_url=sandbox.base_url)
+
+    @flow(task_runner=bounded_task_runner(settings=settings))
+    def batch() -> list[list[ImageRef]]:
+        futures = generate_image.map(
+            [f"cat number {i}" for i in range(8)],
+            credentials=unmapped(credentials),
+            settings=unmapped(settings),
+            storage=unmapped(local_storage),
+        )
+        return [future.result() for future in futures]
+
+    assert len(batch()) == 8
+    stats = ledger(sandbox)["stats"]
+    assert stats["billed_images"] == 8 and stats["max_in_flight"] <= 2
+    assert _limit(limit_name).limit == 2
+
+
+def test_requests_per_minute_creates_a_decaying_limit(
+    sandbox: Any, credentials: GptImageCredentials, settings: GptImageSettings, local_storage: GptImageStorage
+) -> None:
+    rated = settings.model_copy(update={"requests_per_minute": 120})
+
+    @flow
+    async def three() -> list[list[ImageRef]]:
+        return [
+            await generate_image(f"owl {i}", credentials=credentials, settings=rated, storage=local_storage)
+            for i in range(3)
+        ]
+
+    assert len(asyncio.run(three())) == 3
+    rpm = _limit(rated.rate_limit_name)
+    assert rpm.limit == 120 and rpm.slot_decay_per_second == pytest.approx(2.0)
+
+
+def test_bounded_task_runner_size() -> None:
+    def workers(runner: Any) -> int:
+        assert isinstance(runner, ThreadPoolTaskRunner)
+        return int(runner._max_workers)
+
+    assert workers(bounded_task_runner()) == 8
+    assert workers(bounded_task_runner(settings=GptImageSettings(concurrency_limit=10))) == 20
+    assert workers(bounded_task_runner(3)) == 3

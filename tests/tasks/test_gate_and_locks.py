@@ -1,0 +1,173 @@
+"""The local concurrency gate and the cache-key lock manager, without a Prefect server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from prefect_gpt_image.tasks.concurrency import SlotGate
+from prefect_gpt_image.tasks.locks import ImageLockManager
+
+
+def test_gate_bounds_threads_and_serves_all() -> None:
+    gate = SlotGate(3)
+    inside = 0
+    peak = 0
+    guard = threading.Lock()
+    done: list[int] = []
+
+    def work(i: int) -> None:
+        nonlocal inside, peak
+        assert gate.acquire()
+        with guard:
+            inside += 1
+            peak = max(peak, inside)
+        time.sleep(0.02)
+        with guard:
+            inside -= 1
+            done.append(i)
+        gate.release()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 3
+    assert sorted(done) == list(range(12))
+    assert gate.held == 0
+
+
+def test_gate_works_across_event_loops_in_threads() -> None:
+    """Each worker thread runs its own loop (as Prefect's thread pool does with async tasks)."""
+    gate = SlotGate(2)
+    inside = 0
+    peak = 0
+    guard = threading.Lock()
+
+    async def one() -> None:
+        nonlocal inside, peak
+        async with gate.slot():
+            with guard:
+                inside += 1
+                peak = max(peak, inside)
+            await asyncio.sleep(0.03)
+            with guard:
+                inside -= 1
+
+    threads = [threading.Thread(target=asyncio.run, args=(one(),)) for _ in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak == 2
+    assert gate.held == 0
+    # 8 holders of 30 ms, 2 at a time: about 120 ms; a polling gate would be much slower.
+    assert time.monotonic() - started < 2.0
+
+
+def test_cancelled_waiter_does_not_leak_a_slot() -> None:
+    gate = SlotGate(1)
+
+    async def scenario() -> None:
+        await gate.acquire_async()
+        waiter = asyncio.ensure_future(gate.acquire_async())
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.release()
+        await asyncio.wait_for(gate.acquire_async(), 1.0)  # the slot is free again
+        gate.release()
+
+    asyncio.run(scenario())
+    assert gate.held == 0
+
+
+def test_gate_capacity_can_grow() -> None:
+    gate = SlotGate(1)
+    assert gate.acquire()
+    assert not gate.acquire(timeout=0.01)
+    gate.set_capacity(2)
+    assert gate.acquire(timeout=1.0)
+    gate.release()
+    gate.release()
+
+
+def test_lock_is_exclusive_and_extendable(tmp_path: Path) -> None:
+    locks = ImageLockManager(tmp_path)
+    assert locks.acquire_lock("k", "a", hold_timeout=5)
+    assert not locks.acquire_lock("k", "b", acquire_timeout=0.1)
+    assert locks.is_lock_holder("k", "a") and not locks.is_lock_holder("k", "b")
+    assert locks.acquire_lock("k", "a", acquire_timeout=0, hold_timeout=60)  # extends
+    expires = json.loads((tmp_path / "k.lock").read_text())["expires"]
+    assert expires > time.time() + 30
+    with pytest.raises(ValueError):
+        locks.release_lock("k", "b")
+    locks.release_lock("k", "a")
+    assert not locks.is_locked("k")
+    assert locks.acquire_lock("k", "b", acquire_timeout=0)
+
+
+def test_waiter_gets_the_lock_when_released(tmp_path: Path) -> None:
+    locks = ImageLockManager(tmp_path)
+    assert locks.acquire_lock("k", "a")
+    threading.Timer(0.2, locks.release_lock, args=("k", "a")).start()
+
+    async def wait() -> bool:
+        return await locks.aacquire_lock("k", "b", acquire_timeout=5)
+
+    started = time.monotonic()
+    assert asyncio.run(wait())
+    assert 0.1 < time.monotonic() - started < 2.0
+
+
+def test_stale_lock_of_a_killed_holder_expires(tmp_path: Path) -> None:
+    """A holder killed with SIGKILL never releases: its lock must expire by itself."""
+    pid = os.fork()
+    if pid == 0:  # the child takes the lock and is killed at once
+        ImageLockManager(tmp_path).acquire_lock("k", "victim", hold_timeout=1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    locks = ImageLockManager(tmp_path)
+    assert locks.is_locked("k")
+    assert not locks.acquire_lock("k", "next", acquire_timeout=0)
+    assert locks.acquire_lock("k", "next", acquire_timeout=5)
+
+
+def test_default_hold_timeout_applies_and_damaged_files_expire(tmp_path: Path) -> None:
+    locks = ImageLockManager(tmp_path, default_hold_timeout=0.3)
+    assert locks.acquire_lock("k", "a")
+    assert locks.acquire_lock("k", "b", acquire_timeout=3)  # a's lock expired after 0.3 s
+    (tmp_path / "junk.lock").write_text("not json")
+    old = time.time() - 10
+    os.utime(tmp_path / "junk.lock", (old, old))
+    assert locks.acquire_lock("junk", "c", acquire_timeout=0)
+
+
+def test_only_one_of_many_racing_holders_gets_the_lock(tmp_path: Path) -> None:
+    """Separate manager instances (as in separate processes) racing on one key."""
+    barrier = threading.Barrier(8)
+    won: list[str] = []
+
+    def race(holder: str) -> None:
+        locks = ImageLockManager(tmp_path)
+        barrier.wait()
+        if locks.acquire_lock("k", holder, acquire_timeout=0):
+            won.append(holder)
+
+    threads = [threading.Thread(target=race, args=(f"h{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1, won

@@ -1,0 +1,43 @@
+"""The README's first command: ``prefect-gpt-image demo`` runs end to end offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+
+def run_demo(tmp_path: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GPT_IMAGE_", "AWS_"))}
+    env.update({"DO_NOT_TRACK": "1", "HOME": str(tmp_path)})
+    cli = Path(sys.executable).with_name("prefect-gpt-image")
+    done = subprocess.run(
+        [str(cli), "demo", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_demo_runs_offline(tmp_path: Path, storage: str) -> None:
+    out = run_demo(tmp_path, *(["--s3"] if storage == "s3" else []))
+    assert "pipeline (generate → mask edit → reference blend):" in out
+    assert "batch of 4 prompts, first run: 4 of 4 rows stored" in out and "paid calls: 4" in out
+    assert "rerun (cached): 4 of 4 rows stored" in out and "paid calls: 0" in out
+    assert "7 images billed by the sandbox" in out and "$0.2639" in out
+    if storage == "local":
+        paths = re.findall(r"(/\S+\.png)", out)
+        assert len(paths) == 7
+        for path in paths:
+            assert Path(path).is_relative_to(tmp_path / "gpt-image-output")
+            with Image.open(path) as img:
+                assert img.size in ((1536, 1024), (1024, 1024))
+            assert Path(path).with_suffix(".json").exists()
+    else:
+        assert len(re.findall(r"s3://gpt-image-demo/demo/images/[0-9a-f]{64}\.png", out)) == 7
+        assert not (tmp_path / "gpt-image-output").exists()
