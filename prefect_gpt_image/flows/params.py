@@ -21,6 +21,7 @@ __all__ = [
     "EditStep",
     "ImageOptions",
     "SizePreset",
+    "load_blocks",
     "load_credentials",
     "load_settings",
     "load_storage",
@@ -94,6 +95,17 @@ class BlendStep(BaseModel):
         max_length=15,
         description="1..15 reference images as local paths, s3:// or https:// URIs "
         "(the current image is the 16th).",
+    )
+
+
+async def load_blocks(
+    settings_block: str | None, credentials_block: str | None, storage: str | None
+) -> tuple[GptImageSettings, GptImageCredentials | None, ImageStore]:
+    """What every flow starts with: its settings, credentials and store, from the parameters."""
+    return (
+        await load_settings(settings_block),
+        await load_credentials(credentials_block),
+        await load_storage(storage),
     )
 
 

@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from pydantic import BaseModel
 
-from prefect_gpt_image.api import GenerateRequest
-from prefect_gpt_image.api.images import MAX_MASK_BYTES
+from prefect_gpt_image.api import GenerateRequest, RequestValidationError
+from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
 from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
 from prefect_gpt_image.tasks.inputs import read_input
 
@@ -20,9 +20,7 @@ from .params import (
     BlendStep,
     EditStep,
     ImageOptions,
-    load_credentials,
-    load_settings,
-    load_storage,
+    load_blocks,
 )
 
 __all__ = ["PipelineResult", "image_pipeline"]
@@ -69,9 +67,7 @@ async def image_pipeline(
     """
     logger = get_run_logger()
     options = options or ImageOptions()
-    settings = await load_settings(settings_block)
-    credentials = await load_credentials(credentials_block)
-    store = await load_storage(storage)
+    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
     fields = options.fields()
     common: dict[str, Any] = {
         "variant": variant,
@@ -81,13 +77,13 @@ async def image_pipeline(
     }
 
     # Everything that can be checked before paying is checked now.
-    GenerateRequest.build(prompt=prompt, **{**settings.request_defaults(), **fields})
+    request = GenerateRequest.build(prompt=prompt, **{**settings.request_defaults(), **fields})
     if edit is not None:
         if edit.mask_uri:
-            read_input(edit.mask_uri, store, what="edit.mask_uri", max_bytes=MAX_MASK_BYTES)
-        elif edit.region is not None and options.size and options.size != "auto":
-            width, height = (int(v) for v in options.size.split("x"))
-            edit.region.pixels(width, height)
+            mask_image = read_input(edit.mask_uri, store, what="edit.mask_uri", max_bytes=MAX_MASK_BYTES)
+            _check_mask(mask_image, request.dimensions)
+        elif edit.region is not None and request.dimensions is not None:
+            edit.region.pixels(*request.dimensions)
     if blend is not None:
         for i, reference in enumerate(blend.references):
             read_input(reference, store, what=f"blend.references[{i}]")
@@ -116,6 +112,20 @@ async def image_pipeline(
         description=f"gpt-image pipeline: {prompt[:120]}",
     )
     return result
+
+
+def _check_mask(mask: InputImage, size: tuple[int, int] | None) -> None:
+    """The edit's mask rules (contract §3) that hold before the image exists: a PNG with an alpha
+    channel, of the generated image's size when that size is fixed."""
+    rule = None
+    if mask.format != "png":
+        rule = f"must be a PNG, not {mask.format}"
+    elif not mask.has_alpha:
+        rule = "must have an alpha channel (alpha 0 = edit)"
+    elif size is not None and (mask.width, mask.height) != size:
+        rule = f"must have the image's size {size[0]}x{size[1]}, not {mask.width}x{mask.height}"
+    if rule is not None:
+        raise RequestValidationError([("edit.mask_uri", mask.filename, rule)])
 
 
 def _chain_markdown(
