@@ -6,10 +6,11 @@ export DO_NOT_TRACK := 1
 
 .PHONY: demo test lint install clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml tests/e2e/ui/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/e2e/ui --no-audit --no-fund --silent; fi
 	touch $@
 
 install: $(BIN)/.installed
@@ -21,8 +22,8 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check prefect_gpt_image tests bench
-	$(BIN)/ruff format --check prefect_gpt_image tests bench
+	$(BIN)/ruff check prefect_gpt_image tests bench deployments
+	$(BIN)/ruff format --check prefect_gpt_image tests bench deployments
 	$(BIN)/mypy
 
 clean:

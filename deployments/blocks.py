@@ -1,0 +1,163 @@
+"""Save the blocks that ``deployments/prefect.yaml`` and ``deployments/serve.py`` refer to by name.
+
+The deployments' parameters name three blocks (``gpt-image`` by default); this script saves them
+on the Prefect server that ``PREFECT_API_URL`` points at:
+
+* ``GptImageCredentials``: the API key, read from ``$GPT_IMAGE_API_KEY`` (never from the command
+  line, so it stays out of shell history and process listings), and ``--base-url`` (replaced);
+* ``GptImageSettings``: defaults and policy (``--concurrency-limit``, ``--max-cost-per-run``; the
+  rest in the UI, which a later run of this script keeps);
+* ``GptImageStorage``: ``--s3-bucket-block NAME`` (a saved prefect-aws ``S3Bucket`` block, whose
+  credentials and endpoint the workers then use) or ``--storage`` (a folder or ``s3://bucket/prefix``
+  with boto3's standard credentials on the worker).
+
+Example (from the repo root)::
+
+    export GPT_IMAGE_API_KEY=sk-...            # the real key
+    python deployments/blocks.py --base-url https://cn.crazyrouter.com/v1 --s3-bucket-block images
+
+Run it again to change a value; the next flow run loads the new blocks, no redeploy needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from prefect.blocks.core import Block
+
+from prefect_gpt_image.api import DEFAULT_BASE_URL
+
+__all__ = ["DEFAULT_BLOCK_NAME", "main", "save_blocks"]
+
+DEFAULT_BLOCK_NAME = "gpt-image"
+"""The block name the deployments use for credentials, settings and storage."""
+
+B = TypeVar("B", bound=Block)
+
+
+def _existing(block_type: type[B], name: str) -> B | None:
+    """The saved block ``name`` of ``block_type``, or None when there is none."""
+    try:
+        block = block_type.load(name)
+    except ValueError:  # Prefect's "Unable to find block document named ..."
+        return None
+    assert isinstance(block, block_type)  # a sync caller gets the block, not a coroutine
+    return block
+
+
+def save_blocks(
+    *,
+    name: str = DEFAULT_BLOCK_NAME,
+    api_key: str,
+    base_url: str = DEFAULT_BASE_URL,
+    storage: str | None = None,
+    s3_bucket_block: str | None = None,
+    public_base_url: str | None = None,
+    presign_ttl_seconds: int | None = None,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Save the credentials, settings and storage blocks under ``name``; return the parameters
+    that name them.
+
+    The credentials are replaced. The settings and storage blocks keep what was saved before
+    (e.g. edited in the UI) except the values given here (they are not rewritten when nothing is
+    given); missing ones start from the defaults.
+    """
+    from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+
+    if storage and s3_bucket_block:
+        raise ValueError("give storage or s3_bucket_block, not both")
+    GptImageCredentials(api_key=api_key, base_url=base_url).save(name, overwrite=True)
+
+    current = _existing(GptImageSettings, name)
+    if current is None or settings:
+        values = current.model_dump(exclude={"block_type_slug"}) if current is not None else {}
+        GptImageSettings.model_validate({**values, **(settings or {})}).save(name, overwrite=True)
+
+    old = _existing(GptImageStorage, name)
+    if old is not None and not (storage or s3_bucket_block or public_base_url or presign_ttl_seconds):
+        return _parameters(name)  # nothing to change: the storage block stays as it is
+    location, bucket = (old.location, old.s3_bucket) if old is not None else (None, None)
+    if storage:
+        location, bucket = storage, None
+    if s3_bucket_block:
+        from prefect_aws import S3Bucket
+
+        location, bucket = None, _existing(S3Bucket, s3_bucket_block)
+        if bucket is None:
+            raise ValueError(f"no S3Bucket block named {s3_bucket_block!r}: save it first (see README)")
+    GptImageStorage(
+        location=location,
+        s3_bucket=bucket,
+        public_base_url=public_base_url or (old.public_base_url if old is not None else None),
+        presign_ttl_seconds=presign_ttl_seconds or (old.presign_ttl_seconds if old is not None else 3600),
+    ).save(name, overwrite=True)
+    return _parameters(name)
+
+
+def _parameters(name: str) -> dict[str, str]:
+    """The deployment parameters that name the blocks saved under ``name``."""
+    return {
+        "credentials_block": name,
+        "settings_block": name,
+        "storage": f"gpt-image-storage/{name}",
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python deployments/blocks.py",
+        description="Save the gpt-image blocks the deployments refer to (key from $GPT_IMAGE_API_KEY).",
+    )
+    parser.add_argument("--name", default=DEFAULT_BLOCK_NAME, help="block name (default: %(default)s)")
+    parser.add_argument(
+        "--base-url", default=None, help="API base URL (default: $GPT_IMAGE_BASE_URL or the API's)"
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--storage", help="a folder or s3://bucket/prefix (boto3 credentials on the worker)")
+    where.add_argument("--s3-bucket-block", help="name of a saved prefect-aws S3Bucket block")
+    parser.add_argument(
+        "--public-base-url", help="lasting public URL of the stored keys (CDN, public prefix)"
+    )
+    parser.add_argument("--presign-ttl-seconds", type=int, help="presigned link lifetime (default 3600)")
+    parser.add_argument("--concurrency-limit", type=int, help="slots of the 'gpt-image' limit (default 4)")
+    parser.add_argument("--max-cost-per-run", type=float, help="USD budget per flow run (default: none)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry: save the three blocks and print the parameters that use them."""
+    args = _parser().parse_args(argv)
+    api_key = os.environ.get("GPT_IMAGE_API_KEY", "").strip()
+    if not api_key:
+        print("set GPT_IMAGE_API_KEY to the API key first", file=sys.stderr)
+        return 2
+    base_url = args.base_url or os.environ.get("GPT_IMAGE_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    slugs = save_blocks(
+        name=args.name,
+        api_key=api_key,
+        base_url=base_url,
+        storage=args.storage,
+        s3_bucket_block=args.s3_bucket_block,
+        public_base_url=args.public_base_url,
+        presign_ttl_seconds=args.presign_ttl_seconds,
+        settings={
+            key: value
+            for key, value in (
+                ("concurrency_limit", args.concurrency_limit),
+                ("max_cost_per_run", args.max_cost_per_run),
+            )
+            if value is not None
+        },
+    )
+    for parameter, value in slugs.items():
+        print(f"{parameter}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""The shipped deployments, deployed with ``prefect deploy`` and run by a process worker.
+
+Real parts only: ``prefect server start``, a process worker, the sandbox (HTTP), SeaweedFS (S3).
+The runs are triggered through the API with the deployment's own block parameters, so the worker
+finds the key, the settings and the bucket in the blocks alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from pathlib import PurePosixPath
+from typing import Any
+
+import httpx
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+
+from prefect_gpt_image.flows.manifest import BatchRow, parse_manifest
+
+from .conftest import (
+    BUCKET_FOLDER,
+    REPO_ROOT,
+    E2ERuns,
+    E2EStack,
+    FinishedRun,
+    deployment_specs,
+    flow_name_of,
+)
+
+_IMAGE_KEY = re.compile(r"/images/([0-9a-f]{64})\.(png|jpeg|webp)$")
+
+
+def _bucket_objects(stack: E2EStack) -> dict[str, bytes]:
+    """Every object under the storage block's folder, by key."""
+    client = stack.s3.client()
+    listing = client.list_objects_v2(Bucket=stack.bucket, Prefix=f"{BUCKET_FOLDER}/")
+    return {
+        obj["Key"]: client.get_object(Bucket=stack.bucket, Key=obj["Key"])["Body"].read()
+        for obj in listing.get("Contents", [])
+    }
+
+
+def _artifacts(stack: E2EStack, run: FinishedRun) -> list[Any]:
+    with stack.api(), get_client(sync_client=True) as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+            )
+        )
+
+
+def _run_logs(stack: E2EStack, run: FinishedRun) -> str:
+    with stack.api(), get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+    return "\n".join(log.message for log in logs)
+
+
+def _nightly_requests() -> tuple[int, int]:
+    """Requests and images the shipped nightly manifest asks for (rows, and ``n`` per row or the
+    deployment's ``n``)."""
+    spec = deployment_specs()["nightly"]
+    manifest = REPO_ROOT / spec["parameters"]["manifest"]
+    rows = parse_manifest(manifest.read_text(encoding="utf-8"), name=manifest.name)
+    assert rows and all(isinstance(row, BatchRow) for row in rows), rows
+    default_n = int(spec["parameters"].get("n", 1))
+    return len(rows), sum((row.n or default_n) for row in rows if isinstance(row, BatchRow))
+
+
+def test_prefect_deploy_registers_the_yaml(e2e_stack: E2EStack) -> None:
+    """`prefect deploy --all` from the repo root made both deployments as the yaml says."""
+    specs = deployment_specs()
+    with e2e_stack.api(), get_client(sync_client=True) as client:
+        for name, spec in specs.items():
+            deployment = client.read_deployment_by_name(f"{flow_name_of(spec['entrypoint'])}/{name}")
+            assert deployment.entrypoint == spec["entrypoint"]
+            assert deployment.work_pool_name == e2e_stack.pool
+            # No pull section in the yaml: prefect deploy recorded the folder it ran in.
+            assert deployment.pull_steps == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}
+            ]
+            assert deployment.parameters == spec["parameters"]
+            for parameter in ("credentials_block", "settings_block", "storage"):
+                assert deployment.parameters[parameter], f"{name} must name a block in {parameter}"
+            crons = [(s["cron"], s.get("timezone")) for s in spec.get("schedules") or []]
+            assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == crons  # type: ignore[union-attr]
+            assert (
+                f"'{flow_name_of(spec['entrypoint'])}/{name}' successfully created" in e2e_stack.deploy_output
+            )
+    assert specs["nightly"].get("schedules"), "the nightly deployment must be scheduled"
+
+
+def test_worker_runs_pipeline_and_nightly_into_the_bucket(e2e_stack: E2EStack, e2e_runs: E2ERuns) -> None:
+    """Both runs complete on the worker; the sandbox billed exactly the images the bucket holds,
+    the artifacts point at them, and the key never shows in a log."""
+    tail = e2e_stack.log_tail
+    for run in (e2e_runs.pipeline, e2e_runs.nightly):
+        assert run.state_type == "COMPLETED", f"{run.state_message}\n{tail()}"
+
+    # -- the sandbox: who asked, what was billed --------------------------------------------------
+    ledger = e2e_stack.sandbox.ledger
+    requests = ledger.requests
+    assert requests, "the sandbox saw no request"
+    assert all(r["auth_ok"] for r in requests), "a request did not carry the credentials block's key"
+    entries = ledger.entries
+    assert all(e["delivered"] and e["fault"] is None for e in entries)
+    by_endpoint = Counter(e["endpoint"].rsplit("/", 1)[-1] for e in entries)
+    nightly_rows, nightly_images = _nightly_requests()
+    # pipeline: 1 generation, then edit and blend (both /images/edits); nightly: one generation per row
+    assert by_endpoint == {"generations": 1 + nightly_rows, "edits": 2}, by_endpoint
+    billed = {image["sha256"] for e in entries for image in e["images"]}
+    assert ledger.billed_images == 3 + nightly_images == len(billed)
+
+    # the blend request carried the reference read from the bucket through the storage block
+    reference = (
+        e2e_stack.s3.client()
+        .get_object(Bucket=e2e_stack.bucket, Key=e2e_runs.reference_uri.split("/", 3)[3])["Body"]
+        .read()
+    )
+    blend = [r for r in requests if r["endpoint"].endswith("/edits") and len(r["files"]) >= 2]
+    assert any(f["sha256"] == hashlib.sha256(reference).hexdigest() for r in blend for f in r["files"])
+
+    # -- the bucket: every billed image, intact, with its manifest ---------------------------------
+    objects = _bucket_objects(e2e_stack)
+    stored = {m.group(1): key for key in objects if (m := _IMAGE_KEY.search(key))}
+    assert set(stored) == billed
+    for sha, key in stored.items():
+        assert hashlib.sha256(objects[key]).hexdigest() == sha
+        manifest_key = str(PurePosixPath(key).with_suffix(".json"))
+        assert manifest_key in objects, f"no manifest beside {key}"
+    formats = Counter(PurePosixPath(key).suffix for key in stored.values())
+    assert formats[".webp"] >= 1, "the manifest's webp row was not stored as webp"
+
+    # -- the artifacts: images linked to the stored objects, the pipeline card, the batch table ----
+    pipeline_artifacts = _artifacts(e2e_stack, e2e_runs.pipeline)
+    keys = Counter(a.key for a in pipeline_artifacts)
+    assert keys["gpt-image-pipeline"] == 1
+    images = [a for a in pipeline_artifacts if a.type == "image"]
+    assert len(images) == 3, keys
+    for artifact in images:
+        sha16 = artifact.key.removeprefix("gpt-image-")
+        (sha,) = [s for s in stored if s.startswith(sha16)]
+        response = httpx.get(str(artifact.data), timeout=10)  # the presigned link the UI shows
+        assert response.status_code == 200
+        assert hashlib.sha256(response.content).hexdigest() == sha
+    card = next(a for a in pipeline_artifacts if a.key == "gpt-image-pipeline")
+    assert all(step in str(card.data) for step in ("1. generate", "2. edit", "3. blend"))
+
+    nightly_keys = {a.key for a in _artifacts(e2e_stack, e2e_runs.nightly)}
+    assert {"gpt-image-batch", "gpt-image-batch-progress"} <= nightly_keys
+
+    # -- no secret anywhere a user could read it ---------------------------------------------------
+    for run in (e2e_runs.pipeline, e2e_runs.nightly):
+        logs = _run_logs(e2e_stack, run)
+        assert logs, "the run wrote no logs"
+        assert e2e_stack.api_key not in logs
+    assert e2e_stack.api_key not in e2e_stack.worker_log.read_text(errors="replace")

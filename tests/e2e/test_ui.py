@@ -1,0 +1,172 @@
+"""The Prefect UI shows what the deployments made, in a real headless Chromium.
+
+``tests/e2e/ui/screenshot.mjs`` (npm ``playwright-core`` driving Debian's ``/usr/bin/chromium``)
+opens (a) the pipeline run's Artifacts tab, clicks an image artifact and the pipeline's markdown
+card, and (b) the pipeline deployment's custom run form; it reports what the pages show as JSON
+and this test checks it. Screenshots go to a temporary folder; with ``GPT_IMAGE_UPDATE_SCREENSHOTS=1``
+they also replace the ones in ``deployments/screenshots/`` that the README shows.
+
+Without node, chromium or ``tests/e2e/ui/node_modules`` the test is skipped, except in CI
+(``CI=true``), where it fails: CI must install them (``apt-get install -y chromium`` and
+``npm ci --prefix tests/e2e/ui``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from prefect_gpt_image.flows import ImageOptions
+
+from .conftest import REPO_ROOT, E2ERuns, E2EStack, deployment_specs, pipeline_parameters
+
+UI_DIR = Path(__file__).resolve().parent / "ui"
+SCREENSHOTS = REPO_ROOT / "deployments" / "screenshots"
+_NODE_TIMEOUT = 150.0
+_PIPELINE_CARD = "gpt-image-pipeline"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _browser_tools() -> tuple[str, str]:
+    """``(node, chromium)`` paths, or skip (fail in CI) saying what is missing and how to get it."""
+    node = shutil.which("node")
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    missing = []
+    if node is None:
+        missing.append("node (Node.js 20+ on PATH)")
+    if not os.access(chromium, os.X_OK):
+        missing.append("chromium (apt-get install -y chromium, or set CHROMIUM)")
+    if not (UI_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
+        missing.append("playwright-core (npm ci --prefix tests/e2e/ui)")
+    if missing:
+        message = "UI test needs " + ", ".join(missing)
+        if _in_ci():
+            pytest.fail(message + " -- CI must install them")
+        pytest.skip(message)
+    assert node is not None
+    return node, chromium
+
+
+def _choices(field: str) -> list[str]:
+    """The Literal choices of an ``ImageOptions`` field (``X | None``), as the UI should list them."""
+    annotation = ImageOptions.model_fields[field].annotation
+    (literal,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    return [str(choice) for choice in typing.get_args(literal)]
+
+
+def _publish(shots: Path) -> None:
+    """Copy the screenshots into deployments/screenshots, as small palette PNGs (the tall chain
+    at half size)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for path in sorted(shots.glob("*.png")):
+        with Image.open(path) as image:
+            picture = image.convert("RGB")
+        if picture.height > 3000:
+            picture = picture.resize((picture.width // 2, picture.height // 2), Image.Resampling.LANCZOS)
+        picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+            SCREENSHOTS / path.name, optimize=True
+        )
+
+
+def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureRequest) -> None:
+    """(a) The run's image artifacts load in the browser from the bucket's presigned links;
+    (b) the custom run form of the pipeline deployment shows typed fields: the prompt, dropdowns
+    for the Literal options and nested forms for the edit and blend steps."""
+    node, chromium = _browser_tools()
+    stack: E2EStack = request.getfixturevalue("e2e_stack")
+    runs: E2ERuns = request.getfixturevalue("e2e_runs")
+    assert runs.pipeline.state_type == "COMPLETED", runs.pipeline.state_message
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with stack.api(), get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs.pipeline.id]))
+        )
+    image_artifacts = {a.key: a for a in artifacts if a.type == "image" and a.key}
+    assert len(image_artifacts) == 3, sorted(image_artifacts)
+    blend_prompt = pipeline_parameters(runs.reference_uri)["blend"]["prompt"]
+    (blended_key,) = [k for k, a in image_artifacts.items() if blend_prompt in (a.description or "")]
+
+    shots = stack.root / "screenshots"
+    job = {
+        "chromium": chromium,
+        "outDir": str(shots),
+        "runUrl": f"{stack.ui_url}/runs/flow-run/{runs.pipeline.id}",
+        "imageArtifactKey": blended_key,
+        "chainArtifactKey": _PIPELINE_CARD,
+        "formUrl": f"{stack.ui_url}/deployments/deployment/{stack.deployment_id('pipeline')}/run",
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [node, str(UI_DIR / "screenshot.mjs"), json.dumps(job)],
+        cwd=UI_DIR,
+        capture_output=True,
+        text=True,
+        timeout=_NODE_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"screenshot.mjs failed:\n{result.stderr[-4000:]}"
+    report: dict[str, Any] = json.loads(result.stdout)
+    report["seconds"]["node"] = round(time.monotonic() - started, 1)
+
+    # -- (a) artifacts: the cards, the image artifact's <img>, the pipeline chain ---------------
+    seen = report["artifacts"]
+    assert {_PIPELINE_CARD, *image_artifacts} <= set(seen["cards"]), seen["cards"]
+    (image,) = seen["imagePage"]["images"]
+    width, height = (int(v) for v in pipeline_parameters(runs.reference_uri)["options"]["size"].split("x"))
+    assert (image["naturalWidth"], image["naturalHeight"]) == (width, height), image
+    assert image["presigned"] and image["src"].startswith(stack.s3.endpoint_url + "/" + stack.bucket + "/")
+    assert image["src"].split("/")[-1].startswith(blended_key.removeprefix("gpt-image-"))
+    chain = seen["chainPage"]
+    assert chain["headings"] == ["1. generate", "2. edit", "3. blend"]
+    assert len(chain["images"]) == 3
+    assert all(i["naturalWidth"] > 0 and i["presigned"] for i in chain["images"]), chain["images"]
+
+    # -- (b) the custom run form -------------------------------------------------------------
+    form = report["form"]
+    labels = set(form["labels"])
+    for label in (
+        "prompt",
+        "options (Optional)",
+        "Size (Optional)",
+        "Quality (Optional)",
+        "Output Format (Optional)",
+        "edit (Optional)",
+        "Mask Uri (Optional)",
+        "Region (Optional)",
+        "blend (Optional)",
+        "References",
+        "credentials_block (Optional)",
+        "storage (Optional)",
+    ):
+        assert label in labels, f"{label!r} not on the form: {sorted(labels)}"
+    defaults = deployment_specs()["pipeline"]["parameters"]
+    assert form["prompt"] == defaults["prompt"]
+    size, quality = form["dropdowns"]
+    assert size["options"] == _choices("size") and size["value"] == defaults["options"]["size"]
+    assert quality["options"] == _choices("quality") and quality["value"] == defaults["options"]["quality"]
+
+    # -- the screenshots exist and show something -----------------------------------------------
+    names = {"flow-run-artifacts.png", "image-artifact.png", "pipeline-artifact.png", "pipeline-run-form.png"}
+    assert {p.name for p in shots.glob("*.png")} == names
+    for name in names:
+        with Image.open(shots / name) as picture:
+            colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+            assert colours is None or len(colours) > 50, f"{name} looks blank"
+    if os.environ.get("GPT_IMAGE_UPDATE_SCREENSHOTS") == "1":
+        _publish(shots)
+    print(f"UI timings (s): {report['seconds']}")
