@@ -435,3 +435,16 @@ def test_async_and_sync_clients_share_behaviour(sandbox: Any) -> None:
 
     results = asyncio.run(run())
     assert len({r[0].sha256 for r in results}) == 4 and billed_images(sandbox) == 4
+
+
+def test_api_layer_does_not_import_prefect() -> None:
+    """The client layer stands alone: importing it (and the sandbox) loads no Prefect module."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, prefect_gpt_image.api, prefect_gpt_image.sandbox; "
+        "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
@@ -31,12 +32,14 @@ def test_a_fresh_server_knows_the_blocks(prefect_server: PrefectServer) -> None:
             assert client.read_block_type_by_slug(slug).slug == slug
 
 
-def test_block_register_cli(prefect_server: PrefectServer) -> None:
-    """``prefect block register -m prefect_gpt_image.blocks``, run in-process (the CLI's own runner)."""
+@pytest.mark.parametrize("module", ["prefect_gpt_image", "prefect_gpt_image.blocks"])
+def test_block_register_cli(prefect_server: PrefectServer, module: str) -> None:
+    """``prefect block register -m MODULE``, run in-process (the CLI's own runner): the package's lazy
+    names are found too, while ``import prefect_gpt_image.api`` stays free of Prefect."""
     from prefect.testing.cli import invoke_and_assert
 
     invoke_and_assert(
-        ["block", "register", "-m", "prefect_gpt_image.blocks"],
+        ["block", "register", "-m", module],
         expected_output_contains=["GPT Image Credentials", "GPT Image Settings", "GPT Image Storage"],
         expected_output_does_not_contain="S3 Bucket",  # only this package's blocks
         echo=False,
