@@ -16,16 +16,12 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
-from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, generate_image
-from prefect_gpt_image.tasks.artifacts import call_artifacts
-from prefect_gpt_image.tasks.cache import cache_key, read_record
-from prefect_gpt_image.tasks.concurrency import hold_slots
 
 from .manifest import BatchRow, parse_manifest, read_manifest_text
 from .params import ImageOptions, load_blocks
@@ -35,7 +31,6 @@ __all__ = ["BatchResult", "RowResult", "batch_generate"]
 BATCH_TABLE_KEY = "gpt-image-batch"
 BATCH_PROGRESS_KEY = "gpt-image-batch-progress"
 _PROGRESS_INTERVAL = 1.0
-_CACHE_LOOKUPS = 16
 
 
 class RowResult(BaseModel):
@@ -108,14 +103,13 @@ async def batch_generate(
 
     results: dict[int, RowResult] = {}
     todo: list[tuple[int, BatchRow, dict[str, Any]]] = []
-    requests: dict[int, GenerateRequest] = {}
     for number, row in parsed:
         if isinstance(row, str):
             results[number] = RowResult(row=number, prompt="", status="invalid", error=row)
             continue
         fields = {**options.fields(), "n": n, **row.overrides()}
         try:
-            requests[number] = GenerateRequest.build(prompt=row.prompt, **{**defaults, **fields})
+            GenerateRequest.build(prompt=row.prompt, **{**defaults, **fields})
         except RequestValidationError as exc:
             results[number] = RowResult(
                 row=number, id=row.id, prompt=row.prompt, status="invalid", error=str(exc)
@@ -123,15 +117,7 @@ async def batch_generate(
             continue
         todo.append((number, row, fields))
     total = len(parsed)
-    invalid = len(results)
-    todo = await _serve_cached(todo, requests, variant, store, results, logger)
-    logger.info(
-        "batch of %d rows: %d to run, %d already stored (cache), %d invalid",
-        total,
-        len(todo),
-        len(results) - invalid,
-        invalid,
-    )
+    logger.info("batch of %d rows: %d to run, %d invalid", total, len(todo), len(results))
 
     progress = _Progress(
         total,
@@ -155,16 +141,10 @@ async def batch_generate(
             results[number] = await _run_row(number, row, fields, variant, credentials, settings, store)
             if results[number].status != "stored":
                 logger.warning("row %d failed: %s", number, results[number].error)
-            progress.advance()
+            await progress.advance()
 
     parallel = max_parallel or max(1, 2 * settings.concurrency_limit)
-    # Rows follow each other: a finished row's concurrency slot goes to the next row of this batch
-    # without a round trip to the server (released when the batch ends). The table artifact lists
-    # every row with its image, so rows publish no artifacts of their own (two per image would
-    # cost two Prefect API calls per row).
-    async with hold_slots(settings.concurrency_limit_name):
-        with call_artifacts(False):
-            await asyncio.gather(*(worker() for _ in range(min(parallel, len(todo)) or 1)))
+    await asyncio.gather(*(worker() for _ in range(min(parallel, len(todo)) or 1)))
     await progress.finish()
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
@@ -273,90 +253,18 @@ def _table_row(r: RowResult) -> dict[str, Any]:
 
 
 class _Progress:
-    """A progress artifact that moves as rows land, updated at most once a second, in the
-    background (a row never waits for the update)."""
+    """A progress artifact that moves as rows land, updated at most once a second."""
 
     def __init__(self, total: int, artifact_id: UUID) -> None:
         self.total, self.artifact_id, self.done = total, artifact_id, 0
         self._last = time.monotonic()
-        self._update: asyncio.Task[None] | None = None
 
-    def advance(self) -> None:
+    async def advance(self) -> None:
         self.done += 1
-        busy = self._update is not None and not self._update.done()
-        if not busy and time.monotonic() - self._last >= _PROGRESS_INTERVAL:
-            self._last = time.monotonic()
-            self._update = asyncio.ensure_future(self._send())
+        if time.monotonic() - self._last >= _PROGRESS_INTERVAL:
+            await self.finish()
 
     async def finish(self) -> None:
-        if self._update is not None:
-            await asyncio.gather(self._update, return_exceptions=True)
         self._last = time.monotonic()
-        await self._send(best_effort=False)
-
-    async def _send(self, best_effort: bool = True) -> None:
         percent = 100.0 * self.done / self.total if self.total else 100.0
-        try:
-            await aupdate_progress_artifact(self.artifact_id, percent)
-        except Exception:
-            if not best_effort:
-                raise
-
-
-async def _serve_cached(
-    todo: list[tuple[int, BatchRow, dict[str, Any]]],
-    requests: dict[int, GenerateRequest],
-    variant: int,
-    store: ImageStore,
-    results: dict[int, RowResult],
-    logger: Any,
-) -> list[tuple[int, BatchRow, dict[str, Any]]]:
-    """Rows whose images are already in the store (the cache record the task would find) get
-    their result at once, without a task run; the others are returned, to run.
-
-    A rerun of a whole batch then costs one store lookup per row instead of a Prefect task run
-    per row. Only a certain hit is served here: a row whose record is missing, damaged or
-    unreadable goes to the task, which looks again under its lock (and finds spooled images).
-    """
-    if not todo or PREFECT_TASKS_REFRESH_CACHE.value():
-        return todo
-    lookups = asyncio.Semaphore(_CACHE_LOOKUPS)
-
-    async def lookup(number: int, row: BatchRow) -> list[ImageRef] | None:
-        key = cache_key(requests[number], row.variant if row.variant is not None else variant)
-        async with lookups:
-            try:
-                refs = await asyncio.to_thread(read_record, store, key)
-                if refs is None:
-                    return None
-                return await asyncio.to_thread(_with_links, store, refs)
-            except Exception as exc:  # the task will look again and report a store failure
-                logger.debug("cache lookup of row %d failed: %s", number, exc)
-                return None
-
-    found = await asyncio.gather(*(lookup(number, row) for number, row, _ in todo))
-    remaining: list[tuple[int, BatchRow, dict[str, Any]]] = []
-    for (number, row, fields), refs in zip(todo, found, strict=True):
-        if refs is None:
-            remaining.append((number, row, fields))
-        else:
-            results[number] = RowResult(
-                row=number,
-                id=row.id,
-                prompt=row.prompt,
-                status="stored",
-                images=refs,
-                request_id=refs[0].request_id,
-            )
-    return remaining
-
-
-def _with_links(store: ImageStore, refs: list[ImageRef]) -> list[ImageRef]:
-    out: list[ImageRef] = []
-    for ref in refs:
-        try:
-            link: str | None = store.link_for(store.image_key(ref.sha256, ref.format))
-        except Exception:
-            link = None
-        out.append(ref.model_copy(update={"link": link}))
-    return out
+        await aupdate_progress_artifact(self.artifact_id, percent)
