@@ -21,6 +21,18 @@ for _name in (
     os.environ.pop(_name, None)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The test process sends Prefect no client-side events: nothing here reads them, and a test
+    server with services turned off can stall their websocket, leaving a queue that Prefect retries
+    item by item at interpreter exit, long after the servers are gone. Subprocesses (workers, the
+    demo) keep their events.
+    """
+    from prefect.events.clients import NullEventsClient
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.set_client_override(NullEventsClient)
+
+
 @pytest.fixture
 def make_sandbox(gpt_image_sandbox_factory: Callable[..., Any]) -> Callable[..., Any]:
     """A factory of sandbox servers on free ports (the package's pytest plugin), stopped after the test."""
