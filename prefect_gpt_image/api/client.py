@@ -29,7 +29,7 @@ from httpx_sse import EventSource, SSEError
 from pydantic import SecretStr, ValidationError
 
 from .config import ClientConfig, RetryPolicy, Timeouts
-from .download import download_image, verify_image
+from .download import download_image, verify_in_worker
 from .errors import (
     APIStatusError,
     ConnectionFailedError,
@@ -54,7 +54,14 @@ from .models import (
     Usage,
 )
 
-__all__ = ["AsyncImagesClient", "ImagesClient", "PartialCallback", "RetryCallback", "RetryEvent"]
+__all__ = [
+    "AnsweredCallback",
+    "AsyncImagesClient",
+    "ImagesClient",
+    "PartialCallback",
+    "RetryCallback",
+    "RetryEvent",
+]
 
 log = logging.getLogger("prefect_gpt_image.api")
 
@@ -74,6 +81,9 @@ class RetryEvent:
 
 RetryCallback = Callable[[RetryEvent], None]
 """Told about every retry, e.g. to log it where the user sees it."""
+
+AnsweredCallback = Callable[[], "Awaitable[None] | None"]
+"""Called (sync or async) once the API gave a valid answer, before results are downloaded."""
 
 
 class AsyncImagesClient:
@@ -170,8 +180,14 @@ class AsyncImagesClient:
         *,
         on_partial: PartialCallback | None = None,
         on_retry: RetryCallback | None = None,
+        on_answered: AnsweredCallback | None = None,
     ) -> list[GeneratedImage]:
-        """Send an already validated request and return its images, downloaded and checked."""
+        """Send an already validated request and return its images, downloaded and checked.
+
+        ``on_answered`` is awaited once, as soon as the API gave a valid answer (before result
+        URLs are downloaded and images checked): no further API request is made by this call,
+        so a caller can give back its API concurrency slot then.
+        """
         build = partial(self._build_request, request)
         policy = self.config.retry
         started = time.monotonic()
@@ -179,7 +195,7 @@ class AsyncImagesClient:
         while True:
             attempt += 1
             try:
-                return await self._attempt(build(), request, on_partial)
+                return await self._attempt(build(), request, on_partial, on_answered)
             except GptImageError as exc:
                 self._redact(exc)
                 retry = exc.retryable or (
@@ -241,6 +257,7 @@ class AsyncImagesClient:
         http_request: httpx.Request,
         request: GenerateRequest | EditRequest,
         on_partial: PartialCallback | None,
+        on_answered: AnsweredCallback | None = None,
     ) -> list[GeneratedImage]:
         try:
             response = await self._http.send(http_request, stream=True)
@@ -262,9 +279,9 @@ class AsyncImagesClient:
                 raise await self._status_error(response, request_id)
             content_type = response.headers.get("content-type", "")
             if content_type.startswith("text/event-stream"):
-                return await self._read_stream(response, request, request_id, on_partial)
+                return await self._read_stream(response, request, request_id, on_partial, on_answered)
             body = await _read_body(response, request_id)
-            return await self._materialize_response(body, request, request_id)
+            return await self._materialize_response(body, request, request_id, on_answered)
         finally:
             await response.aclose()
 
@@ -291,6 +308,7 @@ class AsyncImagesClient:
         request: ImageRequest,
         request_id: str | None,
         on_partial: PartialCallback | None,
+        on_answered: AnsweredCallback | None = None,
     ) -> list[GeneratedImage]:
         completed: StreamEvent | None = None
         try:
@@ -312,7 +330,7 @@ class AsyncImagesClient:
                         raise error_for_status(None, {"error": event.error or {}}, request_id=request_id)
                     if event.is_partial and event.b64_json:
                         if on_partial is not None:
-                            await _call(on_partial, _partial(event, request, request_id))
+                            await _call(on_partial, await _partial(event, request, request_id))
                     elif event.is_completed:
                         completed = event
                         break
@@ -323,6 +341,8 @@ class AsyncImagesClient:
                 "stream ended without a completed image; it may have been billed",
                 request_id=request_id,
             )
+        if on_answered is not None:
+            await _call0(on_answered)
         item = ImageItem(url=completed.url, b64_json=completed.b64_json)
         declared = completed.output_format or request.format
         image = await self._materialize_item(
@@ -331,7 +351,11 @@ class AsyncImagesClient:
         return [image]
 
     async def _materialize_response(
-        self, body: bytes, request: ImageRequest, request_id: str | None
+        self,
+        body: bytes,
+        request: ImageRequest,
+        request_id: str | None,
+        on_answered: AnsweredCallback | None = None,
     ) -> list[GeneratedImage]:
         try:
             parsed = ImagesResponse.model_validate_json(body)
@@ -342,6 +366,8 @@ class AsyncImagesClient:
             ) from None
         if not parsed.data:
             raise InvalidResponseError("the API answered with no images", request_id=request_id)
+        if on_answered is not None:
+            await _call0(on_answered)
         declared = parsed.output_format or request.format
         results = await asyncio.gather(
             *(
@@ -380,7 +406,7 @@ class AsyncImagesClient:
             if len(data) > self.config.max_download_bytes:
                 raise DownloadError("b64_json image exceeds the size cap", request_id=request_id)
             try:
-                fmt, width, height = verify_image(
+                fmt, width, height = await verify_in_worker(
                     data, expected_format=declared_format, expected_size=expected_size
                 )
             except ValueError as exc:
@@ -513,16 +539,22 @@ def _reading(what: str, request_id: str | None) -> Iterator[None]:
         ) from None
 
 
+async def _call0(callback: AnsweredCallback) -> None:
+    result = callback()
+    if inspect.isawaitable(result):
+        await result
+
+
 async def _call(callback: PartialCallback, value: PartialImage) -> None:
     result = callback(value)
     if inspect.isawaitable(result):
         await result
 
 
-def _partial(event: StreamEvent, request: ImageRequest, request_id: str | None) -> PartialImage:
+async def _partial(event: StreamEvent, request: ImageRequest, request_id: str | None) -> PartialImage:
     try:
         data = base64.b64decode(event.b64_json or "", validate=True)
-        fmt, width, height = verify_image(data, expected_format=None, expected_size=None)
+        fmt, width, height = await verify_in_worker(data, expected_format=None, expected_size=None)
     except (binascii.Error, ValueError) as exc:
         raise InvalidResponseError(f"partial image is not valid: {exc}", request_id=request_id) from None
     return PartialImage(

@@ -13,8 +13,10 @@ import ipaddress
 import logging
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -23,7 +25,7 @@ from .config import ClientConfig
 from .errors import DownloadError, UnsafeURLError
 from .images import ImageFormat, probe_image
 
-__all__ = ["Downloaded", "check_url", "download_image", "verify_image"]
+__all__ = ["Downloaded", "check_url", "download_image", "verify_image", "verify_in_worker"]
 
 log = logging.getLogger("prefect_gpt_image.api")
 
@@ -83,6 +85,28 @@ def verify_image(
     if expected_size and (info.width, info.height) != expected_size:
         raise ValueError(f"expected {expected_size[0]}x{expected_size[1]}, got {info.width}x{info.height}")
     return info.format, info.width, info.height
+
+
+_VERIFY_WORKERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gpt-image-verify")
+"""Where images are decoded to be checked: off the event loop (a 1024x1024 PNG of realistic size
+takes 30 ms or more to decode, a 4K one hundreds), and two at a time, whatever the number of
+calls in flight (a 3840x2160 image holds 12 MB of file and 25 MB of pixels while it is checked)."""
+
+
+def _verify_source(
+    source: bytes | Path, expected_format: str | None, expected_size: tuple[int, int] | None
+) -> tuple[ImageFormat, int, int]:
+    data = source.read_bytes() if isinstance(source, Path) else source
+    return verify_image(data, expected_format=expected_format, expected_size=expected_size)
+
+
+async def verify_in_worker(
+    source: bytes | Path, *, expected_format: str | None, expected_size: tuple[int, int] | None
+) -> tuple[ImageFormat, int, int]:
+    """:func:`verify_image` of the bytes (or the file) ``source`` in a worker thread, so the event
+    loop (and every other call on it) is not blocked while the image is decoded."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_VERIFY_WORKERS, _verify_source, source, expected_format, expected_size)
 
 
 async def download_image(
@@ -173,6 +197,36 @@ async def _fetch_once(
     raise UnsafeURLError(f"more than {_MAX_REDIRECTS} redirects", url=_safe_url(url))
 
 
+_SPOOL_FLUSH_BYTES = 4 * 1024 * 1024
+"""With a spool folder, received bytes are written out in blocks of about this size (few system
+calls on the event loop) and never held in memory beyond one block."""
+
+
+@dataclass
+class _SpoolFile:
+    """The spool file of one download, once opened."""
+
+    path: Path | None = None
+    handle: BinaryIO | None = None
+
+    def write(self, folder: str, chunks: list[bytes]) -> None:
+        if self.handle is None:
+            os.makedirs(folder, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="dl-", suffix=".part", dir=folder)
+            self.path, self.handle = Path(name), os.fdopen(fd, "wb")
+        self.handle.write(b"".join(chunks))
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def discard(self) -> None:
+        self.close()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 async def _receive(
     response: httpx.Response,
     config: ClientConfig,
@@ -180,17 +234,15 @@ async def _receive(
     expected_format: str | None,
     expected_size: tuple[int, int] | None,
 ) -> Downloaded:
-    """Stream the body to memory or a spool file, hashing as it comes, then check the image."""
-    digest = hashlib.sha256()
+    """Stream the body to memory or a spool file, then hash and check the image.
+
+    The event loop only receives; writing out the last block, hashing and decoding run in a
+    worker thread, so a large image never blocks the other calls on the loop.
+    """
     total = 0
-    spool: Path | None = None
     chunks: list[bytes] = []
-    fh = None
-    if config.spool_dir:
-        os.makedirs(config.spool_dir, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="dl-", suffix=".part", dir=config.spool_dir)
-        spool = Path(name)
-        fh = os.fdopen(fd, "wb")
+    buffered = 0
+    spool = _SpoolFile()
     try:
         async for chunk in response.aiter_bytes(_CHUNK):
             total += len(chunk)
@@ -199,37 +251,59 @@ async def _receive(
                     f"result exceeds the {config.max_download_bytes}-byte cap",
                     url=_safe_url(str(response.url)),
                 )
-            digest.update(chunk)
-            if fh is not None:
-                fh.write(chunk)
-            else:
-                chunks.append(chunk)
-        if fh is not None:
-            fh.close()
-            fh = None
-        data = b"".join(chunks) if spool is None else None
+            chunks.append(chunk)
+            buffered += len(chunk)
+            if config.spool_dir and buffered >= _SPOOL_FLUSH_BYTES:
+                spool.write(config.spool_dir, chunks)
+                chunks, buffered = [], 0
+        loop = asyncio.get_running_loop()
         try:
-            body = data if data is not None else spool.read_bytes()  # type: ignore[union-attr]
-            fmt, width, height = verify_image(
-                body, expected_format=expected_format, expected_size=expected_size
+            return await loop.run_in_executor(
+                _VERIFY_WORKERS,
+                _finish,
+                chunks,
+                spool,
+                config.spool_dir,
+                total,
+                expected_format,
+                expected_size,
             )
-            del body
         except ValueError as exc:
             raise DownloadError(
                 f"result is not a valid image: {exc}", url=_safe_url(str(response.url))
             ) from None
-        sha = digest.hexdigest()
-        if spool is not None:
-            final = spool.with_name(f"{sha}.{fmt}")
-            os.replace(spool, final)
-            spool = final
-        return Downloaded(data, spool, fmt, width, height, sha, total)
     except BaseException:
-        if fh is not None:
-            fh.close()
-        if spool is not None:
-            spool.unlink(missing_ok=True)
+        spool.discard()
         raise
+
+
+def _finish(
+    chunks: list[bytes],
+    spool: _SpoolFile,
+    spool_dir: str | None,
+    total: int,
+    expected_format: str | None,
+    expected_size: tuple[int, int] | None,
+) -> Downloaded:
+    """(In a worker) the rest of a download: its file or bytes, sha256, and the image check."""
+    if spool_dir:
+        spool.write(spool_dir, chunks)
+        spool.close()
+        assert spool.path is not None
+        body = spool.path.read_bytes()
+    else:
+        body = b"".join(chunks)
+    chunks.clear()
+    sha = hashlib.sha256(body).hexdigest()
+    fmt, width, height = verify_image(body, expected_format=expected_format, expected_size=expected_size)
+    if spool.path is None:
+        return Downloaded(body, None, fmt, width, height, sha, total)
+    del body
+    # Unique per download: the same image fetched twice at once must not share a file.
+    final = spool.path.with_name(f"{sha}-{spool.path.stem.removeprefix('dl-')}.{fmt}")
+    os.replace(spool.path, final)
+    spool.path = final
+    return Downloaded(None, final, fmt, width, height, sha, total)
 
 
 def _safe_url(url: str) -> str:

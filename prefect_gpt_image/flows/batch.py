@@ -3,6 +3,11 @@ able to override options, fanned out under the shared concurrency limit.
 
 Every row is validated before anything is paid for. One failed row does not stop the others; the
 final state says how many failed and why, and a table artifact lists every row.
+
+Rows whose images are already in the store (a rerun) are served from the cache records at once,
+without a task run; the others run as ``generate_image`` tasks, holding their concurrency slots
+for the batch (see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no
+per-call artifacts (the table lists every row's image).
 """
 
 from __future__ import annotations
@@ -16,12 +21,23 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
+from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect.states import Completed, Failed
+from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, generate_image
+from prefect_gpt_image.tasks.artifacts import call_artifacts
+from prefect_gpt_image.tasks.cache import cache_key, read_record
+from prefect_gpt_image.tasks.concurrency import (
+    ensure_limit,
+    hold_slots,
+    release_idle_leases,
+    slots_in_use,
+)
+from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
 from .manifest import BatchRow, parse_manifest, read_manifest_text
 from .params import ImageOptions, load_blocks
@@ -31,6 +47,8 @@ __all__ = ["BatchResult", "RowResult", "batch_generate"]
 BATCH_TABLE_KEY = "gpt-image-batch"
 BATCH_PROGRESS_KEY = "gpt-image-batch-progress"
 _PROGRESS_INTERVAL = 1.0
+_CACHE_LOOKUPS = 16
+_FIRST_WAVE_WAIT = 3.0
 
 
 class RowResult(BaseModel):
@@ -44,6 +62,11 @@ class RowResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     request_id: str | None = None
+    maybe_billed: list[str] = Field(
+        default_factory=list,
+        description="Request ids of attempts that were sent and may have been billed but brought no "
+        "image, retried because the settings allow it (retry_outcome_unknown).",
+    )
 
 
 class BatchResult(BaseModel):
@@ -103,13 +126,14 @@ async def batch_generate(
 
     results: dict[int, RowResult] = {}
     todo: list[tuple[int, BatchRow, dict[str, Any]]] = []
+    requests: dict[int, GenerateRequest] = {}
     for number, row in parsed:
         if isinstance(row, str):
             results[number] = RowResult(row=number, prompt="", status="invalid", error=row)
             continue
         fields = {**options.fields(), "n": n, **row.overrides()}
         try:
-            GenerateRequest.build(prompt=row.prompt, **{**defaults, **fields})
+            requests[number] = GenerateRequest.build(prompt=row.prompt, **{**defaults, **fields})
         except RequestValidationError as exc:
             results[number] = RowResult(
                 row=number, id=row.id, prompt=row.prompt, status="invalid", error=str(exc)
@@ -117,7 +141,15 @@ async def batch_generate(
             continue
         todo.append((number, row, fields))
     total = len(parsed)
-    logger.info("batch of %d rows: %d to run, %d invalid", total, len(todo), len(results))
+    invalid = len(results)
+    todo = await _serve_cached(todo, requests, variant, store, results, logger)
+    logger.info(
+        "batch of %d rows: %d to run, %d already stored (cache), %d invalid",
+        total,
+        len(todo),
+        len(results) - invalid,
+        invalid,
+    )
 
     progress = _Progress(
         total,
@@ -141,19 +173,38 @@ async def batch_generate(
             results[number] = await _run_row(number, row, fields, variant, credentials, settings, store)
             if results[number].status != "stored":
                 logger.warning("row %d failed: %s", number, results[number].error)
-            await progress.advance()
+            progress.advance()
 
     parallel = max_parallel or max(1, 2 * settings.concurrency_limit)
-    await asyncio.gather(*(worker() for _ in range(min(parallel, len(todo)) or 1)))
-    await progress.finish()
+    # Rows follow each other: a finished row's concurrency slot goes to the next row of this batch
+    # without a round trip to the server (released when the batch ends). The table artifact lists
+    # every row with its image, so rows publish no artifacts of their own (two per image would
+    # cost two Prefect API calls per row).
+    rows_at_once = min(parallel, len(todo))
+    async with hold_slots(
+        settings.concurrency_limit_name,
+        prefetch=rows_at_once,
+        slots=settings.concurrency_limit,
+        release=False,
+        logger=logger,
+    ):
+        with call_artifacts(False):
+            await _run_workers(worker, rows_at_once, settings, logger)
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
-    await acreate_table_artifact(
-        table=[_table_row(r) for r in result.rows],
-        key=BATCH_TABLE_KEY,
-        description=f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}",
+    # The kept slots go back while the artifacts are written (three round trips at once).
+    await asyncio.gather(
+        release_idle_leases(settings.concurrency_limit_name),
+        progress.finish(),
+        acreate_table_artifact(
+            table=[_table_row(r) for r in result.rows],
+            key=BATCH_TABLE_KEY,
+            description=f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}",
+        ),
     )
     summary = f"{result.stored} of {total} rows stored (${result.cost:.4f})"
+    if lost := sum(len(r.maybe_billed) for r in result.rows):
+        summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
     if result.failed:
         reasons = Counter(r.error_type or r.status for r in result.rows if r.status != "stored")
         why = ", ".join(f"{kind}: {count}" for kind, count in reasons.most_common())
@@ -207,25 +258,30 @@ async def _run_row(
     settings: Any,
     store: ImageStore,
 ) -> RowResult:
-    try:
-        images: list[ImageRef] = await generate_image(
-            row.prompt,
-            **fields,
-            variant=row.variant if row.variant is not None else variant,
-            credentials=credentials,
-            settings=settings,
-            storage=store,
-        )
-    except Exception as exc:  # one bad row must not sink the batch: record it and go on
-        return RowResult(
-            row=number,
-            id=row.id,
-            prompt=row.prompt,
-            status="failed",
-            error=str(exc),
-            error_type=type(exc).__name__,
-            request_id=exc.request_id if isinstance(exc, GptImageError) else None,
-        )
+    with collect_maybe_billed() as lost:
+        try:
+            # quote(): the same three objects for every row; Prefect need not walk through them
+            # looking for futures (a few milliseconds of the event loop per row).
+            images: list[ImageRef] = await generate_image(
+                row.prompt,
+                **fields,
+                variant=row.variant if row.variant is not None else variant,
+                credentials=quote(credentials),
+                settings=quote(settings),
+                storage=quote(store),
+            )
+        except Exception as exc:  # one bad row must not sink the batch: record it and go on
+            request_id = exc.request_id if isinstance(exc, GptImageError) else None
+            return RowResult(
+                row=number,
+                id=row.id,
+                prompt=row.prompt,
+                status="failed",
+                error=str(exc),
+                error_type=type(exc).__name__,
+                request_id=request_id,
+                maybe_billed=[rid for rid in lost if rid != request_id],
+            )
     return RowResult(
         row=number,
         id=row.id,
@@ -233,6 +289,7 @@ async def _run_row(
         status="stored",
         images=images,
         request_id=images[0].request_id,
+        maybe_billed=lost,
     )
 
 
@@ -247,24 +304,120 @@ def _table_row(r: RowResult) -> dict[str, Any]:
         "image": (first.link or first.uri) if first else "",
         "size": f"{first.width}x{first.height}" if first else "",
         "request_id": r.request_id or "",
+        "maybe_billed": ", ".join(r.maybe_billed),
         "cost": round(sum(ref.cost for ref in r.images), 4),
         "error": (r.error or "")[:300],
     }
 
 
+async def _run_workers(worker: Any, count: int, settings: Any, logger: Any) -> None:
+    """Run ``count`` workers: first as many as the limit has slots, the others once those hold
+    their slots. Starting a Prefect task run costs the event loop some milliseconds; starting
+    all at once would hold back the first wave of paid calls behind the start of the rows that
+    can only wait for a slot anyway."""
+    if count <= 1:
+        await worker()
+        return
+    name = settings.concurrency_limit_name
+    slots = (await ensure_limit(name, settings.concurrency_limit, logger=logger)).limit
+    first = min(count, max(1, slots))
+    started = asyncio.gather(*(worker() for _ in range(first)))
+    if count > first:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _FIRST_WAVE_WAIT
+        while slots_in_use(name) < first and not started.done() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.gather(started, *(worker() for _ in range(count - first)))
+    else:
+        await started
+
+
 class _Progress:
-    """A progress artifact that moves as rows land, updated at most once a second."""
+    """A progress artifact that moves as rows land, updated at most once a second, in the
+    background (a row never waits for the update)."""
 
     def __init__(self, total: int, artifact_id: UUID) -> None:
         self.total, self.artifact_id, self.done = total, artifact_id, 0
         self._last = time.monotonic()
+        self._update: asyncio.Task[None] | None = None
 
-    async def advance(self) -> None:
+    def advance(self) -> None:
         self.done += 1
-        if time.monotonic() - self._last >= _PROGRESS_INTERVAL:
-            await self.finish()
+        busy = self._update is not None and not self._update.done()
+        if not busy and time.monotonic() - self._last >= _PROGRESS_INTERVAL:
+            self._last = time.monotonic()
+            self._update = asyncio.ensure_future(self._send())
 
     async def finish(self) -> None:
+        if self._update is not None:
+            await asyncio.gather(self._update, return_exceptions=True)
         self._last = time.monotonic()
+        await self._send(best_effort=False)
+
+    async def _send(self, best_effort: bool = True) -> None:
         percent = 100.0 * self.done / self.total if self.total else 100.0
-        await aupdate_progress_artifact(self.artifact_id, percent)
+        try:
+            await aupdate_progress_artifact(self.artifact_id, percent)
+        except Exception:
+            if not best_effort:
+                raise
+
+
+async def _serve_cached(
+    todo: list[tuple[int, BatchRow, dict[str, Any]]],
+    requests: dict[int, GenerateRequest],
+    variant: int,
+    store: ImageStore,
+    results: dict[int, RowResult],
+    logger: Any,
+) -> list[tuple[int, BatchRow, dict[str, Any]]]:
+    """Rows whose images are already in the store (the cache record the task would find) get
+    their result at once, without a task run; the others are returned, to run.
+
+    A rerun of a whole batch then costs one store lookup per row instead of a Prefect task run
+    per row. Only a certain hit is served here: a row whose record is missing, damaged or
+    unreadable goes to the task, which looks again under its lock (and finds spooled images).
+    """
+    if not todo or PREFECT_TASKS_REFRESH_CACHE.value():
+        return todo
+    lookups = asyncio.Semaphore(_CACHE_LOOKUPS)
+
+    async def lookup(number: int, row: BatchRow) -> list[ImageRef] | None:
+        key = cache_key(requests[number], row.variant if row.variant is not None else variant)
+        async with lookups:
+            try:
+                return await asyncio.to_thread(_cached_refs, store, key)
+            except Exception as exc:  # the task will look again and report a store failure
+                logger.debug("cache lookup of row %d failed: %s", number, exc)
+                return None
+
+    found = await asyncio.gather(*(lookup(number, row) for number, row, _ in todo))
+    remaining: list[tuple[int, BatchRow, dict[str, Any]]] = []
+    for (number, row, fields), refs in zip(todo, found, strict=True):
+        if refs is None:
+            remaining.append((number, row, fields))
+        else:
+            results[number] = RowResult(
+                row=number,
+                id=row.id,
+                prompt=row.prompt,
+                status="stored",
+                images=refs,
+                request_id=refs[0].request_id,
+            )
+    return remaining
+
+
+def _cached_refs(store: ImageStore, key: str) -> list[ImageRef] | None:
+    """The refs of cache record ``key`` with fresh links, or None."""
+    refs = read_record(store, key)
+    if refs is None:
+        return None
+    out: list[ImageRef] = []
+    for ref in refs:
+        try:
+            link: str | None = store.link_for(store.image_key(ref.sha256, ref.format))
+        except Exception:
+            link = None
+        out.append(ref.model_copy(update={"link": link}))
+    return out

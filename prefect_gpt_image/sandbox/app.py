@@ -48,7 +48,7 @@ from .config import MEDIA_FAULTS, STATUS_FAULTS, FaultConfig, SandboxConfig
 from .faults import FaultInjector
 from .ledger import BilledImage, Ledger, LoggedFile
 from .media import MediaStore
-from .render import RenderCache, Rendered, RenderSpec
+from .render import RenderCache, Rendered, Renderer, RenderSpec
 
 __all__ = ["REQUEST_ID_KEY", "SandboxState", "create_app", "new_request_id"]
 
@@ -112,7 +112,7 @@ class SandboxState:
         self.ledger = Ledger(config.balance)
         self.faults = FaultInjector(config.faults)
         self.media = MediaStore()
-        self.renders = RenderCache()
+        self.renders = RenderCache(renderer=Renderer(config.render, texture=config.texture))
 
     def set_faults(self, faults: FaultConfig) -> None:
         """Use new fault probabilities (re-seeded) from now on."""

@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--slow-seconds", type=float, default=d.slow_seconds, help="extra delay of 'slow' faults")
     add("--public-url", default=None, help="scheme://host[:port] for result URLs")
+    add(
+        "--render",
+        choices=("draw", "template"),
+        default=d.render,
+        help="draw every image, or copy a pre-rendered one per size (cheap) (default %(default)s)",
+    )
+    add("--texture", action="store_true", help="photo-like grain: files as large as real results")
     add("--seed", type=int, default=None, help="seed of the random faults")
     add(
         "--fault",
@@ -101,6 +108,8 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         stream_completed_url=args.stream_completed_url,
         slow_seconds=args.slow_seconds,
         public_url=args.public_url,
+        render=args.render,
+        texture=args.texture,
         faults=FaultConfig.parse(args.fault, seed=args.seed),
     )
 

@@ -18,6 +18,7 @@ __all__ = [
     "STATUS_FAULTS",
     "STREAM_FAULTS",
     "FaultConfig",
+    "RenderMode",
     "ResultMode",
     "SandboxConfig",
     "check_fault_kind",
@@ -50,6 +51,7 @@ NO_FAULT = "none"
 """A scripted entry that means: serve this request normally."""
 
 ResultMode = Literal["url", "b64_json"]
+RenderMode = Literal["draw", "template"]
 
 
 def check_fault_kind(kind: str, *, allow_none: bool = False) -> str:
@@ -112,7 +114,10 @@ class SandboxConfig:
     image requests in flight (more get 429); ``keys`` empty accepts any bearer key; ``balance``
     is the number of images that may be billed before 403 ``insufficient_user_quota``;
     ``public_url`` (e.g. ``http://localhost:8000``) overrides the scheme and host of result URLs,
-    which otherwise follow the request's ``Host`` header.
+    which otherwise follow the request's ``Host`` header. ``render="template"`` serves copies of
+    one pre-rendered image per size and format, each made unique by a metadata chunk (cheap
+    enough that a benchmark measures the client, not the sandbox); ``texture`` adds grain so
+    files are about as large as real results.
     """
 
     host: str = "127.0.0.1"
@@ -130,6 +135,8 @@ class SandboxConfig:
     stream_completed_url: bool = False
     slow_seconds: float = 5.0
     public_url: str | None = None
+    render: RenderMode = "draw"
+    texture: bool = False
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
@@ -140,6 +147,8 @@ class SandboxConfig:
         for name in ("latency", "media_ttl", "slow_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.render not in ("draw", "template"):
+            raise ValueError(f"render must be 'draw' or 'template', not {self.render!r}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1 (or None for no limit)")
         if self.balance is not None and self.balance < 0:

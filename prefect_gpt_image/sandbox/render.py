@@ -2,8 +2,16 @@
 
 Colours come from the prompt's sha256, the prompt is written on the image, and the image index
 shifts the pattern, so every image can be told apart by eye and the same request always gives
-the same bytes. Rendering runs off the event loop and is cached, so benchmarks measure the
-client, not the sandbox.
+the same bytes. Rendering runs off the event loop and is cached.
+
+Two cheaper or more realistic variants, for benchmarks (see :class:`Renderer`):
+
+* ``template``: one image per size and format is drawn once; each request gets a copy made
+  unique (and still deterministic) by a metadata chunk naming its spec (PNG ``tEXt``, JPEG
+  ``COM``), so thousands of distinct results cost a memory copy each, not a drawing. WebP has no
+  such cheap chunk and is drawn as usual.
+* ``texture``: photo-like grain, so files are about as large as real results (PNG about 1.4 MB at
+  1024x1024 and 11 MB at 3840x2160, instead of a few tens of kilobytes).
 """
 
 from __future__ import annotations
@@ -11,20 +19,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import struct
 import textwrap
+import threading
+import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import anyio.to_thread
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from ..api.images import ImageFormat, InputImage
 
-__all__ = ["RenderCache", "RenderSpec", "Rendered", "palette", "render"]
+__all__ = ["RenderCache", "RenderSpec", "Rendered", "Renderer", "palette", "render"]
 
 RGB = tuple[int, int, int]
 _MAX_TEXT_CHARS = 400
+_TEXTURE_SIGMA = 20.0
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IHDR_END = 8 + 4 + 4 + 13 + 4
 
 
 @dataclass(frozen=True)
@@ -75,17 +90,76 @@ def palette(prompt: str) -> tuple[RGB, RGB, RGB]:
     return (d[0], d[1], d[2]), (d[3], d[4], d[5]), (d[6], d[7], d[8])
 
 
-def render(spec: RenderSpec) -> Rendered:
-    """Draw and encode the image (and its partials) described by ``spec``. CPU-bound."""
+def render(spec: RenderSpec, *, texture: bool = False) -> Rendered:
+    """Draw and encode the image (and its partials) described by ``spec``. CPU-bound.
+
+    ``texture`` adds photo-like grain, so the file is about as large as a real result.
+    """
     if spec.inputs:
         img = _edit_image(spec)
     else:
         img = _pattern(spec)
+    if texture:
+        img = _grain(img)
     data = _encode(img, spec.format, spec.compression)
     partials = tuple(
         _encode(_coarse(img, i, spec.partials), spec.format, spec.compression) for i in range(spec.partials)
     )
     return Rendered(data=data, sha256=hashlib.sha256(data).hexdigest(), partials=partials)
+
+
+class Renderer:
+    """Makes the :class:`Rendered` result of a spec: ``draw`` renders every image (the default),
+    ``template`` copies one pre-rendered image per size and format and makes the copy unique
+    with a metadata chunk naming the spec; ``texture`` adds realistic grain. Thread-safe."""
+
+    def __init__(self, mode: str = "draw", *, texture: bool = False) -> None:
+        """A renderer in ``mode`` (``draw`` or ``template``)."""
+        if mode not in ("draw", "template"):
+            raise ValueError(f"render mode must be 'draw' or 'template', not {mode!r}")
+        self.mode = mode
+        self.texture = texture
+        self._templates: dict[tuple[object, ...], Rendered] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: RenderSpec) -> Rendered:
+        """The result for ``spec``."""
+        if self.mode == "draw" or spec.inputs or spec.format == "webp":
+            return render(spec, texture=self.texture)
+        base = self._template(spec)
+        marker = hashlib.sha256(repr(spec.key()).encode()).hexdigest().encode()
+        data = _mark(base.data, spec.format, marker)
+        return Rendered(data=data, sha256=hashlib.sha256(data).hexdigest(), partials=base.partials)
+
+    def _template(self, spec: RenderSpec) -> Rendered:
+        key = (spec.width, spec.height, spec.format, spec.compression, spec.quality, spec.partials)
+        with self._lock:
+            found = self._templates.get(key)
+            if found is None:
+                template = RenderSpec(
+                    prompt="sandbox template image",
+                    width=spec.width,
+                    height=spec.height,
+                    format=spec.format,
+                    compression=spec.compression,
+                    quality=spec.quality,
+                    partials=spec.partials,
+                )
+                found = self._templates[key] = render(template, texture=self.texture)
+            return found
+
+
+def _mark(data: bytes, fmt: ImageFormat, marker: bytes) -> bytes:
+    """``data`` with ``marker`` in a metadata chunk: a different, equally valid file."""
+    if fmt == "png" and data.startswith(_PNG_SIGNATURE):
+        body = b"sandbox\x00" + marker
+        chunk = struct.pack(">I", len(body)) + b"tEXt" + body
+        chunk += struct.pack(">I", zlib.crc32(chunk[4:]) & 0xFFFFFFFF)
+        return b"".join((data[:_PNG_IHDR_END], chunk, data[_PNG_IHDR_END:]))
+    if fmt == "jpeg" and data.startswith(b"\xff\xd8"):
+        segment = b"\xff\xfe" + struct.pack(">H", len(marker) + 2) + marker
+        return b"".join((data[:2], segment, data[2:]))
+    raise ValueError(f"cannot mark a {fmt} image")
 
 
 class RenderCache:
@@ -94,9 +168,12 @@ class RenderCache:
     Concurrent requests for the same spec share one render. Use it from one event loop.
     """
 
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        """Keep at most ``max_bytes`` of encoded images."""
+    def __init__(
+        self, max_bytes: int = 256 * 1024 * 1024, renderer: Callable[[RenderSpec], Rendered] = render
+    ) -> None:
+        """Keep at most ``max_bytes`` of encoded images made by ``renderer``."""
         self.max_bytes = max_bytes
+        self.renderer = renderer
         self._items: OrderedDict[tuple[object, ...], Rendered] = OrderedDict()
         self._pending: dict[tuple[object, ...], asyncio.Future[Rendered]] = {}
         self._bytes = 0
@@ -119,7 +196,7 @@ class RenderCache:
         future: asyncio.Future[Rendered] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         try:
-            result = await anyio.to_thread.run_sync(render, spec)
+            result = await anyio.to_thread.run_sync(self.renderer, spec)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # mark retrieved: waiters (if any) re-raise it themselves
@@ -239,6 +316,12 @@ def _paste_strip(img: Image.Image, refs: tuple[InputImage, ...]) -> None:
         )
         img.paste(thumb, (x, y))
         x += thumb.width + pad * 2
+
+
+def _grain(img: Image.Image) -> Image.Image:
+    """``img`` with gaussian grain: compresses about as badly as a photograph."""
+    noise = Image.effect_noise(img.size, _TEXTURE_SIGMA).convert(img.mode)
+    return ImageChops.add(img, noise, 1.0, -128)
 
 
 def _coarse(img: Image.Image, index: int, total: int) -> Image.Image:

@@ -9,19 +9,27 @@ generator on it, and ``asyncio.run`` (like any orderly shutdown calling
 ``loop.shutdown_asyncgens()``) finalizes it while the loop still runs, closing the loop's clients.
 Loops that live until the process exits (such as Prefect's run-sync loop) are closed at exit.
 :func:`aclose_clients` closes the current loop's clients at any time.
+
+Results are streamed to files (the client's ``spool_dir``, a private temporary folder of this
+process unless the configuration names one), not held in memory: a batch of 4K images then needs
+memory for the few being checked at a time, not for every image in flight. The task removes each
+file once the image is stored (:func:`discard_downloads`); the folder goes at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import shutil
+import tempfile
 import threading
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
+from pathlib import Path
 
-from prefect_gpt_image.api import AsyncImagesClient, ClientConfig
+from prefect_gpt_image.api import AsyncImagesClient, ClientConfig, GeneratedImage
 
-__all__ = ["aclose_clients", "shared_client"]
+__all__ = ["aclose_clients", "discard_downloads", "download_dir", "shared_client"]
 
 
 class _LoopClients:
@@ -54,8 +62,30 @@ async def _close_all(entry: _LoopClients) -> None:
             pass
 
 
+_downloads: Path | None = None
+
+
+def download_dir() -> Path:
+    """This process's folder for downloaded results (made on first use, removed at exit)."""
+    global _downloads
+    with _lock:
+        if _downloads is None or not _downloads.is_dir():
+            _downloads = Path(tempfile.mkdtemp(prefix="prefect-gpt-image-downloads-"))
+        return _downloads
+
+
+def discard_downloads(images: Iterable[GeneratedImage]) -> None:
+    """Remove the download files of ``images`` (stored or spooled by now); bytes in memory stay."""
+    for image in images:
+        if image.path is not None and _downloads is not None and image.path.parent == _downloads:
+            image.path.unlink(missing_ok=True)
+
+
 async def shared_client(config: ClientConfig) -> AsyncImagesClient:
-    """The current loop's client for ``config``, made on first use."""
+    """The current loop's client for ``config``, made on first use. Results go to files in
+    :func:`download_dir` unless ``config`` names its own ``spool_dir``."""
+    if config.spool_dir is None:
+        config = config.with_options(spool_dir=str(download_dir()))
     loop = asyncio.get_running_loop()
     start_closer = False
     with _lock:
@@ -84,6 +114,9 @@ async def aclose_clients() -> None:
 def _close_at_exit() -> None:
     with _lock:
         entries = list(_registry.items())
+        downloads = _downloads
+    if downloads is not None:
+        shutil.rmtree(downloads, ignore_errors=True)
     for loop, entry in entries:
         if not entry.clients or loop.is_closed() or not loop.is_running():
             continue

@@ -13,7 +13,7 @@ from typing import TypeAlias
 from urllib.parse import urlsplit
 
 import httpx
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from prefect_gpt_image.api.images import MAX_INPUT_BYTES, InputImage, load_input_image
 from prefect_gpt_image.storage import ImageStore, S3ImageStore, resolve_store
@@ -111,6 +111,9 @@ def _read_s3(uri: str, store: ImageStore, what: str) -> bytes:
         if status in (403, 404):
             raise InputImageError(f"{what}: cannot read {uri} (HTTP {status})") from None
         raise ImageStorageError(f"{what}: reading {uri} failed: {exc}") from None
+    except (ValueError, ParamValidationError) as exc:  # a malformed URI: no retry can help
+        reason = " ".join(str(exc).split())
+        raise InputImageError(f"{what}: {uri} is not an s3://bucket/key URI ({reason})") from None
     except BotoCoreError as exc:
         raise ImageStorageError(f"{what}: reading {uri} failed: {exc}") from None
 

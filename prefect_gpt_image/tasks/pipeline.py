@@ -10,8 +10,8 @@ Order of a call (all of it under the lock of its cache key, see :mod:`.locks`)::
         on a store failure       -> spool the bytes, raise ImagesSpooledError (a rerun stores them)
     artifacts (best effort)
 
-The paid call's concurrency slot is released as soon as the API answered: storing does not hold
-API capacity.
+The paid call's concurrency slot is released as soon as the API answered: downloading the result
+URLs, checking the images and storing them do not hold API capacity.
 """
 
 from __future__ import annotations
@@ -48,12 +48,12 @@ from prefect_gpt_image.storage import ImageStore
 from . import budget, spool
 from .artifacts import publish_artifacts
 from .cache import cache_key, endpoint_of, read_record, write_record
-from .clients import shared_client
+from .clients import discard_downloads, shared_client
 from .concurrency import api_slot
 from .errors import CacheLockTimeoutError, ImagesLostError, ImagesSpooledError, ImageStorageError
 from .locks import get_lock_manager
 from .refs import ImageRef
-from .retry import allow_outcome_unknown_retry
+from .retry import allow_outcome_unknown_retry, note_maybe_billed
 
 __all__ = ["run_image_call"]
 
@@ -226,6 +226,8 @@ async def _locked_call(
                 event.error,
                 event.wait_seconds,
             )
+            if event.error.maybe_billed:
+                note_maybe_billed(event.error)
 
         async with api_slot(
             settings.concurrency_limit_name,
@@ -234,13 +236,18 @@ async def _locked_call(
             rate_limit_name=settings.rate_limit_name,
             lease_seconds=300.0,
             logger=logger,
-        ):
+        ) as slot:
             await extend_lock()
-            images = await client.send(request, on_partial=on_partial, on_retry=on_retry)
+            # The slot goes back as soon as the API answered: downloading and checking the
+            # results use no API capacity.
+            images = await client.send(
+                request, on_partial=on_partial, on_retry=on_retry, on_answered=slot.release
+            )
     except GptImageError as exc:
         if exc.maybe_billed:
             if settings.retry_outcome_unknown:
                 allow_outcome_unknown_retry(exc)
+                note_maybe_billed(exc)
         else:
             reservation.cancel()
         logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
@@ -264,7 +271,11 @@ async def _locked_call(
     try:
         await _in_thread(_store_new, store, images, refs, manifests, key, summary)
     except Exception as exc:
-        raise _spool_after_failure(exc, store, key, images, refs, manifests, summary, logger) from exc
+        error = _spool_after_failure(exc, store, key, images, refs, manifests, summary, logger)
+        if not isinstance(error, ImagesLostError):
+            discard_downloads(images)
+        raise error from exc
+    discard_downloads(images)
     refs = _with_links(store, refs, logger)
     await _artifacts(
         refs, params=params, outcome="generated", key=key, charged=reservation.cost, logger=logger

@@ -14,19 +14,52 @@ is allowed only for failures after which nothing paid can be lost or paid again:
 Never: 400-class errors, validation, budget caps, unreadable inputs, lost images, or anything
 unexpected. :func:`retry_condition` is a plain function because Prefect 3.8.8 silently ignores a
 ``retry_condition_fn`` that is a callable object, bound method or ``functools.partial``.
+
+An attempt that may have been billed and was retried anyway (``retry_outcome_unknown``) is
+reported: the calls made inside :func:`collect_maybe_billed` note its request id there (the batch
+flow lists them per row), so what was paid for adds up.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from prefect_gpt_image.api.errors import GptImageError
 
 from .errors import CacheLockTimeoutError, ImageStorageError
 
-__all__ = ["allow_outcome_unknown_retry", "is_safe_to_retry", "retry_condition"]
+__all__ = [
+    "allow_outcome_unknown_retry",
+    "collect_maybe_billed",
+    "is_safe_to_retry",
+    "note_maybe_billed",
+    "retry_condition",
+]
 
 _OPT_IN_ATTRIBUTE = "_prefect_gpt_image_retry_outcome_unknown"
+_MAYBE_BILLED: ContextVar[list[str] | None] = ContextVar("prefect_gpt_image_maybe_billed", default=None)
+
+
+@contextmanager
+def collect_maybe_billed() -> Iterator[list[str]]:
+    """Collect the request ids of the attempts, of the image calls made inside the block, that were
+    sent, may have been billed, brought no image and were retried (``retry_outcome_unknown``)."""
+    found: list[str] = []
+    token = _MAYBE_BILLED.set(found)
+    try:
+        yield found
+    finally:
+        _MAYBE_BILLED.reset(token)
+
+
+def note_maybe_billed(error: GptImageError) -> None:
+    """Note ``error``'s attempt in the enclosing :func:`collect_maybe_billed`, if any."""
+    found = _MAYBE_BILLED.get()
+    if found is not None:
+        found.append(error.request_id or "unknown")
 
 
 def allow_outcome_unknown_retry(error: BaseException) -> None:

@@ -1,0 +1,41 @@
+"""A batch run in its own process, for the crash test to kill with SIGKILL.
+
+``python -m tests.reliability.crash_batch PROMPTS_FILE STORAGE SETTINGS_BLOCK MAX_PARALLEL HOLD``:
+runs ``batch_generate`` against the Prefect server of ``PREFECT_API_URL``, the key and base URL of
+``GPT_IMAGE_API_KEY`` / ``GPT_IMAGE_BASE_URL``, the lock folder of ``GPT_IMAGE_LOCK_DIR``.
+
+``HOLD`` replaces ``GptImageSettings.call_deadline_seconds()`` (the time a call's lock is held at
+most, over three minutes with any settings) so the test can watch a dead holder's lock expire
+in seconds instead of minutes. Nothing else is changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str]) -> int:
+    prompts_file, storage, settings_block, max_parallel, hold = argv
+    from prefect_gpt_image.blocks import GptImageSettings
+    from prefect_gpt_image.flows import batch_generate
+
+    GptImageSettings.call_deadline_seconds = lambda self: float(hold)  # type: ignore[method-assign]
+    prompts = json.loads(Path(prompts_file).read_text())
+    state = asyncio.run(
+        batch_generate(
+            prompts=prompts,
+            storage=storage,
+            settings_block=settings_block,
+            max_parallel=int(max_parallel),
+            return_state=True,
+        )
+    )
+    print(state.message, flush=True)
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,139 @@
+"""Leases of the global concurrency limit (``tasks/concurrency.py``), on a real Prefect server:
+hand-off between calls of one process, early release, slots held for a batch, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from prefect_gpt_image.tasks.concurrency import api_slot, hold_slots, release_idle_leases
+
+pytestmark = pytest.mark.usefixtures("prefect_env")
+
+
+def _active(name: str) -> int:
+    with get_client(sync_client=True) as client:
+        return int(client.read_global_concurrency_limit_by_name(name).active_slots)
+
+
+def _name() -> str:
+    return f"gpt-image-lease-test-{uuid.uuid4().hex[:10]}"
+
+
+def test_calls_never_exceed_the_limit_and_leave_no_slot_held() -> None:
+    name = _name()
+    in_flight = peak = 0
+
+    async def call() -> None:
+        nonlocal in_flight, peak
+        async with api_slot(name, 3):
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(call() for _ in range(15)))
+
+    asyncio.run(main())
+    assert peak == 3
+    assert _active(name) == 0  # the last calls had no one to hand their lease to: released
+
+
+def test_a_slot_released_early_lets_the_next_call_in() -> None:
+    name = _name()
+    order: list[str] = []
+
+    async def first(released: asyncio.Event) -> None:
+        async with api_slot(name, 1) as slot:
+            order.append("first in")
+            await slot.release()
+            await slot.release()  # a second release does nothing
+            released.set()
+            await asyncio.sleep(0.3)  # still inside the block: downloading, storing ...
+            order.append("first out")
+
+    async def second(released: asyncio.Event) -> None:
+        await released.wait()
+        async with api_slot(name, 1):
+            order.append("second in")
+
+    async def main() -> None:
+        released = asyncio.Event()
+        await asyncio.gather(first(released), second(released))
+
+    asyncio.run(main())
+    assert order == ["first in", "second in", "first out"]
+    assert _active(name) == 0
+
+
+def test_hold_slots_keeps_the_lease_between_calls_and_releases_it_at_the_end() -> None:
+    name = _name()
+    seen: list[int] = []
+
+    async def main() -> None:
+        async with hold_slots(name):
+            for _ in range(3):
+                async with api_slot(name, 2):
+                    pass
+                seen.append(await asyncio.to_thread(_active, name))
+        seen.append(await asyncio.to_thread(_active, name))
+
+    asyncio.run(main())
+    assert seen == [1, 1, 1, 0]  # one lease, kept between the calls; none after the batch
+
+
+def test_an_unused_kept_lease_is_released_soon() -> None:
+    name = _name()
+
+    async def main() -> list[int]:
+        async with hold_slots(name):
+            async with api_slot(name, 2):
+                pass
+            held = await asyncio.to_thread(_active, name)
+            await release_idle_leases()
+            return [held, await asyncio.to_thread(_active, name)]
+
+    assert asyncio.run(main()) == [1, 0]
+
+
+def test_a_cancelled_waiter_leaks_no_slot() -> None:
+    name = _name()
+
+    async def main() -> None:
+        holder_in = asyncio.Event()
+
+        async def holder() -> None:
+            async with api_slot(name, 1):
+                holder_in.set()
+                await asyncio.sleep(0.3)
+
+        task = asyncio.ensure_future(holder())
+        await holder_in.wait()
+        waiter = asyncio.ensure_future(api_slot(name, 1).__aenter__())
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await task
+        async with api_slot(name, 1):  # the slot is free again
+            pass
+
+    asyncio.run(main())
+    assert _active(name) == 0
+
+
+def test_a_missing_limit_is_created_never_ignored() -> None:
+    name = _name()
+
+    async def main() -> Any:
+        async with api_slot(name, 2):
+            return await asyncio.to_thread(_active, name)
+
+    assert asyncio.run(main()) == 1
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).limit == 2
