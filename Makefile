@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint bench install clean
 
 $(BIN)/.installed: pyproject.toml tests/e2e/ui/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
+
+# The five benchmarks of bench/README.md, one after another (about 6 minutes on 2 cores).
+bench: $(BIN)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	for b in throughput overhead rerun memory stream; do $(BIN)/python bench/$$b.py || exit 1; done
+	$(BIN)/python bench/throughput.py --n 1000
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check prefect_gpt_image tests bench deployments

@@ -380,16 +380,42 @@ def sandbox(**config: Any) -> Iterator[Any]:
 
 @dataclass
 class ChildSandbox:
-    """A sandbox in a child process: its base URL and PID; its ledger over HTTP."""
+    """A sandbox in a child process (its CPU and memory are not this process's): its base URL,
+    its PID, and its ledger, request log and reset over HTTP."""
 
     base_url: str
     pid: int
 
-    def ledger(self) -> dict[str, Any]:
+    def _call(self, path: str, method: str = "GET") -> dict[str, Any]:
         root = self.base_url.removesuffix("/v1")
-        with urllib.request.urlopen(f"{root}/sandbox/ledger", timeout=10) as answer:  # noqa: S310
+        request = urllib.request.Request(f"{root}/sandbox/{path}", method=method)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
             data: dict[str, Any] = json.load(answer)
             return data
+
+    def ledger(self) -> dict[str, Any]:
+        """``{"entries": [...], "stats": {...}}``."""
+        return self._call("ledger")
+
+    def stats(self) -> dict[str, Any]:
+        """The ledger's stats (``requests``, ``max_in_flight``, ``billed_images``, ...)."""
+        stats: dict[str, Any] = self.ledger()["stats"]
+        return stats
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The request log (``started``/``finished`` epoch seconds, ``endpoint``, ``status``)."""
+        log: list[dict[str, Any]] = self._call("requests")["requests"]
+        return log
+
+    def reset(self) -> None:
+        """Forget the ledger, the log and the counters."""
+        self._call("reset", method="POST")
+
+
+def sandbox_flags(latency: float, k: int) -> list[str]:
+    """The flags of a benchmark sandbox: ``latency`` s per image, at most ``k`` in flight,
+    copies of pre-rendered, realistically large images."""
+    return ["--latency", str(latency), "--max-concurrency", str(k), "--render", "template", "--texture"]
 
 
 @contextlib.contextmanager

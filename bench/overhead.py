@@ -1,7 +1,7 @@
 """Overhead: what the plugin costs per image on top of the calls a script would make anyway.
 
-Sandbox latency 0, one worker, small 1024x1024 PNG results (``--realistic`` for 1.5 MB ones),
-images stored in a local S3 server (SeaweedFS):
+Sandbox (a child process) latency 0, one worker, small 1024x1024 PNG results (``--realistic``
+for 1.5 MB ones), images stored in a local S3 server (SeaweedFS):
 
 * plugin: the ``batch_generate`` flow with ``max_parallel=1`` (task run, lock, cache lookup,
   concurrency slot, request, download and check, image + manifest + cache record in S3, links,
@@ -79,9 +79,10 @@ def main() -> int:
     with common.start_stack(args.db) as stack, contextlib.ExitStack() as stop:
         from prefect_gpt_image.flows import ImageOptions
 
-        sb = stop.enter_context(
-            common.sandbox(latency=args.latency, max_concurrency=max(k, 1), texture=args.realistic)
-        )
+        flags = common.sandbox_flags(args.latency, max(k, 1))
+        if not args.realistic:
+            flags.remove("--texture")
+        sb = stop.enter_context(common.sandbox_process(stack.root, *flags))
         s3 = stop.enter_context(common.local_s3())
         settings = common.save_settings(
             "bench-overhead", concurrency_limit=k, concurrency_limit_name=f"bench-overhead-{k}"

@@ -1,7 +1,8 @@
 """Throughput: how close a batch gets to the provider's bound, ceil(N/K) x L, against the SDK.
 
-The sandbox answers each image request after ``--latency`` seconds and refuses (429) more than
-``--k`` in flight. The same N prompts go through
+The sandbox (a child process, as the real API is another machine: its CPU is not this process's)
+answers each image request after ``--latency`` seconds and refuses (429) more than ``--k`` in
+flight. The same N prompts go through
 
 * the plugin: the ``batch_generate`` flow, global concurrency limit K (settings block), images
   stored in a local folder (``--storage s3`` for SeaweedFS);
@@ -9,7 +10,10 @@ The sandbox answers each image request after ``--latency`` seconds and refuses (
   downloading its result URL and writing the file, which is what a user would otherwise write.
 
 Each side is warmed up first (one small run, not timed) and uses fresh prompts per repetition,
-so nothing is a cache hit. Last line: ``plugin_over_ideal``, ``plugin_over_sdk`` (medians).
+so nothing is a cache hit. Besides wall time the table shows where the rest of the time goes: the
+lag from the start to the first request, the tail after the last answer, and the median gap
+between an answer and the next request taking its place. Last line: ``plugin_over_ideal``,
+``plugin_over_sdk`` (medians).
 
 Usage: ``python bench/throughput.py [--n 200] [--k 16] [--latency 1.0] [--repeat 1]``
 """
@@ -86,6 +90,22 @@ def run_sdk(prompts: list[str], k: int, base_url: str, out: Path) -> tuple[float
     return elapsed, failures
 
 
+def _timeline(log: list[dict[str, Any]], started: float, ended: float, k: int) -> dict[str, Any]:
+    """Start lag, tail and the median gap between an answer and the request taking its slot
+    (the i-th request after the first K against the i-th answer), from the sandbox's log."""
+    calls = [r for r in log if r["endpoint"].endswith("/generations") and r["finished"]]
+    if not calls:
+        return {}
+    starts = sorted(r["started"] for r in calls)
+    ends = sorted(r["finished"] for r in calls)
+    gaps = [starts[i] - ends[i - k] for i in range(k, len(starts))]
+    return {
+        "start lag ms": 1000 * (starts[0] - started),
+        "tail ms": 1000 * (ended - ends[-1]),
+        "gap ms (median)": 1000 * common.median(gaps) if gaps else 0.0,
+    }
+
+
 def main() -> int:
     p = common.parser(__doc__.split("\n\n")[0], n=200, k=16, latency=1.0)
     p.add_argument("--repeat", type=int, default=1, help="measured runs of each side (default %(default)s)")
@@ -104,7 +124,7 @@ def main() -> int:
     plugin_times: list[float] = []
     sdk_times: list[float] = []
     with common.start_stack(args.db) as stack:
-        with common.sandbox(latency=latency, max_concurrency=k) as sb:
+        with common.sandbox_process(stack.root, *common.sandbox_flags(latency, k)) as sb:
             s3 = common.local_s3() if args.storage == "s3" else None
             try:
                 if s3 is not None:
@@ -120,11 +140,13 @@ def main() -> int:
                 run_sdk(_prompts("warm-sdk", k), k, sb.base_url, stack.root / "sdk-warm")
                 for rep in range(args.repeat):
                     sb.reset()
+                    started = time.time()
                     with common.profiled(args.profile if rep == 0 else None), common.CpuMeter(stack) as cpu:
                         wall, result = run_plugin(
                             _prompts(f"plugin-r{rep}", n), k, storage, settings, args.max_parallel
                         )
-                    stats = sb.ledger.stats()
+                    ended = time.time()
+                    stats = sb.stats()
                     stored = getattr(result, "stored", -1)
                     common.check(stored == n, f"plugin stored {stored} of {n}", problems)
                     common.check(
@@ -146,16 +168,19 @@ def main() -> int:
                             "API requests": stats["requests"],
                             "max in flight": stats["max_in_flight"],
                             "failed": n - stored,
+                            **_timeline(sb.requests(), started, ended, k),
                             "CPU ms/img (this process)": 1000 * cpu.plugin / n,
                             "CPU ms/img (Prefect server+db)": 1000 * cpu.server / n,
                         }
                     )
                     sb.reset()
+                    started = time.time()
                     with common.CpuMeter(stack) as cpu:
                         wall, failures = run_sdk(
                             _prompts(f"sdk-r{rep}", n), k, sb.base_url, stack.root / "sdk"
                         )
-                    stats = sb.ledger.stats()
+                    ended = time.time()
+                    stats = sb.stats()
                     common.check(failures == 0, f"sdk had {failures} failures", problems)
                     sdk_times.append(wall)
                     rows.append(
@@ -171,6 +196,7 @@ def main() -> int:
                             "API requests": stats["requests"],
                             "max in flight": stats["max_in_flight"],
                             "failed": failures,
+                            **_timeline(sb.requests(), started, ended, k),
                             "CPU ms/img (this process)": 1000 * cpu.plugin / n,
                             "CPU ms/img (Prefect server+db)": 1000 * cpu.server / n,
                         }

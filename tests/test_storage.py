@@ -505,3 +505,31 @@ def test_no_secret_in_repr_describe_metadata_or_errors(
     assert (
         store.describe() == f"S3 s3://{s3_bucket}/x at {local_s3.endpoint_url} (presigned links valid 3600 s)"
     )
+
+
+def test_run_concurrently_overlaps_waits_for_all_and_raises_the_first_error() -> None:
+    import threading
+    import time
+
+    from prefect_gpt_image.storage.base import run_concurrently
+
+    together = threading.Barrier(4, timeout=10)  # passes only if all four run at the same time
+
+    def write(i: int) -> int:
+        together.wait()
+        return i
+
+    assert run_concurrently(*(lambda i=i: write(i) for i in range(4))) == [0, 1, 2, 3]
+    done: list[int] = []
+
+    def slow_ok() -> None:
+        time.sleep(0.2)
+        done.append(threading.get_ident())
+
+    def fail(message: str) -> None:
+        raise OSError(message)
+
+    with pytest.raises(OSError, match="first"):
+        run_concurrently(lambda: fail("first"), slow_ok, lambda: fail("second"))
+    assert len(done) == 1  # the error waited for the write still in flight
+    assert run_concurrently() == []

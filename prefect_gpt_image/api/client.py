@@ -16,11 +16,12 @@ import hashlib
 import inspect
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 import anyio.from_thread
@@ -86,6 +87,13 @@ AnsweredCallback = Callable[[], "Awaitable[None] | None"]
 """Called (sync or async) once the API gave a valid answer, before results are downloaded."""
 
 
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """The TLS settings every client of this process shares (httpx's defaults: system-trusted
+    certifi roots). Made once: loading the roots costs tens of milliseconds per client."""
+    return httpx.create_ssl_context()
+
+
 class AsyncImagesClient:
     """Async client for ``POST /images/generations`` and ``POST /images/edits``.
 
@@ -127,7 +135,7 @@ class AsyncImagesClient:
                 max_connections=self.config.max_connections,
                 max_keepalive_connections=self.config.max_connections,
             ),
-            transport=httpx.AsyncHTTPTransport(retries=0),
+            transport=httpx.AsyncHTTPTransport(retries=0, verify=_tls_context()),
             follow_redirects=False,
             headers={"User-Agent": self.config.user_agent},
         )

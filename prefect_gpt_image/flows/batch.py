@@ -142,7 +142,13 @@ async def batch_generate(
         todo.append((number, row, fields))
     total = len(parsed)
     invalid = len(results)
-    todo = await _serve_cached(todo, requests, variant, store, results, logger)
+    # The progress artifact is made while the store is searched (two round trips at once).
+    todo, progress_id = await asyncio.gather(
+        _serve_cached(todo, requests, variant, store, results, logger),
+        acreate_progress_artifact(
+            0.0, key=BATCH_PROGRESS_KEY, description=f"gpt-image batch: {len(parsed)} rows"
+        ),
+    )
     logger.info(
         "batch of %d rows: %d to run, %d already stored (cache), %d invalid",
         total,
@@ -151,14 +157,7 @@ async def batch_generate(
         invalid,
     )
 
-    progress = _Progress(
-        total,
-        await acreate_progress_artifact(
-            100.0 * len(results) / total if total else 100.0,
-            key=BATCH_PROGRESS_KEY,
-            description=f"gpt-image batch: {total} rows",
-        ),
-    )
+    progress = _Progress(total, progress_id)
     progress.done = len(results)
     queue: asyncio.Queue[tuple[int, BatchRow, dict[str, Any]]] = asyncio.Queue()
     for item in todo:
@@ -311,25 +310,42 @@ def _table_row(r: RowResult) -> dict[str, Any]:
 
 
 async def _run_workers(worker: Any, count: int, settings: Any, logger: Any) -> None:
-    """Run ``count`` workers: first as many as the limit has slots, the others once those hold
-    their slots. Starting a Prefect task run costs the event loop some milliseconds; starting
-    all at once would hold back the first wave of paid calls behind the start of the rows that
-    can only wait for a slot anyway."""
+    """Run ``count`` workers: the first wave (as many as the limit has slots) one after another,
+    each once the one before holds its slot, then the others. Starting a Prefect task run costs
+    the event loop some milliseconds; started all at once, every row would wait for all the
+    others to start before its paid call goes out, and rows beyond the limit only wait anyway."""
     if count <= 1:
         await worker()
         return
     name = settings.concurrency_limit_name
     slots = (await ensure_limit(name, settings.concurrency_limit, logger=logger)).limit
     first = min(count, max(1, slots))
-    started = asyncio.gather(*(worker() for _ in range(first)))
-    if count > first:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _FIRST_WAVE_WAIT
-        while slots_in_use(name) < first and not started.done() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        await asyncio.gather(started, *(worker() for _ in range(count - first)))
-    else:
-        await started
+    running: list[asyncio.Future[None]] = []
+    try:
+        await _start_first_wave(worker, first, name, running)
+        running.extend(asyncio.ensure_future(worker()) for _ in range(count - first))
+        await asyncio.gather(*running)
+    except BaseException:
+        for task in running:
+            task.cancel()
+        raise
+
+
+async def _start_first_wave(worker: Any, first: int, name: str, running: list[asyncio.Future[None]]) -> None:
+    """Start ``first`` workers into ``running``, each once the one before holds a slot of ``name``."""
+    loop = asyncio.get_running_loop()
+    for index in range(first):
+        running.append(asyncio.ensure_future(worker()))
+        if index + 1 == first:
+            break
+        # Until this row holds its slot (or any row ended, or the limit is busy elsewhere).
+        deadline = loop.time() + _FIRST_WAVE_WAIT / first
+        while (
+            slots_in_use(name) <= index
+            and not any(task.done() for task in running)
+            and loop.time() < deadline
+        ):
+            await asyncio.sleep(0.001)
 
 
 class _Progress:

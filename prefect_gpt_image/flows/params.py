@@ -7,6 +7,7 @@ bad value typed in the UI fails the run at once with the field and the rule.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -102,11 +103,11 @@ async def load_blocks(
     settings_block: str | None, credentials_block: str | None, storage: str | None
 ) -> tuple[GptImageSettings, GptImageCredentials | None, ImageStore]:
     """What every flow starts with: its settings, credentials and store, from the parameters."""
-    return (
-        await load_settings(settings_block),
-        await load_credentials(credentials_block),
-        await load_storage(storage),
+    # Three independent reads from the Prefect API: at once.
+    settings, credentials, store = await asyncio.gather(
+        load_settings(settings_block), load_credentials(credentials_block), load_storage(storage)
     )
+    return settings, credentials, store
 
 
 async def load_credentials(name: str | None) -> GptImageCredentials | None:

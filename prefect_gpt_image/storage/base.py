@@ -16,7 +16,8 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -30,7 +31,35 @@ __all__ = [
     "StoredObject",
     "check_key",
     "check_ttl",
+    "run_concurrently",
 ]
+
+_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpt-image-store")
+"""Runs the extra writes of :func:`run_concurrently` (I/O-bound, short)."""
+
+
+def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
+    """Run ``calls`` (store writes) at once: the first in this thread, the others in a small
+    shared pool. Returns their results in order once all are done; raises the first error in
+    order. Independent writes then cost one round trip to the store instead of one each."""
+    if not calls:
+        return []
+    futures = [_WRITERS.submit(call) for call in calls[1:]]
+    first: BaseException | None = None
+    results: list[Any] = [None]
+    try:
+        results[0] = calls[0]()
+    except BaseException as exc:
+        first = exc
+    for future in futures:
+        error = future.exception()
+        if error is not None and first is None:
+            first = error
+        results.append(None if error is not None else future.result())
+    if first is not None:
+        raise first
+    return results
+
 
 JSON_CONTENT_TYPE = "application/json"
 MAX_PRESIGN_TTL = 7 * 24 * 3600

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import shutil
 import tempfile
 import threading
@@ -81,11 +82,17 @@ def discard_downloads(images: Iterable[GeneratedImage]) -> None:
             image.path.unlink(missing_ok=True)
 
 
+@functools.lru_cache(maxsize=64)
+def _with_download_dir(config: ClientConfig, folder: str) -> ClientConfig:
+    """``config`` downloading into ``folder`` (made once per config: building one validates it)."""
+    return config.with_options(spool_dir=folder)
+
+
 async def shared_client(config: ClientConfig) -> AsyncImagesClient:
     """The current loop's client for ``config``, made on first use. Results go to files in
     :func:`download_dir` unless ``config`` names its own ``spool_dir``."""
     if config.spool_dir is None:
-        config = config.with_options(spool_dir=str(download_dir()))
+        config = _with_download_dir(config, str(download_dir()))
     loop = asyncio.get_running_loop()
     start_closer = False
     with _lock:

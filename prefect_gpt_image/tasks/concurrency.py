@@ -23,12 +23,15 @@ up all the others), a new API client per release and a new thread with its own c
 slot (for lease renewal). Together about 100 ms per call on an idle server, and the first
 acquisition of a process about 2 s. Here one background thread (:class:`_LeaseService`) owns one
 API client per server; it acquires leases (``increment-with-lease``), renews every held lease
-from a single loop, and releases them. A finished call hands its lease straight to the next call
+from a single loop, and releases them. A finished call hands its slot straight to the next call
 of this process waiting at the gate (or, inside :func:`hold_slots`, keeps it a moment for the
-next one), so a busy process makes no server round trip per call at all. The guarantee is
-unchanged: every paid call in flight holds its own live lease of the server's limit, so the limit
-is never exceeded across processes; leases not in use are released within
-:data:`IDLE_LEASE_SECONDS`, and all of them when the process exits.
+next one), so a busy process makes no server round trip per call at all; a batch takes its
+first slots in one lease, ahead of its first calls (``hold_slots(prefetch=...)``). A call gives
+its slot back as soon as the API answered (:meth:`ApiSlot.release`): downloading and storing
+need no API capacity. The guarantee is unchanged: every paid call in flight holds a slot of a
+live lease of the server's limit, so the limit is never exceeded across processes; slots not in
+use are given back within :data:`IDLE_LEASE_SECONDS` (slots taken in one lease go back
+together), and all of them when the process exits.
 """
 
 from __future__ import annotations
@@ -462,8 +465,8 @@ async def hold_slots(
             info = await ensure_limit(name, slots, logger=logger)
             if info.active:
                 fetcher = _service_for(name)
-                for _ in range(min(prefetch, info.limit)):
-                    fetching.append(fetcher.submit(fetcher.prefetch(name, _PREFETCH_LEASE_SECONDS)))
+                count = min(prefetch, info.limit)
+                fetching.append(fetcher.submit(fetcher.prefetch(name, _PREFETCH_LEASE_SECONDS, count)))
         yield
     finally:
         for future in fetching:  # none left outstanding (they never wait for a busy limit)
@@ -501,15 +504,31 @@ class _LimitBusy(Exception):
 
 
 @dataclass(eq=False)
-class _Lease:
-    """A lease of one slot of a global limit, held by this process."""
+class _Grant:
+    """A lease on the server: ``slots`` slots of one limit, renewed and released as a whole
+    (when the last of its slots is given back)."""
 
     id: UUID
     key: tuple[str, str]
     duration: float
-    service: _LeaseService
+    slots: int
+    held: int
     renewed: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Lease:
+    """One slot of a grant, used by one call at a time (or parked for the next call)."""
+
+    grant: _Grant
+    service: _LeaseService
     parked: float | None = None
+    released: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(server, limit name)."""
+        return self.grant.key
 
 
 class _LeaseService:
@@ -523,7 +542,7 @@ class _LeaseService:
         self._loop = asyncio.new_event_loop()
         self._client: PrefectClient | None = None
         self._opening: asyncio.Future[PrefectClient] | None = None
-        self._leases: dict[UUID, _Lease] = {}
+        self._grants: dict[UUID, _Grant] = {}
         self._parked: dict[tuple[str, str], deque[_Lease]] = {}
         self._signals: dict[tuple[str, str], asyncio.Event] = {}
         self._prefetching: dict[tuple[str, str], int] = {}
@@ -593,9 +612,7 @@ class _LeaseService:
                         await asyncio.wait_for(signal.wait(), MAX_POLL_SECONDS)
                     continue
             try:
-                response = await client.increment_concurrency_slots_with_lease(
-                    names=[name], slots=1, mode="concurrency", lease_duration=duration
-                )
+                return (await self._grant(client, name, duration, 1))[0]
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:
                     raise ConcurrencySlotAcquisitionError(
@@ -614,29 +631,41 @@ class _LeaseService:
                     # Woken early when a call of this process parks a lease of this limit.
                     await asyncio.wait_for(signal.wait(), pause)
                 continue
-            data = response.json()
-            if not data.get("limits"):
-                if data.get("lease_id"):
-                    await self._release_id(UUID(str(data["lease_id"])))
-                raise _LimitNotFound(name)
-            lease = _Lease(
-                id=UUID(str(data["lease_id"])), key=(self.server, name), duration=duration, service=self
-            )
-            with self._lock:
-                self._leases[lease.id] = lease
-            return lease
 
-    async def prefetch(self, name: str, duration: float) -> None:
-        """Acquire a lease of ``name`` for a call to come and park it; nothing if the limit is
-        full (or anything fails: the call then acquires its own)."""
+    async def _grant(self, client: PrefectClient, name: str, duration: float, slots: int) -> list[_Lease]:
+        """``slots`` slots of ``name`` in one server lease (HTTPStatusError 423 if not free)."""
+        response = await client.increment_concurrency_slots_with_lease(
+            names=[name], slots=slots, mode="concurrency", lease_duration=duration
+        )
+        data = response.json()
+        if not data.get("limits"):
+            if data.get("lease_id"):
+                await self._release_id(UUID(str(data["lease_id"])))
+            raise _LimitNotFound(name)
+        grant = _Grant(
+            id=UUID(str(data["lease_id"])),
+            key=(self.server, name),
+            duration=duration,
+            slots=slots,
+            held=slots,
+        )
+        with self._lock:
+            self._grants[grant.id] = grant
+        return [_Lease(grant=grant, service=self) for _ in range(slots)]
+
+    async def prefetch(self, name: str, duration: float, slots: int) -> None:
+        """Acquire ``slots`` slots of ``name`` for the calls to come, in one server lease, and
+        park them; nothing if they are not all free (or anything fails: each call then acquires
+        its own)."""
         key = (self.server, name)
         self._prefetching[key] = self._prefetching.get(key, 0) + 1
         try:
-            lease = await self.acquire(name, duration, reuse_parked=False, wait=False)
+            leases = await self._grant(await self._api(), name, duration, slots)
         except Exception as exc:
-            _log.debug("Prefetching a lease of %r: %s", name, exc)
+            _log.debug("Prefetching %d slot(s) of %r: %s", slots, name, exc)
         else:
-            self.park(lease)
+            for lease in leases:
+                self.park(lease)
         finally:
             self._prefetching[key] -= 1
             self._wake(key)  # calls waiting for this prefetch look again
@@ -645,7 +674,7 @@ class _LeaseService:
         """Keep ``lease`` (no call uses it now) for the next call; released if unused for
         :data:`IDLE_LEASE_SECONDS`. Callable from any thread."""
         with self._lock:
-            if lease.id not in self._leases or lease.parked is not None:
+            if lease.released or lease.parked is not None:
                 return
             lease.parked = time.monotonic()
             self._parked.setdefault(lease.key, deque()).append(lease)
@@ -663,17 +692,23 @@ class _LeaseService:
             parked = self._parked.get(key)
             while parked:
                 lease = parked.pop()
-                if lease.id in self._leases:
+                if not lease.released:
                     lease.parked = None
                     return lease
         return None
 
     async def release(self, lease: _Lease) -> None:
-        """Give ``lease`` back to the server (errors are logged: the lease then expires)."""
+        """Give the slot ``lease`` back; its server lease goes when none of its slots is held
+        (errors are logged: the server lease then expires)."""
+        grant = lease.grant
         with self._lock:
-            known = self._leases.pop(lease.id, None) is not None
-        if known:
-            await self._release_id(lease.id)
+            if lease.released:
+                return
+            lease.released = True
+            grant.held -= 1
+            last = grant.held == 0 and self._grants.pop(grant.id, None) is not None
+        if last:
+            await self._release_id(grant.id)
 
     async def release_parked(self, key: tuple[str, str] | None, older_than: float = 0.0) -> None:
         """Release the parked leases of ``key`` (None: all) parked for over ``older_than`` s."""
@@ -691,11 +726,12 @@ class _LeaseService:
         await asyncio.gather(*(self.release(lease) for lease in done))
 
     async def release_all(self) -> None:
-        """Release every lease (at exit)."""
+        """Release every server lease (at exit)."""
         with self._lock:
-            leases = list(self._leases.values())
+            grants = list(self._grants.values())
+            self._grants.clear()
             self._parked.clear()
-        await asyncio.gather(*(self.release(lease) for lease in leases))
+        await asyncio.gather(*(self._release_id(grant.id) for grant in grants))
 
     async def _release_id(self, lease_id: UUID) -> None:
         try:
@@ -715,33 +751,33 @@ class _LeaseService:
                 now = time.monotonic()
                 with self._lock:
                     due = [
-                        lease for lease in self._leases.values() if now - lease.renewed > lease.duration / 2
+                        grant for grant in self._grants.values() if now - grant.renewed > grant.duration / 2
                     ]
-                for lease in due:
-                    await self._renew(lease)
+                for grant in due:
+                    await self._renew(grant)
             except Exception as exc:  # keep the loop alive whatever happens
                 _log.warning("Concurrency lease housekeeping failed: %s", exc)
 
-    async def _renew(self, lease: _Lease) -> None:
+    async def _renew(self, grant: _Grant) -> None:
         client = await self._api()
         try:
-            await client.renew_concurrency_lease(lease_id=lease.id, lease_duration=lease.duration)
+            await client.renew_concurrency_lease(lease_id=grant.id, lease_duration=grant.duration)
         except Exception as exc:
             gone = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (404, 410)
             with self._lock:
-                held = lease.id in self._leases
+                held = grant.id in self._grants
                 if gone and held:
-                    self._leases.pop(lease.id, None)
+                    self._grants.pop(grant.id, None)
             if held:
                 _log.warning(
                     "Renewing concurrency lease %s of %r failed%s: %s",
-                    lease.id,
-                    lease.key[1],
+                    grant.id,
+                    grant.key[1],
                     " (the slot is no longer reserved; the call goes on)" if gone else "",
                     exc,
                 )
             return
-        lease.renewed = time.monotonic()
+        grant.renewed = time.monotonic()
 
     def close(self, timeout: float) -> None:
         """Release every lease (waiting up to ``timeout`` s), close the client, stop the loop."""

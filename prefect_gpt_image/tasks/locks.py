@@ -251,9 +251,9 @@ def get_lock_manager() -> LockManager:
     :class:`ImageLockManager` in :func:`default_lock_dir`."""
     if _configured is not None:
         return _configured
-    directory = default_lock_dir().resolve()
+    directory = default_lock_dir()  # keyed as configured: resolving costs system calls per call
     with _guard:
         manager = _defaults.get(directory)
         if manager is None:
-            manager = _defaults[directory] = ImageLockManager(directory)
+            manager = _defaults[directory] = ImageLockManager(directory.resolve())
         return manager

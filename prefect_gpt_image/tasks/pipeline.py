@@ -22,8 +22,10 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from prefect_gpt_image.api import (
 )
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.storage import ImageStore
+from prefect_gpt_image.storage.base import run_concurrently
 
 from . import budget, spool
 from .artifacts import publish_artifacts
@@ -152,7 +155,7 @@ async def run_image_call(
             store=store,
             on_partial=on_partial,
             logger=logger,
-            extend_lock=lambda: locks.aacquire_lock(lock_key, holder, acquire_timeout=0, hold_timeout=hold),
+            extend_lock=partial(_extend_lock, locks, lock_key, holder, hold, time.monotonic()),
         )
     finally:
         try:
@@ -163,6 +166,13 @@ async def run_image_call(
                 "made the same images",
                 key[:16],
             )
+
+
+async def _extend_lock(locks: Any, key: str, holder: str, hold: float, taken: float) -> None:
+    """Renew the lock for a full ``hold`` once the call got its slot, if waiting for the slot
+    used a noticeable part of it (a lock file write saved per call otherwise)."""
+    if time.monotonic() - taken > hold / 10:
+        await locks.aacquire_lock(key, holder, acquire_timeout=0, hold_timeout=hold)
 
 
 async def _locked_call(
@@ -356,10 +366,15 @@ def _store_new(
     key: str,
     summary: dict[str, Any],
 ) -> None:
+    # The images and their manifests at once (one round trip to the store, not two per image),
+    # then the cache record: a record names only what is stored, so a failed write leaves no
+    # record and the rerun stores the spooled images (nothing paid for twice, nothing half-kept).
+    writes: list[Callable[[], Any]] = []
     for image, manifest in zip(images, manifests, strict=True):
         data: bytes | Path = image.path if image.path is not None else image.read_bytes()
-        store.put_image(image.sha256, image.format, data)
-        store.put_manifest(image.sha256, manifest)
+        writes.append(partial(store.put_image, image.sha256, image.format, data))
+        writes.append(partial(store.put_manifest, image.sha256, manifest))
+    run_concurrently(*writes)
     write_record(store, key, refs, summary)
 
 

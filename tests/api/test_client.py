@@ -405,6 +405,31 @@ def test_declared_size_is_checked(sandbox: Any) -> None:
         verify_image(data, expected_format="jpeg", expected_size=None)
 
 
+def test_download_check_catches_damage_without_decoding() -> None:
+    """Results are checked by the PNG's own CRCs (not a full decode): a flipped byte inside the
+    pixel data, a cut file and a JPEG cut short are all refused."""
+    import io
+
+    from PIL import Image
+
+    from prefect_gpt_image.api.download import verify_image
+
+    noisy = Image.effect_noise((256, 256), 64).convert("RGB")
+    buf = io.BytesIO()
+    noisy.save(buf, "PNG")
+    data = buf.getvalue()
+    assert verify_image(data, expected_format="png", expected_size=(256, 256)) == ("png", 256, 256)
+    middle = len(data) // 2
+    flipped = data[:middle] + bytes([data[middle] ^ 0x55]) + data[middle + 1 :]
+    for damaged in (flipped, data[:middle], data[:-12]):
+        with pytest.raises(ValueError, match="does not decode"):
+            verify_image(damaged, expected_format="png", expected_size=None)
+    jpeg = io.BytesIO()
+    noisy.save(jpeg, "JPEG", quality=90)
+    with pytest.raises(ValueError, match="does not decode"):
+        verify_image(jpeg.getvalue()[: len(jpeg.getvalue()) // 2], expected_format="jpeg", expected_size=None)
+
+
 # -- secrets -------------------------------------------------------------------------------------
 
 

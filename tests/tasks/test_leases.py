@@ -137,3 +137,39 @@ def test_a_missing_limit_is_created_never_ignored() -> None:
     assert asyncio.run(main()) == 1
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(name).limit == 2
+
+
+def test_prefetched_slots_serve_the_first_calls_and_go_back_together() -> None:
+    name = _name()
+
+    async def main() -> list[int]:
+        seen: list[int] = []
+        async with hold_slots(name, prefetch=3, slots=3):
+            for _ in range(50):  # the prefetch runs in the background: one lease of 3 slots
+                if await asyncio.to_thread(_active, name) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            seen.append(await asyncio.to_thread(_active, name))
+            await asyncio.gather(*(_call(name, 3) for _ in range(6)))
+            seen.append(await asyncio.to_thread(_active, name))  # kept for the batch
+        seen.append(await asyncio.to_thread(_active, name))
+        return seen
+
+    assert asyncio.run(main()) == [3, 3, 0]
+
+
+def test_a_prefetch_that_does_not_fit_is_skipped() -> None:
+    name = _name()
+
+    async def main() -> int:
+        async with api_slot(name, 2):  # one of the two slots is busy: a prefetch of 2 cannot fit
+            async with hold_slots(name, prefetch=2, slots=2):
+                await _call(name, 2)
+        return await asyncio.to_thread(_active, name)
+
+    assert asyncio.run(main()) == 0
+
+
+async def _call(name: str, slots: int) -> None:
+    async with api_slot(name, slots):
+        await asyncio.sleep(0.02)

@@ -106,6 +106,8 @@ async function dropdown(page, label, index) {
   await page.keyboard.press('Space');
   const listbox = page.locator('[role=listbox]').last();
   await listbox.waitFor({ timeout: WAIT });
+  // The list fills in as it opens: read it once its options are there.
+  await listbox.locator('[role=option]').first().waitFor({ timeout: WAIT });
   const options = await listbox.locator('[role=option]').allInnerTexts();
   return { label, value, options: options.map((o) => o.trim()) };
 }
@@ -126,6 +128,7 @@ async function form() {
   // The first dropdowns are the options' size and quality (Literal choices).
   const size = await dropdown(page, 'Size', 0);
   await page.keyboard.press('Escape');
+  await page.locator('[role=listbox]').waitFor({ state: 'detached', timeout: WAIT });
   const quality = await dropdown(page, 'Quality', 1);
   await page.waitForTimeout(300);
   await page.screenshot({ path: join(job.outDir, 'pipeline-run-form.png') });
