@@ -2,9 +2,11 @@
 
 Every benchmark starts what it needs itself and stops it by PID when it ends (also on Ctrl-C or
 SIGTERM): the sandbox in a thread of this process (or a child process where the benchmark
-measures this process's memory), a Prefect server (``prefect server start`` on a free port of
-127.0.0.1, temporary ``PREFECT_HOME``, PostgreSQL when ``initdb``/``pg_ctl`` and ``asyncpg`` are
-installed, else SQLite) and SeaweedFS through :class:`~prefect_gpt_image.local_s3.LocalS3Server`.
+measures this process's memory), a Prefect server through
+:class:`~prefect_gpt_image.local_prefect.LocalPrefectServer` (``prefect server start`` on a free
+port of 127.0.0.1, temporary ``PREFECT_HOME``, PostgreSQL when ``initdb``/``pg_ctl`` and
+``asyncpg`` are installed, else SQLite) and SeaweedFS through
+:class:`~prefect_gpt_image.local_s3.LocalS3Server`.
 
 Prefect reads its settings from the environment when it is imported, so :func:`start_stack` runs
 before anything imports ``prefect``; the benchmarks import the plugin inside their functions.
@@ -21,10 +23,8 @@ import json
 import math
 import os
 import platform
-import pwd
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,21 +35,14 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from prefect_gpt_image.local_prefect import DatabaseChoice, LocalPrefectServer, free_port, stop_process
 
 os.environ["DO_NOT_TRACK"] = "1"
 
 API_KEY = "sk-bench-0000000000000000"
 _STARTUP_TIMEOUT = 120.0
-_OFF_SERVICES = (
-    "SCHEDULER",
-    "LATE_RUNS",
-    "FOREMAN",
-    "PAUSE_EXPIRATIONS",
-    "CANCELLATION_CLEANUP",
-    "TRIGGERS",
-    "DB_VACUUM",
-)
 
 # -- command line ------------------------------------------------------------------------------
 
@@ -91,13 +84,7 @@ def _kill_group(pid: int, sig: int = signal.SIGTERM) -> None:
 
 
 def _stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is None:
-        _kill_group(process.pid)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_process(process, timeout)
     with contextlib.suppress(ValueError):
         _children.remove(process.pid)
 
@@ -117,13 +104,6 @@ def _on_signal(signum: int, frame: Any) -> None:
 signal.signal(signal.SIGTERM, _on_signal)
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def spawn(cmd: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own process group (stopped by PID at exit), output to ``log``."""
     with log.open("wb") as out:
@@ -141,82 +121,6 @@ def spawn(cmd: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path) -> s
 
 
 # -- PostgreSQL and the Prefect server ---------------------------------------------------------
-
-
-class _Postgres:
-    """A throwaway PostgreSQL cluster on a free port (as ``postgres`` via runuser when root)."""
-
-    def __init__(self) -> None:
-        # Its own folder: the benchmark's root is private to this user, PostgreSQL's is not.
-        self.dir = Path(tempfile.mkdtemp(prefix="gpt-image-bench-pg-"))
-        self.port = free_port()
-        self._as: list[str] = []
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            os.chown(self.dir, user.pw_uid, user.pw_gid)
-            self._as = ["runuser", "-u", "postgres", "--"]
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://prefect@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-        assert initdb and pg_ctl
-        data = self.dir / "data"
-        subprocess.run(  # noqa: S603
-            [*self._as, initdb, "-D", str(data), "-U", "prefect", "--auth=trust", "-E", "UTF8", "--no-sync"],
-            check=True,
-            capture_output=True,
-        )
-        options = (
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        subprocess.run(  # noqa: S603
-            [
-                *self._as,
-                pg_ctl,
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(self.dir / "pg.log"),
-                "-w",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-        )
-
-    def pid(self) -> int | None:
-        """The postmaster's PID."""
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            return int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
-        return None
-
-    def stop(self) -> None:
-        pg_ctl = shutil.which("pg_ctl")
-        if pg_ctl and (self.dir / "data" / "postmaster.pid").exists():
-            subprocess.run(  # noqa: S603
-                [*self._as, pg_ctl, "-D", str(self.dir / "data"), "-m", "immediate", "stop"],
-                capture_output=True,
-                check=False,
-            )
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _postgres_available() -> bool:
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
-        return False
-    if os.geteuid() == 0 and not shutil.which("runuser"):
-        return False
-    try:
-        import asyncpg  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @dataclass
@@ -247,115 +151,34 @@ def start_stack(db: str = "auto") -> Iterator[Stack]:
         raise RuntimeError("start_stack() must run before prefect is imported")
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="gpt-image-bench-"))
-    postgres: _Postgres | None = None
-    process: subprocess.Popen[bytes] | None = None
     try:
-        if db in ("auto", "postgres") and _postgres_available():
-            postgres = _Postgres()
-            try:
-                postgres.start()
-            except (subprocess.CalledProcessError, OSError, KeyError):
-                postgres.stop()
-                postgres = None
-        if db == "postgres" and postgres is None:
-            raise RuntimeError("PostgreSQL (initdb, pg_ctl, asyncpg) is not available: use --db sqlite")
-        server_home = root / "server-home"
-        server_home.mkdir()
-        port = free_port()
-        api_url = f"http://127.0.0.1:{port}/api"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(
-            {
-                "PREFECT_HOME": str(server_home),
-                "PREFECT_SERVER_API_HOST": "127.0.0.1",
-                "PREFECT_SERVER_API_PORT": str(port),
-                "PREFECT_API_URL": api_url,
-                "PREFECT_SERVER_UI_ENABLED": "false",
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_LOGGING_LEVEL": "WARNING",
-                "DO_NOT_TRACK": "1",
-            }
-        )
-        for service in _OFF_SERVICES:
-            env[f"PREFECT_SERVER_SERVICES_{service}_ENABLED"] = "false"
-        if postgres is not None:
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.url
-        log = root / "prefect-server.log"
-        process = spawn(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            log=log,
-            cwd=root,
-        )
-        _wait_healthy(api_url, process, log)
-        home = root / "home"
-        home.mkdir()
-        os.environ.update(
-            {
-                "PREFECT_API_URL": api_url,
-                "PREFECT_HOME": str(home),
-                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(home / "storage"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "GPT_IMAGE_SPOOL": str(root / "spool"),
-                "GPT_IMAGE_API_KEY": API_KEY,
-                "DO_NOT_TRACK": "1",
-            }
-        )
-        for name in ("GPT_IMAGE_LOCK_DIR", "GPT_IMAGE_STORAGE", "GPT_IMAGE_BASE_URL"):
-            os.environ.pop(name, None)
-        yield Stack(
-            root=root,
-            api_url=api_url,
-            database="postgresql" if postgres is not None else "sqlite",
-            server_pid=process.pid,
-            seconds_to_start=time.monotonic() - started,
-            db_pid=postgres.pid() if postgres is not None else None,
-        )
-        _drain_prefect_workers()
+        with LocalPrefectServer(
+            root / "server-home", database=cast(DatabaseChoice, db), startup_timeout=_STARTUP_TIMEOUT
+        ) as server:
+            home = root / "home"
+            home.mkdir()
+            os.environ.update(
+                {
+                    **server.env(home),
+                    "GPT_IMAGE_SPOOL": str(root / "spool"),
+                    "GPT_IMAGE_API_KEY": API_KEY,
+                }
+            )
+            for name in ("GPT_IMAGE_LOCK_DIR", "GPT_IMAGE_STORAGE", "GPT_IMAGE_BASE_URL"):
+                os.environ.pop(name, None)
+            assert server.pid is not None
+            yield Stack(
+                root=root,
+                api_url=server.api_url,
+                database=server.database,
+                server_pid=server.pid,
+                seconds_to_start=time.monotonic() - started,
+                db_pid=server.postgres.pid if server.postgres is not None else None,
+            )
+            # leaving the block sends this process's queued Prefect logs and events, then stops
+            # the server by PID and PostgreSQL with pg_ctl
     finally:
-        if process is not None:
-            _stop_process(process)
-        if postgres is not None:
-            postgres.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def _wait_healthy(api_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as answer:  # noqa: S310
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"prefect server not healthy after {_STARTUP_TIMEOUT:g} s:\n{log.read_text()[-3000:]}")
-
-
-def _drain_prefect_workers() -> None:
-    """Send queued logs and events before the server goes away (else exit waits on retries)."""
-    if "prefect" not in sys.modules:
-        return
-    import inspect
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
-    async def drain() -> None:
-        with contextlib.suppress(RuntimeError):
-            result = APILogWorker.instance().drain()
-            if inspect.isawaitable(result):
-                await result
-        result = EventsWorker.drain_all()
-        if inspect.isawaitable(result):
-            await result
-
-    with contextlib.suppress(Exception):
-        run_coro_as_sync(drain())
 
 
 # -- sandbox and S3 ----------------------------------------------------------------------------

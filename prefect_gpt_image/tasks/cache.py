@@ -68,7 +68,13 @@ def record_key(store: ImageStore, key: str) -> str:
 
 def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
     """The refs recorded for ``key``, or None if there is no usable record (none, damaged, or an
-    image it names is gone from the store). Errors reaching the store propagate."""
+    image it names, or that image's manifest, is not in the store). Errors reaching the store
+    propagate.
+
+    A new call writes its images, their manifests and this record at once (one round trip), so a
+    record alone proves nothing: it counts only when everything it stands for was stored. After a
+    partly failed write the lookup misses and the call's spooled images are stored again, free.
+    """
     try:
         record = store.get_json(record_key(store, key))
     except ValueError:  # not JSON (a damaged write): a miss, the next success rewrites it
@@ -84,7 +90,7 @@ def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
     found: list[ImageRef] = []
     for ref in refs:
         image_key = store.image_key(ref.sha256, ref.format)
-        if not store.exists(image_key):
+        if not store.exists(image_key) or not store.exists(store.manifest_key(ref.sha256)):
             return None
         # The record may have been written through another mount or machine: point at this store.
         found.append(ref.model_copy(update={"uri": store.uri_for(image_key)}))

@@ -366,16 +366,15 @@ def _store_new(
     key: str,
     summary: dict[str, Any],
 ) -> None:
-    # The images and their manifests at once (one round trip to the store, not two per image),
-    # then the cache record: a record names only what is stored, so a failed write leaves no
-    # record and the rerun stores the spooled images (nothing paid for twice, nothing half-kept).
-    writes: list[Callable[[], Any]] = []
+    # Every write at once: one round trip to the store, not three. The record may land before
+    # the images; read_record trusts it only once the images and manifests it names are there, so
+    # after a failed write the rerun finds no hit and stores the spooled images (paid once).
+    writes: list[Callable[[], Any]] = [partial(write_record, store, key, refs, summary)]
     for image, manifest in zip(images, manifests, strict=True):
         data: bytes | Path = image.path if image.path is not None else image.read_bytes()
         writes.append(partial(store.put_image, image.sha256, image.format, data))
         writes.append(partial(store.put_manifest, image.sha256, manifest))
     run_concurrently(*writes)
-    write_record(store, key, refs, summary)
 
 
 def _spool_after_failure(

@@ -3,8 +3,8 @@
 One stack for the ``tests/e2e`` package (started on first use, stopped after its last test):
 
 * a real ``prefect server start`` **with its UI** (SQLite in a temporary home, a free port on
-  127.0.0.1, ``PREFECT_SERVER_API_PORT`` too), started with helper functions of
-  ``tests/support/prefect.py``;
+  127.0.0.1, ``PREFECT_SERVER_API_PORT`` too): ``prefect_gpt_image.local_prefect``'s
+  ``LocalPrefectServer``;
 * the gpt-image-2 sandbox (accepting only the test's key) and a SeaweedFS bucket (``local_s3``);
 * the blocks the deployments name, saved as the README says: a prefect-aws ``S3Bucket`` block
   (endpoint and keys inside), then ``python deployments/blocks.py`` for the credentials, settings
@@ -36,9 +36,9 @@ from uuid import UUID
 import pytest
 import yaml  # type: ignore[import-untyped]
 
+from prefect_gpt_image.local_prefect import LocalPrefectServer, stop_process
 from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.sandbox import SandboxServer
-from tests.support.prefect import PrefectServer, _free_port, _server_env, _stop, _wait_healthy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
@@ -68,7 +68,7 @@ def flow_name_of(entrypoint: str) -> str:
 class E2EStack:
     """Everything the end-to-end tests talk to; ``timings`` holds seconds per setup step."""
 
-    server: PrefectServer
+    server: LocalPrefectServer
     ui_url: str
     root: Path
     cli_env: dict[str, str] = field(repr=False)
@@ -121,11 +121,11 @@ class FinishedRun:
     seconds: float
 
 
-def _child_env(server: PrefectServer, home: Path, root: Path) -> dict[str, str]:
+def _child_env(server: LocalPrefectServer, home: Path, root: Path) -> dict[str, str]:
     """The environment of the Prefect CLI and the worker: no key, no AWS, no Prefect leftovers."""
     drop = ("PREFECT_", "AWS_", "GPT_IMAGE_", "OPENAI_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(server.client_env(home))
+    env.update(server.env(home))
     env.update(
         {
             "GPT_IMAGE_SPOOL": str(root / "spool"),
@@ -151,33 +151,6 @@ def run_cli(
             output += "\nhint: FastAPI >= 0.151 refuses the nulls Prefect 3.8.8 sends: pin fastapi<0.151"
         pytest.fail(f"{' '.join(args[:6])} failed ({result.returncode}):\n{output}")
     return result
-
-
-def _start_ui_server(root: Path) -> tuple[PrefectServer, subprocess.Popen[bytes]]:
-    """``prefect server start`` with the UI on, like tests/support/prefect.py's server otherwise."""
-    home = root / "server-home"
-    home.mkdir()
-    port = _free_port()
-    env = _server_env(home, port)
-    env["PREFECT_SERVER_UI_ENABLED"] = "true"
-    api_url = f"http://127.0.0.1:{port}/api"
-    log_path = root / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(api_url, process, log_path)
-    except BaseException:
-        _stop(process)
-        raise
-    return PrefectServer(api_url=api_url, home=home, pid=process.pid, log_path=log_path), process
 
 
 def _save_s3_bucket_block(s3: LocalS3Server, bucket: str) -> None:
@@ -206,12 +179,12 @@ def e2e_stack(local_s3: LocalS3Server) -> Iterator[E2EStack]:
     root = Path(tempfile.mkdtemp(prefix="gpt-image-e2e-"))
     timings: dict[str, float] = {}
     api_key = "sk-e2e-" + secrets.token_hex(12)
-    processes: list[subprocess.Popen[bytes]] = []
+    server = LocalPrefectServer(root / "server-home", database="sqlite", ui=True)
+    worker: subprocess.Popen[bytes] | None = None
     sandbox: SandboxServer | None = None
     try:
         started = time.monotonic()
-        server, server_process = _start_ui_server(root)
-        processes.append(server_process)
+        server.start()
         timings["server"] = time.monotonic() - started
 
         sandbox = SandboxServer(latency=0.1, keys=(api_key,)).start()
@@ -272,12 +245,12 @@ def e2e_stack(local_s3: LocalS3Server) -> Iterator[E2EStack]:
                 cwd=root,  # the deployment's pull step, not the worker's folder, decides the runs' folder
                 start_new_session=True,
             )
-        processes.append(worker)
         stack.worker_pid = worker.pid
         yield stack
     finally:
-        for process in reversed(processes):
-            _stop(process)
+        if worker is not None:
+            stop_process(worker)
+        server.close()
         if sandbox is not None:
             sandbox.stop()
         shutil.rmtree(root, ignore_errors=True)

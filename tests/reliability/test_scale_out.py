@@ -26,16 +26,9 @@ import pytest
 from pydantic import SecretStr
 
 from prefect_gpt_image.blocks import GptImageCredentials
+from prefect_gpt_image.local_prefect import LocalPrefectServer, stop_process
 from prefect_gpt_image.local_s3 import LocalS3Server
-from tests.support.prefect import (
-    PrefectServer,
-    _free_port,
-    _Postgres,
-    _postgres_available,
-    _server_env,
-    _stop,
-    _wait_healthy,
-)
+from tests.support.prefect import use_postgres
 
 from .conftest import CANARY_KEY, REPO_ROOT, bucket_objects, fast_settings, s3_storage_block
 
@@ -46,22 +39,19 @@ PER_RUN = 12
 OVERLAP = 6
 RUN_TIMEOUT = 180.0
 
-pytestmark = pytest.mark.skipif(
-    not _postgres_available(), reason="needs PostgreSQL (initdb, pg_ctl) and asyncpg"
-)
+pytestmark = pytest.mark.skipif(not use_postgres(), reason="needs PostgreSQL (initdb, pg_ctl) and asyncpg")
 
 
 @dataclass
 class Cluster:
     """A Prefect server on PostgreSQL with two process workers on one pool."""
 
-    server: PrefectServer
+    server: LocalPrefectServer
     root: Path
     pool: str
     workers: list[subprocess.Popen[bytes]]
     worker_logs: list[Path]
     lock_dir: Path
-    postgres: _Postgres
 
     def api(self) -> Any:
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
@@ -80,11 +70,11 @@ class Cluster:
         return "\n".join(parts).replace(CANARY_KEY, "***")
 
 
-def _child_env(server: PrefectServer, home: Path, **extra: str) -> dict[str, str]:
+def _child_env(server: LocalPrefectServer, home: Path, **extra: str) -> dict[str, str]:
     """A worker's environment, as on its own machine: no key, no AWS variables, its own home."""
     drop = ("PREFECT_", "AWS_", "GPT_IMAGE_", "OPENAI_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(server.client_env(home))
+    env.update(server.env(home))
     env.update(
         {
             "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -100,40 +90,11 @@ def _child_env(server: PrefectServer, home: Path, **extra: str) -> dict[str, str
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="gpt-image-scale-"))
-    processes: list[subprocess.Popen[bytes]] = []
-    postgres = _Postgres()
+    workers: list[subprocess.Popen[bytes]] = []
+    server = LocalPrefectServer(root / "server-home", database="postgres")
     try:
-        postgres.start()
-        home = root / "server-home"
-        home.mkdir()
-        port = _free_port()
-        env = _server_env(home, port)
-        env["PREFECT_API_DATABASE_CONNECTION_URL"] = postgres.url
-        api_url = f"http://127.0.0.1:{port}/api"
-        log_path = root / "server.log"
-        with log_path.open("wb") as log:
-            server_process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=root,
-                start_new_session=True,
-            )
-        processes.append(server_process)
-        _wait_healthy(api_url, server_process, log_path)
-        server = PrefectServer(api_url=api_url, home=home, pid=server_process.pid, log_path=log_path)
+        server.start()
+        assert server.database == "postgresql" and server.postgres is not None
 
         pool = "gpt-image-scale"
         cli_home = root / "cli-home"
@@ -190,14 +151,14 @@ def cluster() -> Iterator[Cluster]:
                     cwd=worker_home,
                     start_new_session=True,
                 )
-            processes.append(worker)
-        yield Cluster(server, root, pool, processes[1:], worker_logs, lock_dir, postgres)
+            workers.append(worker)
+        yield Cluster(server, root, pool, workers, worker_logs, lock_dir)
     finally:
-        for process in reversed(processes):
-            _stop(process)
-        postgres.stop()  # pg_ctl stop, then the folder is removed
+        for worker in reversed(workers):
+            stop_process(worker)
+        server.close()  # the server by PID, then PostgreSQL (pg_ctl stop) and its folder
         shutil.rmtree(root, ignore_errors=True)
-    assert not Path(postgres.dir).exists() and not root.exists()
+    assert server.postgres is not None and not server.postgres.dir.exists() and not root.exists()
 
 
 def test_two_workers_share_the_limit_and_pay_once(

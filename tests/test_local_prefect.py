@@ -1,0 +1,107 @@
+"""``prefect_gpt_image.local_prefect``: a throwaway Prefect server answers, its ``env()`` points a
+client at it, and nothing is left behind (process, home, PostgreSQL cluster) after the block."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from prefect_gpt_image.local_prefect import LocalPrefectServer, postgres_available
+
+_CLIENT = """
+import json, sys
+import prefect.settings
+from prefect.client.orchestration import get_client
+
+with get_client(sync_client=True) as client:
+    client.upsert_global_concurrency_limit_by_name(sys.argv[1], 3)
+    limit = client.read_global_concurrency_limit_by_name(sys.argv[1])
+print(json.dumps({"limit": limit.limit, "home": str(prefect.settings.PREFECT_HOME.value())}))
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting for init counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def test_import_leaves_prefect_unimported() -> None:
+    code = "import sys, prefect_gpt_image.local_prefect; assert 'prefect' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_unknown_database_is_refused() -> None:
+    with pytest.raises(ValueError, match="database"):
+        LocalPrefectServer(database="mysql")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=pytest.mark.skipif(not postgres_available(), reason="needs initdb, pg_ctl and asyncpg"),
+        ),
+    ],
+)
+def test_server_serves_a_client_and_leaves_nothing(database: str, tmp_path: Path) -> None:
+    client_home = tmp_path / "client-home"
+    name = f"local-prefect-test-{uuid.uuid4().hex[:8]}"
+    with LocalPrefectServer(database=database) as server:  # type: ignore[arg-type]
+        assert server.database == ("postgresql" if database == "postgres" else "sqlite")
+        assert server.api_url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{server.api_url}/health", timeout=5).json() is True
+        pid, home, postgres = server.pid, server.home, server.postgres
+        assert pid is not None and _alive(pid) and home.is_dir()
+        if database == "postgres":
+            assert postgres is not None and postgres.pid is not None
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(server.env(client_home))
+        assert env["DO_NOT_TRACK"] == "1"
+        child = subprocess.run(
+            [sys.executable, "-c", _CLIENT, name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert child.returncode == 0, child.stderr[-3000:]
+        answer = json.loads(child.stdout.strip().splitlines()[-1])
+        assert answer == {"limit": 3, "home": str(client_home)}
+        # the limit really is on this server
+        limit = httpx.get(f"{server.api_url}/v2/concurrency_limits/{name}", timeout=5)
+        assert limit.status_code == 200 and limit.json()["limit"] == 3
+
+    assert server.pid is None and not _alive(pid)
+    assert not home.exists()
+    if postgres is not None:
+        assert not postgres.dir.exists()
+        assert not any(_alive(p) for p in _pids_of(str(postgres.dir)))
+
+
+def _pids_of(fragment: str) -> list[int]:
+    """Processes whose command line mentions ``fragment``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fragment in cmdline:
+                pids.append(int(entry.name))
+    return pids
