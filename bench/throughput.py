@@ -90,6 +90,28 @@ def run_sdk(prompts: list[str], k: int, base_url: str, out: Path) -> tuple[float
     return elapsed, failures
 
 
+def _row(
+    run: str, n: int, k: int, latency: float, wall: float, failed: int, stats: dict[str, Any], cpu: Any
+) -> dict[str, Any]:
+    """One line of the table: a measured run of N images and what the sandbox and CPU saw."""
+    ideal = math.ceil(n / k) * latency
+    return {
+        "run": run,
+        "N": n,
+        "K": k,
+        "L s": latency,
+        "wall s": wall,
+        "ideal s": ideal,
+        "over ideal": wall / ideal,
+        "images/s": n / wall,
+        "API requests": stats["requests"],
+        "max in flight": stats["max_in_flight"],
+        "failed": failed,
+        "CPU ms/img (this process)": 1000 * cpu.plugin / n,
+        "CPU ms/img (Prefect server+db)": 1000 * cpu.server / n,
+    }
+
+
 def _timeline(log: list[dict[str, Any]], started: float, ended: float, k: int) -> dict[str, Any]:
     """Start lag, tail and the median gap between an answer and the request taking its slot
     (the i-th request after the first K against the i-th answer), from the sandbox's log."""
@@ -156,22 +178,8 @@ def main() -> int:
                     )
                     plugin_times.append(wall)
                     rows.append(
-                        {
-                            "run": f"plugin #{rep + 1}",
-                            "N": n,
-                            "K": k,
-                            "L s": latency,
-                            "wall s": wall,
-                            "ideal s": ideal,
-                            "over ideal": wall / ideal,
-                            "images/s": n / wall,
-                            "API requests": stats["requests"],
-                            "max in flight": stats["max_in_flight"],
-                            "failed": n - stored,
-                            **_timeline(sb.requests(), started, ended, k),
-                            "CPU ms/img (this process)": 1000 * cpu.plugin / n,
-                            "CPU ms/img (Prefect server+db)": 1000 * cpu.server / n,
-                        }
+                        _row(f"plugin #{rep + 1}", n, k, latency, wall, n - stored, stats, cpu)
+                        | _timeline(sb.requests(), started, ended, k)
                     )
                     sb.reset()
                     started = time.time()
@@ -184,22 +192,8 @@ def main() -> int:
                     common.check(failures == 0, f"sdk had {failures} failures", problems)
                     sdk_times.append(wall)
                     rows.append(
-                        {
-                            "run": f"openai SDK #{rep + 1}",
-                            "N": n,
-                            "K": k,
-                            "L s": latency,
-                            "wall s": wall,
-                            "ideal s": ideal,
-                            "over ideal": wall / ideal,
-                            "images/s": n / wall,
-                            "API requests": stats["requests"],
-                            "max in flight": stats["max_in_flight"],
-                            "failed": failures,
-                            **_timeline(sb.requests(), started, ended, k),
-                            "CPU ms/img (this process)": 1000 * cpu.plugin / n,
-                            "CPU ms/img (Prefect server+db)": 1000 * cpu.server / n,
-                        }
+                        _row(f"openai SDK #{rep + 1}", n, k, latency, wall, failures, stats, cpu)
+                        | _timeline(sb.requests(), started, ended, k)
                     )
             finally:
                 if s3 is not None:
