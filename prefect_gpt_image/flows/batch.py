@@ -281,6 +281,13 @@ async def _run_row(
                 request_id=request_id,
                 maybe_billed=[rid for rid in lost if rid != request_id],
             )
+    return _stored(number, row, images, maybe_billed=lost)
+
+
+def _stored(
+    number: int, row: BatchRow, images: list[ImageRef], maybe_billed: list[str] | None = None
+) -> RowResult:
+    """The result of row ``number`` whose ``images`` are in the store (made now or cached)."""
     return RowResult(
         row=number,
         id=row.id,
@@ -288,7 +295,7 @@ async def _run_row(
         status="stored",
         images=images,
         request_id=images[0].request_id,
-        maybe_billed=lost,
+        maybe_billed=maybe_billed or [],
     )
 
 
@@ -413,14 +420,7 @@ async def _serve_cached(
         if refs is None:
             remaining.append((number, row, fields))
         else:
-            results[number] = RowResult(
-                row=number,
-                id=row.id,
-                prompt=row.prompt,
-                status="stored",
-                images=refs,
-                request_id=refs[0].request_id,
-            )
+            results[number] = _stored(number, row, refs)
     return remaining
 
 
