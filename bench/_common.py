@@ -447,6 +447,20 @@ class CpuMeter:
         self.server = cpu_seconds(self._server_pids()) - self._server0
 
 
+def wait_server_idle(stack: Stack, *, busy_below: float = 0.1, timeout: float = 60.0) -> float:
+    """Wait until the Prefect server (and its database) use less than ``busy_below`` of a core
+    over half a second: it records a batch's task runs in the background, seconds after the
+    batch, and a measurement started meanwhile competes with it for the CPU. Returns the wait."""
+    started = time.monotonic()
+    pids = [stack.server_pid, *stack.db_pids()]
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pids)
+        time.sleep(0.5)
+        if cpu_seconds(pids) - before < busy_below * 0.5:
+            break
+    return time.monotonic() - started
+
+
 def _own_cpu() -> float:
     """CPU seconds used by this process alone (all its threads, not its children)."""
     usage = os.times()

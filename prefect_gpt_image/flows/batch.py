@@ -29,7 +29,6 @@ from pydantic import BaseModel, Field
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, generate_image
-from prefect_gpt_image.tasks.artifacts import call_artifacts
 from prefect_gpt_image.tasks.cache import cache_key, read_record
 from prefect_gpt_image.tasks.concurrency import (
     ensure_limit,
@@ -37,6 +36,7 @@ from prefect_gpt_image.tasks.concurrency import (
     release_idle_leases,
     slots_in_use,
 )
+from prefect_gpt_image.tasks.pipeline import batch_rows
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
 from .manifest import BatchRow, parse_manifest, read_manifest_text
@@ -142,53 +142,60 @@ async def batch_generate(
         todo.append((number, row, fields))
     total = len(parsed)
     invalid = len(results)
-    # The progress artifact is made while the store is searched (two round trips at once).
-    todo, progress_id = await asyncio.gather(
-        _serve_cached(todo, requests, variant, store, results, logger),
-        acreate_progress_artifact(
-            0.0, key=BATCH_PROGRESS_KEY, description=f"gpt-image batch: {len(parsed)} rows"
-        ),
-    )
     logger.info(
-        "batch of %d rows: %d to run, %d already stored (cache), %d invalid",
+        "batch of %d rows (%d invalid): rows already in the store are served from it, the others run",
         total,
-        len(todo),
-        len(results) - invalid,
         invalid,
     )
+    lookups = _StoreLookups(todo, requests, variant, store, logger)
+    try:
+        # The progress artifact is made while the first rows are looked up (round trips at once).
+        progress_id, must_run = await asyncio.gather(
+            acreate_progress_artifact(
+                0.0, key=BATCH_PROGRESS_KEY, description=f"gpt-image batch: {len(parsed)} rows"
+            ),
+            lookups.any_miss(),
+        )
+        progress = _Progress(total, progress_id)
+        progress.done = len(results)
+        queue: asyncio.Queue[tuple[int, BatchRow, dict[str, Any]]] = asyncio.Queue()
+        for item in todo:
+            queue.put_nowait(item)
 
-    progress = _Progress(total, progress_id)
-    progress.done = len(results)
-    queue: asyncio.Queue[tuple[int, BatchRow, dict[str, Any]]] = asyncio.Queue()
-    for item in todo:
-        queue.put_nowait(item)
+        async def worker() -> None:
+            while True:
+                try:
+                    number, row, fields = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                refs = await lookups.refs(number)
+                if refs is not None:
+                    results[number] = _stored(number, row, refs)
+                else:
+                    made = await _run_row(number, row, fields, variant, credentials, settings, store)
+                    results[number] = made
+                    if made.status != "stored":
+                        logger.warning("row %d failed: %s", number, made.error)
+                progress.advance()
 
-    async def worker() -> None:
-        while True:
-            try:
-                number, row, fields = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            results[number] = await _run_row(number, row, fields, variant, credentials, settings, store)
-            if results[number].status != "stored":
-                logger.warning("row %d failed: %s", number, results[number].error)
-            progress.advance()
-
-    parallel = max_parallel or max(1, 2 * settings.concurrency_limit)
-    # Rows follow each other: a finished row's concurrency slot goes to the next row of this batch
-    # without a round trip to the server (released when the batch ends). The table artifact lists
-    # every row with its image, so rows publish no artifacts of their own (two per image would
-    # cost two Prefect API calls per row).
-    rows_at_once = min(parallel, len(todo))
-    async with hold_slots(
-        settings.concurrency_limit_name,
-        prefetch=rows_at_once,
-        slots=settings.concurrency_limit,
-        release=False,
-        logger=logger,
-    ):
-        with call_artifacts(False):
-            await _run_workers(worker, rows_at_once, settings, logger)
+        if must_run:
+            parallel = max_parallel or max(1, 2 * settings.concurrency_limit)
+            # Rows follow each other: a finished row's concurrency slot goes to the next row of this
+            # batch without a round trip to the server (released when the batch ends).
+            rows_at_once = min(parallel, len(todo) - lookups.hits)
+            async with hold_slots(
+                settings.concurrency_limit_name,
+                prefetch=rows_at_once,
+                slots=settings.concurrency_limit,
+                release=False,
+                logger=logger,
+            ):
+                with batch_rows():
+                    await _run_workers(worker, rows_at_once, settings, logger)
+        else:  # every row is in the store: no task run, no concurrency slot
+            await worker()
+    finally:
+        lookups.cancel()
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
     # The kept slots go back while the artifacts are written (three round trips at once).
@@ -201,7 +208,8 @@ async def batch_generate(
             description=f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}",
         ),
     )
-    summary = f"{result.stored} of {total} rows stored (${result.cost:.4f})"
+    found = f"{lookups.hits} found in the store"
+    summary = f"{result.stored} of {total} rows stored (${result.cost:.4f}; {found})"
     if lost := sum(len(r.maybe_billed) for r in result.rows):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
     if result.failed:
@@ -386,42 +394,65 @@ class _Progress:
                 raise
 
 
-async def _serve_cached(
-    todo: list[tuple[int, BatchRow, dict[str, Any]]],
-    requests: dict[int, GenerateRequest],
-    variant: int,
-    store: ImageStore,
-    results: dict[int, RowResult],
-    logger: Any,
-) -> list[tuple[int, BatchRow, dict[str, Any]]]:
-    """Rows whose images are already in the store (the cache record the task would find) get
-    their result at once, without a task run; the others are returned, to run.
+class _StoreLookups:
+    """Cache lookups of a batch's rows, all started at once (at most ``_CACHE_LOOKUPS`` in flight,
+    in row order) while the first rows run, so a first run does not wait for the whole search.
 
-    A rerun of a whole batch then costs one store lookup per row instead of a Prefect task run
-    per row. Only a certain hit is served here: a row whose record is missing, damaged or
-    unreadable goes to the task, which looks again under its lock (and finds spooled images).
+    A row whose record is found gets its result at once, without a task run: a rerun of a whole
+    batch costs one store lookup per row instead of a Prefect task run per row. Only a certain hit
+    counts: a row whose record is missing, damaged or unreadable goes to the task, which looks
+    again under its lock (and finds spooled images). Nothing is looked up under a refresh.
     """
-    if not todo or PREFECT_TASKS_REFRESH_CACHE.value():
-        return todo
-    lookups = asyncio.Semaphore(_CACHE_LOOKUPS)
 
-    async def lookup(number: int, row: BatchRow) -> list[ImageRef] | None:
-        key = cache_key(requests[number], row.variant if row.variant is not None else variant)
-        async with lookups:
+    def __init__(
+        self,
+        todo: list[tuple[int, BatchRow, dict[str, Any]]],
+        requests: dict[int, GenerateRequest],
+        variant: int,
+        store: ImageStore,
+        logger: Any,
+    ) -> None:
+        self.hits = 0
+        self._rows = len(todo)
+        self._store, self._logger = store, logger
+        self._gate = asyncio.Semaphore(_CACHE_LOOKUPS)
+        self._found: dict[int, asyncio.Task[list[ImageRef] | None]] = {}
+        if PREFECT_TASKS_REFRESH_CACHE.value():
+            return
+        for number, row, _ in todo:
+            key = cache_key(requests[number], row.variant if row.variant is not None else variant)
+            self._found[number] = asyncio.ensure_future(self._lookup(number, key))
+
+    async def _lookup(self, number: int, key: str) -> list[ImageRef] | None:
+        async with self._gate:
             try:
-                return await asyncio.to_thread(_cached_refs, store, key)
+                refs = await asyncio.to_thread(_cached_refs, self._store, key)
             except Exception as exc:  # the task will look again and report a store failure
-                logger.debug("cache lookup of row %d failed: %s", number, exc)
+                self._logger.debug("cache lookup of row %d failed: %s", number, exc)
                 return None
+        if refs is not None:
+            self.hits += 1
+        return refs
 
-    found = await asyncio.gather(*(lookup(number, row) for number, row, _ in todo))
-    remaining: list[tuple[int, BatchRow, dict[str, Any]]] = []
-    for (number, row, fields), refs in zip(todo, found, strict=True):
-        if refs is None:
-            remaining.append((number, row, fields))
-        else:
-            results[number] = _stored(number, row, refs)
-    return remaining
+    async def refs(self, number: int) -> list[ImageRef] | None:
+        """The stored images of row ``number`` (waiting for its lookup), or None: run it."""
+        lookup = self._found.get(number)
+        return None if lookup is None else await lookup
+
+    async def any_miss(self) -> bool:
+        """Whether some row must run; answers at the first miss (in row order), so a first run
+        starts after one lookup while a rerun waits for them all."""
+        if not self._found:
+            return self._rows > 0
+        for lookup in self._found.values():
+            if await lookup is None:
+                return True
+        return False
+
+    def cancel(self) -> None:
+        """Stop the lookups still waiting (the batch ended or failed)."""
+        for lookup in self._found.values():
+            lookup.cancel()
 
 
 def _cached_refs(store: ImageStore, key: str) -> list[ImageRef] | None:

@@ -39,7 +39,7 @@ _WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="gpt-image-store
 
 
 def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
-    """Run ``calls`` (store writes) at once: the first in this thread, the others in a small
+    """Run ``calls`` (store operations) at once: the first in this thread, the others in a small
     shared pool. Returns their results in order once all are done; raises the first error in
     order. Independent writes then cost one round trip to the store instead of one each."""
     if not calls:

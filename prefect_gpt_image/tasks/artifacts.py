@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Sequence
 from typing import Any
 
 from prefect.artifacts import acreate_image_artifact, acreate_markdown_artifact
 
 from .refs import ImageRef
 
-__all__ = ["call_artifacts", "card_key", "image_key", "publish_artifacts"]
-
-_CALL_ARTIFACTS: ContextVar[bool] = ContextVar("prefect_gpt_image_call_artifacts", default=True)
+__all__ = ["card_key", "image_key", "publish_artifacts"]
 
 _PROMPT_PREVIEW = 200
 
@@ -88,21 +84,6 @@ def card_markdown(
     return "\n".join(lines) + "\n"
 
 
-@contextmanager
-def call_artifacts(enabled: bool) -> Iterator[None]:
-    """Publish (or not) the per-call artifacts of the image calls made inside the block.
-
-    ``batch_generate`` turns them off for its rows: its table artifact lists every row with its
-    image, and two artifacts per image would cost two Prefect API calls per row (a loaded server
-    then slows the whole batch) and fill the Artifacts page with thousands of keys.
-    """
-    token = _CALL_ARTIFACTS.set(enabled)
-    try:
-        yield
-    finally:
-        _CALL_ARTIFACTS.reset(token)
-
-
 async def publish_artifacts(
     refs: Sequence[ImageRef],
     *,
@@ -112,9 +93,7 @@ async def publish_artifacts(
     charged: float,
 ) -> None:
     """Create an image artifact per ref (when it has a link) and one markdown card, all at once
-    (not one after the other); nothing when :func:`call_artifacts` turned them off."""
-    if not _CALL_ARTIFACTS.get():
-        return
+    (not one after the other)."""
     creations: list[Any] = [
         acreate_image_artifact(
             image_url=ref.link,

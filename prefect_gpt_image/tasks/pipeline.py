@@ -24,7 +24,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,9 +60,23 @@ from .locks import get_lock_manager
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, note_maybe_billed
 
-__all__ = ["run_image_call"]
+__all__ = ["batch_rows", "run_image_call"]
 
 _fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
+_BATCH_ROW: ContextVar[bool] = ContextVar("prefect_gpt_image_batch_row", default=False)
+
+
+@contextmanager
+def batch_rows() -> Iterator[None]:
+    """Image calls made inside are rows of a batch whose table artifact lists each row's image,
+    request id and cost: they publish no artifacts of their own (two per image would cost two
+    Prefect API calls per row and fill the Artifacts page with thousands of keys) and log their
+    success at DEBUG (a line per row buries the batch's warnings). Failures still log as usual."""
+    token = _BATCH_ROW.set(True)
+    try:
+        yield
+    finally:
+        _BATCH_ROW.reset(token)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -271,7 +287,7 @@ async def _locked_call(
 
     assert images is not None  # every path without images raised above
     request_id = images[0].request_id if images else None
-    logger.info(
+    (logger.debug if _BATCH_ROW.get() else logger.info)(
         "gpt-image returned %d image(s) (request id %s, about $%.4f)",
         len(images),
         request_id or "-",
@@ -279,14 +295,16 @@ async def _locked_call(
     )
     refs, manifests = _describe(request, images, store, key, variant, settings, flow_run_id, task_run_id)
     try:
-        await _in_thread(_store_new, store, images, refs, manifests, key, summary)
+        linked: list[ImageRef] = await _in_thread(
+            _store_new, store, images, refs, manifests, key, summary, logger
+        )
     except Exception as exc:
         error = _spool_after_failure(exc, store, key, images, refs, manifests, summary, logger)
         if not isinstance(error, ImagesLostError):
             discard_downloads(images)
         raise error from exc
     discard_downloads(images)
-    refs = _with_links(store, refs, logger)
+    refs = linked
     await _artifacts(
         refs, params=params, outcome="generated", key=key, charged=reservation.cost, logger=logger
     )
@@ -365,16 +383,20 @@ def _store_new(
     manifests: list[dict[str, Any]],
     key: str,
     summary: dict[str, Any],
-) -> None:
+    logger: Any,
+) -> list[ImageRef]:
+    """Store the images, their manifests and the cache record; the refs with their links."""
     # Every write at once: one round trip to the store, not three. The record may land before
     # the images; read_record trusts it only once the images and manifests it names are there, so
-    # after a failed write the rerun finds no hit and stores the spooled images (paid once).
+    # after a failed write the rerun finds no hit and stores the spooled images (paid once). The
+    # links are signed in this thread while the writes are in flight.
     writes: list[Callable[[], Any]] = [partial(write_record, store, key, refs, summary)]
     for image, manifest in zip(images, manifests, strict=True):
         data: bytes | Path = image.path if image.path is not None else image.read_bytes()
         writes.append(partial(store.put_image, image.sha256, image.format, data))
         writes.append(partial(store.put_manifest, image.sha256, manifest))
-    run_concurrently(*writes)
+    linked: list[ImageRef] = run_concurrently(partial(_with_links, store, refs, logger), *writes)[0]
+    return linked
 
 
 def _spool_after_failure(
@@ -453,7 +475,7 @@ async def _store_from_spool(
 async def _artifacts(
     refs: list[ImageRef], *, params: dict[str, Any], outcome: str, key: str, charged: float, logger: Any
 ) -> None:
-    if TaskRunContext.get() is None and FlowRunContext.get() is None:
+    if _BATCH_ROW.get() or (TaskRunContext.get() is None and FlowRunContext.get() is None):
         return
     try:
         await publish_artifacts(refs, params=params, outcome=outcome, cache_key=key, charged=charged)

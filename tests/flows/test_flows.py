@@ -24,7 +24,7 @@ from prefect_gpt_image.flows import (
     image_pipeline,
 )
 from tests.support.images import decode, png_bytes
-from tests.support.prefect import flow_run_artifacts
+from tests.support.prefect import flow_run_artifacts, flow_run_logs
 from tests.support.sandbox import billed_images, sandbox_requests
 
 KEY = "sk-flows-SECRET-91b2c3"
@@ -196,19 +196,23 @@ def test_batch_from_s3_manifest_with_overrides_and_failures(env: Any) -> None:
 def test_batch_from_list_completes_and_rerun_is_free(env: Any) -> None:
     sandbox, local_s3, storage = env
     prompts = [f"lantern number {i}" for i in range(8)]
-    state = run(
-        batch_generate(
-            prompts=prompts, options=ImageOptions(size="1024x1024"), storage=storage, return_state=True
-        )
-    )
+    options = ImageOptions(size="1024x1024")
+    # half of the rows are in the store before the batch: they are served while the others run
+    early = run(batch_generate(prompts=prompts[:4], options=options, storage=storage, return_state=True))
+    assert early.is_completed() and "0 found in the store" in (early.message or "")
+    state = run(batch_generate(prompts=prompts, options=options, storage=storage, return_state=True))
     assert state.is_completed() and "8 of 8 rows stored" in (state.message or "")
+    assert "4 found in the store" in (state.message or "")
     assert billed_images(sandbox) == 8
-    again = run(
-        batch_generate(
-            prompts=prompts, options=ImageOptions(size="1024x1024"), storage=storage, return_state=True
-        )
-    )
-    assert again.is_completed() and billed_images(sandbox) == 8 and len(sandbox_requests(sandbox)) == 8
+    # rows log no success line each and publish no per-call artifacts: the table lists them
+    logs = flow_run_logs(state.state_details.flow_run_id)
+    assert any("8 of 8 rows stored" in m for m in logs)
+    assert not any("gpt-image returned" in m for m in logs)
+    keys = {a["key"] for a in flow_run_artifacts(state.state_details.flow_run_id)}
+    assert keys == {"gpt-image-batch", "gpt-image-batch-progress"}
+    again = run(batch_generate(prompts=prompts, options=options, storage=storage, return_state=True))
+    assert again.is_completed() and "8 found in the store" in (again.message or "")
+    assert billed_images(sandbox) == 8 and len(sandbox_requests(sandbox)) == 8
     first: BatchResult = state.result()  # type: ignore[assignment]
     second: BatchResult = again.result()  # type: ignore[assignment]
     assert [r.images for r in first.rows] == [r.images for r in second.rows]
