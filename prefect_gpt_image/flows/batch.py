@@ -36,7 +36,7 @@ from prefect_gpt_image.tasks.concurrency import (
     release_idle_leases,
     slots_in_use,
 )
-from prefect_gpt_image.tasks.pipeline import batch_rows
+from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
 from .manifest import BatchRow, parse_manifest, read_manifest_text
@@ -426,7 +426,7 @@ class _StoreLookups:
     async def _lookup(self, number: int, key: str) -> list[ImageRef] | None:
         async with self._gate:
             try:
-                refs = await asyncio.to_thread(_cached_refs, self._store, key)
+                refs = await asyncio.to_thread(_cached_refs, self._store, key, self._logger)
             except Exception as exc:  # the task will look again and report a store failure
                 self._logger.debug("cache lookup of row %d failed: %s", number, exc)
                 return None
@@ -455,16 +455,7 @@ class _StoreLookups:
             lookup.cancel()
 
 
-def _cached_refs(store: ImageStore, key: str) -> list[ImageRef] | None:
+def _cached_refs(store: ImageStore, key: str, logger: Any) -> list[ImageRef] | None:
     """The refs of cache record ``key`` with fresh links, or None."""
     refs = read_record(store, key)
-    if refs is None:
-        return None
-    out: list[ImageRef] = []
-    for ref in refs:
-        try:
-            link: str | None = store.link_for(store.image_key(ref.sha256, ref.format))
-        except Exception:
-            link = None
-        out.append(ref.model_copy(update={"link": link}))
-    return out
+    return None if refs is None else with_links(store, refs, logger)

@@ -6,7 +6,7 @@ Order of a call (all of it under the lock of its cache key, see :mod:`.locks`)::
     entry in the local spool?    -> store it, record it, clear it (no call, no cost)
     reserve budget               -> BudgetExceededError before anything is sent
     local gate + global limit (+ rate limit) -> the paid call (client retries are logged)
-    store images and manifests, then the cache record
+    store images, manifests and the cache record at once (one round trip)
         on a store failure       -> spool the bytes, raise ImagesSpooledError (a rerun stores them)
     artifacts (best effort)
 
@@ -60,7 +60,7 @@ from .locks import get_lock_manager
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, note_maybe_billed
 
-__all__ = ["batch_rows", "run_image_call"]
+__all__ = ["batch_rows", "run_image_call", "with_links"]
 
 _fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
 _BATCH_ROW: ContextVar[bool] = ContextVar("prefect_gpt_image_batch_row", default=False)
@@ -125,7 +125,8 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-def _with_links(store: ImageStore, refs: Sequence[ImageRef], logger: Any) -> list[ImageRef]:
+def with_links(store: ImageStore, refs: Sequence[ImageRef], logger: Any) -> list[ImageRef]:
+    """``refs`` with fresh links to their images (None, with a warning, where signing one fails)."""
     out: list[ImageRef] = []
     for ref in refs:
         try:
@@ -215,7 +216,7 @@ async def _locked_call(
                 "nothing was sent"
             ) from exc
         if hit is not None:
-            refs = _with_links(store, hit, logger)
+            refs = with_links(store, hit, logger)
             logger.info(
                 "Cache hit: %d image(s) of this request are already in %s (no API call, no cost)",
                 len(refs),
@@ -395,7 +396,7 @@ def _store_new(
         data: bytes | Path = image.path if image.path is not None else image.read_bytes()
         writes.append(partial(store.put_image, image.sha256, image.format, data))
         writes.append(partial(store.put_manifest, image.sha256, manifest))
-    linked: list[ImageRef] = run_concurrently(partial(_with_links, store, refs, logger), *writes)[0]
+    linked: list[ImageRef] = run_concurrently(partial(with_links, store, refs, logger), *writes)[0]
     return linked
 
 
@@ -469,7 +470,7 @@ async def _store_from_spool(
     logger.info(
         "Recovered %d image(s) from the spool into %s (no API call, no cost)", len(refs), store.describe()
     )
-    return _with_links(store, refs, logger)
+    return with_links(store, refs, logger)
 
 
 async def _artifacts(
