@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from prefect_gpt_image.storage import LocalImageStore
+from prefect_gpt_image.tasks import read_manifest
+
 
 def run_demo(tmp_path: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "GPT_IMAGE_", "AWS_"))}
@@ -37,7 +40,9 @@ def test_demo_runs_offline(tmp_path: Path, storage: str) -> None:
             assert Path(path).is_relative_to(tmp_path / "gpt-image-output")
             with Image.open(path) as img:
                 assert img.size in ((1536, 1024), (1024, 1024))
-            assert Path(path).with_suffix(".json").exists()
+            store = LocalImageStore(Path(path).parents[1])  # the folder holding images/ and cache/
+            manifest = read_manifest(store, Path(path).stem, "png")
+            assert manifest is not None and manifest["sha256"] == Path(path).stem
     else:
         assert len(re.findall(r"s3://gpt-image-demo/demo/images/[0-9a-f]{64}\.png", out)) == 7
         assert not (tmp_path / "gpt-image-output").exists()

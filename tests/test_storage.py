@@ -63,8 +63,8 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, local_s3: LocalS3Se
 # -- behaviour common to both backends ----------------------------------------------------------
 
 
-def test_put_image_writes_content_addressed_object_and_manifest(store: ImageStore) -> None:
-    stored = store.put_image(PNG_SHA, "png", PNG)
+def test_put_image_writes_content_addressed_object_with_metadata(store: ImageStore) -> None:
+    stored = store.put_image(PNG_SHA, "png", PNG, {"cache-key": "abc123"})
 
     assert stored == StoredObject(
         uri=store.uri_for(f"run1/images/{PNG_SHA}.png"),
@@ -78,13 +78,35 @@ def test_put_image_writes_content_addressed_object_and_manifest(store: ImageStor
     assert store.read_bytes(stored.key) == PNG
     assert store.read_bytes(stored.uri) == PNG
 
-    manifest = {"sha256": PNG_SHA, "prompt": "a red square", "usage": {"total_tokens": 12}}
-    manifest_uri = store.put_manifest(PNG_SHA, manifest)
-    assert manifest_uri == store.uri_for(f"run1/images/{PNG_SHA}.json")
-    assert store.get_manifest(PNG_SHA) == manifest
-    store.put_manifest(PNG_SHA, {**manifest, "prompt": "rewritten"})
-    assert store.get_manifest(PNG_SHA) == {**manifest, "prompt": "rewritten"}
-    assert json.loads(store.read_bytes(manifest_uri))["prompt"] == "rewritten"
+    assert store.metadata(stored.key) == {"sha256": PNG_SHA, "cache-key": "abc123"}
+    # a second put keeps the first writer's metadata
+    assert store.put_image(PNG_SHA, "png", PNG, {"cache-key": "other"}).created is False
+    assert store.metadata(stored.key) == {"sha256": PNG_SHA, "cache-key": "abc123"}
+
+    record = {"sha256": PNG_SHA, "prompt": "a red square", "usage": {"total_tokens": 12}}
+    key = store.key("cache", "abc123.json")
+    store.put_json(key, record)
+    assert store.get_json(key) == record
+    assert store.metadata(key) == {}
+    store.put_json(key, {**record, "prompt": "rewritten"})
+    assert json.loads(store.read_bytes(store.uri_for(key)))["prompt"] == "rewritten"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"Cache-Key": "x"},
+        {"sha256": "x"},
+        {"cache key": "x"},
+        {"k": "naïve"},
+        {"k": "a\nb"},
+        {"k": "x" * 2000},
+    ],
+)
+def test_invalid_metadata_refused_before_writing(store: ImageStore, metadata: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="metadata"):
+        store.put_image(PNG_SHA, "png", PNG, metadata)
+    assert not store.exists(store.image_key(PNG_SHA, "png"))
 
 
 def test_second_put_leaves_existing_object_alone(store: ImageStore) -> None:
@@ -142,7 +164,7 @@ def test_wrong_sha256_or_format_refused(store: ImageStore, tmp_path: Path) -> No
 
 
 def test_missing_objects(store: ImageStore) -> None:
-    assert store.get_manifest(PNG_SHA) is None
+    assert store.metadata(store.image_key(PNG_SHA, "png")) is None
     assert store.get_json(store.key("cache", "nothing.json")) is None
     assert not store.exists(store.image_key(PNG_SHA, "png"))
     with pytest.raises(FileNotFoundError):
@@ -216,8 +238,10 @@ def test_local_concurrent_writers_never_overwrite(tmp_path: Path) -> None:
 
     assert sorted(r.created for r in results) == [False] * 11 + [True]
     folder = tmp_path / "images"
-    assert [p.name for p in folder.iterdir()] == [f"{sha}.png"]  # no temporary files left
+    # no temporary files left: the image and its metadata file only
+    assert sorted(p.name for p in folder.iterdir()) == [f"{sha}.png", f"{sha}.png.meta.json"]
     assert (folder / f"{sha}.png").read_bytes() == images[0]
+    assert LocalImageStore(tmp_path).metadata(f"images/{sha}.png") == {"sha256": sha}
 
 
 def test_local_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -235,8 +259,8 @@ def test_local_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 
 def test_s3_object_has_content_type_checksum_and_metadata(local_s3: LocalS3Server, s3_bucket: str) -> None:
     store = S3ImageStore(local_s3.client(), s3_bucket, prefix="p")
-    stored = store.put_image(PNG_SHA, "png", PNG)
-    store.put_manifest(PNG_SHA, {"sha256": PNG_SHA})
+    stored = store.put_image(PNG_SHA, "png", PNG, {"cache-key": "k1"})
+    store.put_json(store.key("cache", "k1.json"), {"sha256": PNG_SHA})
 
     client = local_s3.client()
     head = client.head_object(Bucket=s3_bucket, Key=stored.key, ChecksumMode="ENABLED")
@@ -244,9 +268,9 @@ def test_s3_object_has_content_type_checksum_and_metadata(local_s3: LocalS3Serve
     assert head["ContentType"] == "image/png"
     assert head["ContentLength"] == len(PNG)
     assert head["ChecksumSHA256"] == base64.b64encode(bytes.fromhex(PNG_SHA)).decode()
-    assert head["Metadata"] == {"sha256": PNG_SHA}
-    manifest = client.head_object(Bucket=s3_bucket, Key=f"p/images/{PNG_SHA}.json")
-    assert manifest["ContentType"] == "application/json"
+    assert head["Metadata"] == {"sha256": PNG_SHA, "cache-key": "k1"}
+    record = client.head_object(Bucket=s3_bucket, Key="p/cache/k1.json")
+    assert record["ContentType"] == "application/json"
 
 
 def test_server_refuses_a_wrong_checksum(local_s3: LocalS3Server, s3_bucket: str) -> None:

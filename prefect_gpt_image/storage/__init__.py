@@ -1,8 +1,9 @@
 """Where image bytes go: a local folder or an S3 bucket behind one small interface.
 
-Images are content-addressed (``{prefix}/images/{sha256}.{ext}``, never overwritten) with a JSON
-manifest beside each. Use :func:`resolve_store` to get a store from a path, an ``s3://`` URI, a
-prefect-aws ``S3Bucket`` block or the ``GPT_IMAGE_STORAGE`` environment variable.
+Images are content-addressed (``{prefix}/images/{sha256}.{ext}``, never overwritten) and carry
+small string metadata; JSON records (``put_json``/``get_json``) hold everything else. Use
+:func:`resolve_store` to get a store from a path, an ``s3://`` URI, a prefect-aws ``S3Bucket``
+block or the ``GPT_IMAGE_STORAGE`` environment variable.
 """
 
 from .base import MAX_PRESIGN_TTL, ImageStore, StoredObject, check_key

@@ -2,8 +2,9 @@
 
 Layout under a store's prefix::
 
-    {prefix}/images/{sha256}.{ext}    the image (ext png, jpeg or webp), never overwritten
-    {prefix}/images/{sha256}.json     its manifest (request, usage, ...), may be rewritten
+    {prefix}/images/{sha256}.{ext}    the image (ext png, jpeg or webp), never overwritten, with
+                                      string metadata (``sha256`` and what the writer adds)
+    {prefix}/...json                  small JSON records (cache records, ...), may be rewritten
 
 A *key* is always the full object key (prefix included), as in :attr:`StoredObject.key`; build one
 with :meth:`ImageStore.key`. Each backend implements a handful of primitives; every public
@@ -115,6 +116,25 @@ def _check_ext(ext: str) -> ImageFormat:
     raise ValueError(f"invalid image extension {ext!r}: expected one of {', '.join(formats)}")
 
 
+_METADATA_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+_MAX_METADATA_BYTES = 1024
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` if every backend can keep it as it is: lower-case names (S3 lower-cases them),
+    printable ASCII values (HTTP headers), 1 KiB in all (S3 allows 2 KiB per object)."""
+    out: dict[str, str] = {}
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not _METADATA_NAME_RE.match(name) or name == "sha256":
+            raise ValueError(f"invalid metadata name {name!r}: lower-case letters, digits and '-'")
+        if not isinstance(value, str) or not all(32 <= ord(ch) < 127 for ch in value):
+            raise ValueError(f"invalid metadata value for {name!r}: printable ASCII only")
+        out[name] = value
+    if sum(len(k) + len(v) for k, v in out.items()) > _MAX_METADATA_BYTES:
+        raise ValueError(f"metadata larger than {_MAX_METADATA_BYTES} bytes")
+    return out
+
+
 def _file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -163,19 +183,20 @@ class ImageStore(ABC):
         """The key of an image: ``{prefix}/images/{sha256}.{ext}``."""
         return self.key("images", f"{_check_sha256(sha256)}.{_check_ext(ext)}")
 
-    def manifest_key(self, sha256: str) -> str:
-        """The key of an image's manifest: ``{prefix}/images/{sha256}.json``."""
-        return self.key("images", f"{_check_sha256(sha256)}.json")
-
     # -- operations -----------------------------------------------------------------------------
 
-    def put_image(self, sha256: str, ext: str, data: bytes | Path) -> StoredObject:
+    def put_image(
+        self, sha256: str, ext: str, data: bytes | Path, metadata: Mapping[str, str] | None = None
+    ) -> StoredObject:
         """Store an image under its digest unless it is already there (then ``created=False``).
 
-        ``data`` is the bytes or a file (streamed, not read into memory). Raises ValueError if
-        ``sha256`` is not the digest of the data or the data is not a ``ext`` image.
+        ``data`` is the bytes or a file (streamed, not read into memory). ``metadata`` (lower-case
+        ASCII names and values, e.g. the record that describes the image) is stored with it,
+        beside ``sha256``; an image already there keeps its own. Raises ValueError if ``sha256``
+        is not the digest of the data or the data is not a ``ext`` image.
         """
         sha256 = _check_sha256(sha256)
+        meta = {**_check_metadata(metadata or {}), "sha256": sha256}
         fmt = _check_ext(ext)
         key = self.image_key(sha256, fmt)
         if isinstance(data, Path):
@@ -190,7 +211,7 @@ class ImageStore(ABC):
         if sniffed != fmt:
             raise ValueError(f"data is {sniffed or 'not a PNG, JPEG or WebP image'}, not {fmt}")
         content_type = CONTENT_TYPES[fmt]
-        created = self._create(key, data, content_type, sha256)
+        created = self._create(key, data, content_type, meta)
         return StoredObject(
             uri=self._uri(key),
             key=key,
@@ -199,19 +220,6 @@ class ImageStore(ABC):
             content_type=content_type,
             created=created,
         )
-
-    def put_manifest(self, sha256: str, manifest: Mapping[str, Any]) -> str:
-        """Write (or rewrite) the JSON manifest beside image ``sha256``; return its URI."""
-        key = self.manifest_key(sha256)
-        self.put_json(key, dict(manifest))
-        return self._uri(key)
-
-    def get_manifest(self, sha256: str) -> dict[str, Any] | None:
-        """The manifest of image ``sha256``, or None if it has none."""
-        manifest = self.get_json(self.manifest_key(sha256))
-        if manifest is not None and not isinstance(manifest, dict):
-            raise ValueError(f"manifest {self.manifest_key(sha256)} is not a JSON object")
-        return manifest
 
     def put_json(self, key: str, obj: Any) -> None:
         """Write a small JSON record at ``key`` (overwriting), with Content-Type application/json."""
@@ -225,7 +233,12 @@ class ImageStore(ABC):
 
     def exists(self, key: str) -> bool:
         """Whether an object is stored at ``key``."""
-        return self._exists(check_key(key))
+        return self._head(check_key(key)) is not None
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        """The metadata of the object at ``key`` (``{}`` for a JSON record), or None if there is
+        no object. One round trip: it also answers :meth:`exists`."""
+        return self._head(check_key(key))
 
     def read_bytes(self, uri_or_key: str) -> bytes:
         """The bytes at a key or at a URI of this store; FileNotFoundError if missing."""
@@ -254,8 +267,9 @@ class ImageStore(ABC):
     # -- backend primitives (keys are already checked) -----------------------------------------
 
     @abstractmethod
-    def _create(self, key: str, data: bytes | Path, content_type: str, sha256: str) -> bool:
-        """Write ``data`` at ``key`` only if nothing is there; return whether it was written."""
+    def _create(self, key: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> bool:
+        """Write ``data`` with ``metadata`` (``sha256`` among it) at ``key`` only if nothing is
+        there; return whether it was written."""
 
     @abstractmethod
     def _write(self, key: str, data: bytes, content_type: str) -> None:
@@ -266,8 +280,8 @@ class ImageStore(ABC):
         """The bytes at ``key``, or None if nothing is there."""
 
     @abstractmethod
-    def _exists(self, key: str) -> bool:
-        """Whether something is stored at ``key``."""
+    def _head(self, key: str) -> dict[str, str] | None:
+        """The metadata of the object at ``key`` (``{}`` if it has none), or None if there is none."""
 
     @abstractmethod
     def _uri(self, key: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -44,12 +45,18 @@ def default_local_root() -> Path:
     return Path(DEFAULT_LOCAL_ROOT)
 
 
+def _metadata_key(key: str) -> str:
+    """The key of the metadata file of the image at ``key``."""
+    return f"{key}.meta.json"
+
+
 class LocalImageStore(ImageStore):
     """Images in a local folder, under ``root/prefix``.
 
     Every write goes to a temporary file in the target's folder first, then is linked (images:
     ``os.link``, which fails if the name exists, so a concurrent writer never overwrites) or
-    renamed (JSON records) into place: readers never see a partial file.
+    renamed (JSON records) into place: readers never see a partial file. An image's metadata is
+    a JSON file beside it, ``{name}.meta.json``, written before the image appears.
     """
 
     def __init__(self, root: str | os.PathLike[str] | None = None, prefix: str = "") -> None:
@@ -70,10 +77,12 @@ class LocalImageStore(ImageStore):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         return fd, Path(tmp)
 
-    def _create(self, key: str, data: bytes | Path, content_type: str, sha256: str) -> bool:
+    def _create(self, key: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> bool:
         path = self.root / key
         if path.exists():
             return False
+        sha256 = metadata["sha256"]
+        self._write(_metadata_key(key), json.dumps(metadata, sort_keys=True).encode(), "application/json")
         fd, tmp = self._temp_file(path)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -111,8 +120,14 @@ class LocalImageStore(ImageStore):
         except FileNotFoundError:
             return None
 
-    def _exists(self, key: str) -> bool:
-        return (self.root / key).is_file()
+    def _head(self, key: str) -> dict[str, str] | None:
+        if not (self.root / key).is_file():
+            return None
+        try:
+            metadata: dict[str, str] = json.loads((self.root / _metadata_key(key)).read_bytes())
+        except FileNotFoundError:
+            return {}
+        return metadata
 
     def _uri(self, key: str) -> str:
         return str(self.root / key)

@@ -146,15 +146,15 @@ class S3ImageStore(ImageStore):
             links = f"presigned links valid {self.presign_ttl} s"
         return f"S3 {where}{at} ({links})"
 
-    def _create(self, key: str, data: bytes | Path, content_type: str, sha256: str) -> bool:
-        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+    def _create(self, key: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> bool:
+        checksum = base64.b64encode(bytes.fromhex(metadata["sha256"])).decode()
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 if isinstance(data, Path):
                     with data.open("rb") as body:
-                        self._put(key, body, content_type, checksum, sha256)
+                        self._put(key, body, content_type, checksum, metadata)
                 else:
-                    self._put(key, data, content_type, checksum, sha256)
+                    self._put(key, data, content_type, checksum, metadata)
                 return True
             except ClientError as exc:
                 code, status = _status(exc)
@@ -169,7 +169,7 @@ class S3ImageStore(ImageStore):
                 raise
         raise AssertionError("unreachable")
 
-    def _put(self, key: str, body: Any, content_type: str, checksum: str, sha256: str) -> None:
+    def _put(self, key: str, body: Any, content_type: str, checksum: str, metadata: dict[str, str]) -> None:
         self.client.put_object(
             Bucket=self.bucket,
             Key=key,
@@ -177,7 +177,7 @@ class S3ImageStore(ImageStore):
             ContentType=content_type,
             ChecksumSHA256=checksum,
             IfNoneMatch="*",
-            Metadata={"sha256": sha256},
+            Metadata=metadata,
         )
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
@@ -200,14 +200,14 @@ class S3ImageStore(ImageStore):
         with response["Body"] as body:
             return body.read()
 
-    def _exists(self, key: str) -> bool:
+    def _head(self, key: str) -> dict[str, str] | None:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _status(exc)[1] == 404:
-                return False
+                return None
             raise
-        return True
+        return dict(response.get("Metadata", {}))
 
     def _uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

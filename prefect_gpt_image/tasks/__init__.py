@@ -6,6 +6,7 @@ slot of a Prefect global concurrency limit for every paid call, keep paid images
 when storage fails, enforce per-run budgets and publish artifacts.
 """
 
+from .cache import read_manifest
 from .clients import aclose_clients
 from .errors import (
     BudgetExceededError,
@@ -42,6 +43,7 @@ __all__ = [
     "generate_image",
     "get_lock_manager",
     "is_safe_to_retry",
+    "read_manifest",
     "retry_condition",
     "use_lock_manager",
 ]

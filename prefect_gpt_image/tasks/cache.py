@@ -9,8 +9,12 @@ path is hashed by its bytes, not its name.
 
 A record lives at ``{prefix}/cache/{key}.json`` in the same store as the images, so a rerun in
 another process or on another machine finds it, whatever the backend (a local folder, an
-``s3://`` URI, or an S3Bucket block). It holds the refs (without links, which expire) and the
-request summary, as plain JSON any tool can read.
+``s3://`` URI, or an S3Bucket block). It holds the request summary, the refs (without links,
+which expire) and each image's manifest (its lineage: model, prompt, parameters, request id,
+usage, cost, inputs, runs), as plain JSON any tool can read. Each image stored by a call carries
+the key in its object metadata (``cache-key``), so :func:`read_manifest` finds an image's lineage
+from the image alone. One JSON object per call, not one per image plus one per call: on an
+S3-compatible store every object is a round trip and a few milliseconds of the server.
 
 Why not Prefect's own cache (``cache_policy`` + ``isolation_level="SERIALIZABLE"``): its records go
 to the task's ``result_storage``, which must be a local path or a block saved on the server
@@ -34,10 +38,21 @@ from prefect_gpt_image.storage import ImageStore
 
 from .refs import ImageRef
 
-__all__ = ["CACHE_FOLDER", "TRANSPORT_FIELDS", "cache_key", "read_record", "record_key", "write_record"]
+__all__ = [
+    "CACHE_FOLDER",
+    "CACHE_KEY_METADATA",
+    "TRANSPORT_FIELDS",
+    "cache_key",
+    "read_manifest",
+    "read_record",
+    "record_key",
+    "write_record",
+]
 
 CACHE_FOLDER = "cache"
 """The folder of cache records under a store's prefix."""
+CACHE_KEY_METADATA = "cache-key"
+"""The image metadata naming the cache key (so the record) of the call that stored the image."""
 TRANSPORT_FIELDS = frozenset({"stream", "partial_images", "user"})
 """Request fields that do not change the images, left out of the key."""
 _KEY_VERSION = 1
@@ -66,20 +81,25 @@ def record_key(store: ImageStore, key: str) -> str:
     return store.key(CACHE_FOLDER, f"{key}.json")
 
 
-def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
-    """The refs recorded for ``key``, or None if there is no usable record (none, damaged, or an
-    image it names, or that image's manifest, is not in the store). Errors reaching the store
-    propagate.
-
-    A new call writes its images, their manifests and this record at once (one round trip), so a
-    record alone proves nothing: it counts only when everything it stands for was stored. After a
-    partly failed write the lookup misses and the call's spooled images are stored again, free.
-    """
+def _read(store: ImageStore, key: str) -> dict[str, Any] | None:
+    """The record of ``key`` as stored, or None if there is none or it is damaged."""
     try:
         record = store.get_json(record_key(store, key))
     except ValueError:  # not JSON (a damaged write): a miss, the next success rewrites it
         return None
-    if not isinstance(record, dict) or record.get("key") != key:
+    return record if isinstance(record, dict) and record.get("key") == key else None
+
+
+def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
+    """The refs recorded for ``key``, or None if there is no usable record (none, damaged, or an
+    image it names is not in the store). Errors reaching the store propagate.
+
+    A new call writes its images and this record at once (one round trip), so a record alone
+    proves nothing: it counts only when every image it names was stored. After a partly failed
+    write the lookup misses and the call's spooled images are stored again, free.
+    """
+    record = _read(store, key)
+    if record is None:
         return None
     try:
         refs = [ImageRef.model_validate(item) for item in record["refs"]]
@@ -90,15 +110,34 @@ def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
     found: list[ImageRef] = []
     for ref in refs:
         image_key = store.image_key(ref.sha256, ref.format)
-        if not store.exists(image_key) or not store.exists(store.manifest_key(ref.sha256)):
+        if not store.exists(image_key):
             return None
         # The record may have been written through another mount or machine: point at this store.
         found.append(ref.model_copy(update={"uri": store.uri_for(image_key)}))
     return found
 
 
-def write_record(store: ImageStore, key: str, refs: list[ImageRef], request: dict[str, Any]) -> None:
-    """Record ``refs`` (without links) as the result of ``key``."""
+def read_manifest(store: ImageStore, sha256: str, fmt: str) -> dict[str, Any] | None:
+    """The manifest of the stored image ``sha256`` (format ``fmt``): its entry in the record of
+    the call that stored it (named by the image's ``cache-key`` metadata), or None if the image is
+    not stored or no record describes it."""
+    metadata = store.metadata(store.image_key(sha256, fmt))
+    key = (metadata or {}).get(CACHE_KEY_METADATA)
+    record = _read(store, key) if key else None
+    for manifest in (record or {}).get("manifests", []):
+        if isinstance(manifest, dict) and manifest.get("sha256") == sha256:
+            return manifest
+    return None
+
+
+def write_record(
+    store: ImageStore,
+    key: str,
+    refs: list[ImageRef],
+    request: dict[str, Any],
+    manifests: list[dict[str, Any]],
+) -> None:
+    """Record ``refs`` (without links) and their ``manifests`` as the result of ``key``."""
     store.put_json(
         record_key(store, key),
         {
@@ -106,5 +145,6 @@ def write_record(store: ImageStore, key: str, refs: list[ImageRef], request: dic
             "created": dt.datetime.now(dt.UTC).isoformat(),
             "request": request,
             "refs": [ref.without_link().model_dump(mode="json") for ref in refs],
+            "manifests": manifests,
         },
     )

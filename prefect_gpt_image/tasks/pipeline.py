@@ -6,7 +6,7 @@ Order of a call (all of it under the lock of its cache key, see :mod:`.locks`)::
     entry in the local spool?    -> store it, record it, clear it (no call, no cost)
     reserve budget               -> BudgetExceededError before anything is sent
     local gate + global limit (+ rate limit) -> the paid call (client retries are logged)
-    store images, manifests and the cache record at once (one round trip)
+    store the images and the cache record (with their manifests) at once (one round trip)
         on a store failure       -> spool the bytes, raise ImagesSpooledError (a rerun stores them)
     artifacts (best effort)
 
@@ -52,7 +52,7 @@ from prefect_gpt_image.storage.base import run_concurrently
 
 from . import budget, spool
 from .artifacts import publish_artifacts
-from .cache import cache_key, endpoint_of, read_record, write_record
+from .cache import CACHE_KEY_METADATA, cache_key, endpoint_of, read_record, write_record
 from .clients import discard_downloads, shared_client
 from .concurrency import api_slot
 from .errors import CacheLockTimeoutError, ImagesLostError, ImagesSpooledError, ImageStorageError
@@ -295,9 +295,10 @@ async def _locked_call(
         reservation.cost,
     )
     refs, manifests = _describe(request, images, store, key, variant, settings, flow_run_id, task_run_id)
+    files = [(image.path if image.path is not None else image.read_bytes()) for image in images]
     try:
         linked: list[ImageRef] = await _in_thread(
-            _store_new, store, images, refs, manifests, key, summary, logger
+            _store_result, store, key, files, refs, manifests, summary, logger
         )
     except Exception as exc:
         error = _spool_after_failure(exc, store, key, images, refs, manifests, summary, logger)
@@ -377,25 +378,25 @@ def _describe(
     return refs, manifests
 
 
-def _store_new(
+def _store_result(
     store: ImageStore,
-    images: list[GeneratedImage],
+    key: str,
+    files: Sequence[bytes | Path],
     refs: list[ImageRef],
     manifests: list[dict[str, Any]],
-    key: str,
     summary: dict[str, Any],
     logger: Any,
 ) -> list[ImageRef]:
-    """Store the images, their manifests and the cache record; the refs with their links."""
-    # Every write at once: one round trip to the store, not three. The record may land before
-    # the images; read_record trusts it only once the images and manifests it names are there, so
-    # after a failed write the rerun finds no hit and stores the spooled images (paid once). The
-    # links are signed in this thread while the writes are in flight.
-    writes: list[Callable[[], Any]] = [partial(write_record, store, key, refs, summary)]
-    for image, manifest in zip(images, manifests, strict=True):
-        data: bytes | Path = image.path if image.path is not None else image.read_bytes()
-        writes.append(partial(store.put_image, image.sha256, image.format, data))
-        writes.append(partial(store.put_manifest, image.sha256, manifest))
+    """Store a call's images (``files``, in the order of ``refs``) and its cache record, which
+    holds their manifests; the refs with their links."""
+    # Every write at once: one round trip to the store. The record may land before the images;
+    # read_record trusts it only once the images it names are there, so after a failed write the
+    # rerun finds no hit and stores the spooled images (paid once). Each image names the record
+    # in its metadata (its lineage). The links are signed in this thread while the writes are in
+    # flight.
+    writes: list[Callable[[], Any]] = [partial(write_record, store, key, refs, summary, manifests)]
+    for ref, data in zip(refs, files, strict=True):
+        writes.append(partial(store.put_image, ref.sha256, ref.format, data, {CACHE_KEY_METADATA: key}))
     linked: list[ImageRef] = run_concurrently(partial(with_links, store, refs, logger), *writes)[0]
     return linked
 
@@ -447,20 +448,18 @@ def _spool_after_failure(
 async def _store_from_spool(
     store: ImageStore, entry: spool.SpoolEntry, key: str, logger: Any
 ) -> list[ImageRef]:
-    def store_all() -> list[ImageRef]:
-        refs: list[ImageRef] = []
-        for item in entry.images:
-            store.put_image(item.sha256, item.format, item.path)
-            store.put_manifest(item.sha256, item.manifest)
-            ref = ImageRef.model_validate(item.ref)
-            refs.append(
-                ref.model_copy(update={"uri": store.uri_for(store.image_key(ref.sha256, ref.format))})
-            )
-        write_record(store, key, refs, entry.request)
-        return refs
-
+    refs = [
+        ImageRef.model_validate(item.ref).model_copy(
+            update={"uri": store.uri_for(store.image_key(item.sha256, item.format))}
+        )
+        for item in entry.images
+    ]
+    manifests = [item.manifest for item in entry.images]
+    files = [item.path for item in entry.images]
     try:
-        refs: list[ImageRef] = await _in_thread(store_all)
+        linked: list[ImageRef] = await _in_thread(
+            _store_result, store, key, files, refs, manifests, entry.request, logger
+        )
     except Exception as exc:
         raise ImageStorageError(
             f"storing {len(entry.images)} spooled image(s) from {entry.path} in {store.describe()} failed "
@@ -470,7 +469,7 @@ async def _store_from_spool(
     logger.info(
         "Recovered %d image(s) from the spool into %s (no API call, no cost)", len(refs), store.describe()
     )
-    return with_links(store, refs, logger)
+    return linked
 
 
 async def _artifacts(

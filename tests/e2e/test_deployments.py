@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import (
 )
 
 from prefect_gpt_image.flows.manifest import BatchRow, parse_manifest
+from tests.support.s3 import manifest_in_bucket
 
 from .conftest import (
     BUCKET_FOLDER,
@@ -132,8 +133,8 @@ def test_worker_runs_pipeline_and_nightly_into_the_bucket(e2e_stack: E2EStack, e
     assert set(stored) == billed
     for sha, key in stored.items():
         assert hashlib.sha256(objects[key]).hexdigest() == sha
-        manifest_key = str(PurePosixPath(key).with_suffix(".json"))
-        assert manifest_key in objects, f"no manifest beside {key}"
+        manifest = manifest_in_bucket(e2e_stack.s3, f"s3://{e2e_stack.bucket}/{key}")
+        assert manifest is not None and manifest["sha256"] == sha, f"no manifest of {key}"
     formats = Counter(PurePosixPath(key).suffix for key in stored.values())
     assert formats[".webp"] >= 1, "the manifest's webp row was not stored as webp"
 

@@ -25,6 +25,7 @@ from prefect_gpt_image.flows import (
 )
 from tests.support.images import decode, png_bytes
 from tests.support.prefect import flow_run_artifacts, flow_run_logs
+from tests.support.s3 import manifest_in_bucket
 from tests.support.sandbox import billed_images, sandbox_requests
 
 KEY = "sk-flows-SECRET-91b2c3"
@@ -85,9 +86,10 @@ def test_pipeline_generate_edit_blend_into_s3(env: Any, tmp_path: Path) -> None:
     assert before.getpixel((512, 900)) == after.getpixel((512, 900))
     keys = bucket_keys(local_s3, storage)
     for ref in (generated, edited, blended):
-        assert f"flows/images/{ref.sha256}.png" in keys and f"flows/images/{ref.sha256}.json" in keys
-    manifest_object = local_s3.client().get_object(**_loc(blended.uri.replace(".png", ".json")))
-    manifest = json.loads(manifest_object["Body"].read())
+        assert f"flows/images/{ref.sha256}.png" in keys
+        manifest = manifest_in_bucket(local_s3, ref.uri)
+        assert manifest is not None and manifest["sha256"] == ref.sha256, ref
+        assert f"flows/cache/{manifest['cache_key']}.json" in keys
     assert manifest["prompt"] == "in the style of the reference"
     assert manifest["request_id"] == blended.request_id
     # artifacts: the chain card with every step's image, and loadable image links

@@ -19,6 +19,7 @@ import pytest
 from prefect_gpt_image.flows import BatchResult, batch_generate
 from prefect_gpt_image.sandbox import FaultConfig
 from prefect_gpt_image.storage import LocalImageStore
+from prefect_gpt_image.tasks import read_manifest
 
 from .conftest import (
     CANARY_KEY,
@@ -77,14 +78,14 @@ def test_batch_of_200_under_faults(
     entries = sandbox.ledger.entries
     requests = [r for r in sandbox.ledger.requests if r["endpoint"] == "/images/generations"]
     store = LocalImageStore(storage)
-    stored = {p.stem for p in image_files(storage / "images")}
+    stored = {p.stem: p.suffix[1:] for p in image_files(storage / "images")}
 
     # -- what was paid for is stored, or reported ---------------------------------------------
     delivered = [e for e in entries if e["delivered"]]
     undelivered = [e for e in entries if not e["delivered"]]
     assert {e["fault"] for e in undelivered} <= {"drop"}
-    assert {img["sha256"] for e in delivered for img in e["images"]} <= stored
-    assert all(store.get_manifest(sha) is not None for sha in stored)
+    assert {img["sha256"] for e in delivered for img in e["images"]} <= set(stored)
+    assert all(read_manifest(store, sha, fmt) is not None for sha, fmt in stored.items())
     outcome_unknown = [r for r in result.rows if r.error_type == "OutcomeUnknownError"]
     billed = sandbox.ledger.billed_images
     # the batch table reports every attempt that may have been billed without an image: a failed
@@ -110,7 +111,7 @@ def test_batch_of_200_under_faults(
             assert f"{len(retried_paid)} retried attempt(s) may also have been billed" in message
         else:
             assert not undelivered and billed == ROWS
-    assert {ref.sha256 for r in result.rows for ref in r.images} == stored
+    assert {ref.sha256 for r in result.rows for ref in r.images} == set(stored)
 
     # -- every request is a first attempt or a logged retry ------------------------------------
     messages = [log["message"] for log in api_logs([flow_run_id])]

@@ -16,6 +16,7 @@ import pytest
 
 from prefect_gpt_image.flows import BatchResult, batch_generate
 from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.s3 import manifest_in_bucket
 
 from .conftest import (
     CANARY_KEY,
@@ -119,7 +120,8 @@ def test_s3_outage_mid_batch_loses_nothing_and_the_rerun_pays_nothing(
         for entry in entries:
             for image in entry["images"]:
                 assert f"gpt/images/{image['sha256']}.png" in keys
-                assert f"gpt/images/{image['sha256']}.json" in keys
+                manifest = manifest_in_bucket(s3, f"s3://{bucket}/gpt/images/{image['sha256']}.png")
+                assert manifest is not None and manifest["request_id"] == entry["request_id"]
         assert {ref.sha256 for r in second_result.rows for ref in r.images} == {
             image["sha256"] for e in entries for image in e["images"]
         }

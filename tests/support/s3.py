@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from prefect_gpt_image.local_s3 import LocalS3Server
+from prefect_gpt_image.storage import S3ImageStore
+from prefect_gpt_image.tasks import read_manifest
 
 
 @pytest.fixture(scope="session")
@@ -18,6 +21,15 @@ def local_s3() -> Iterator[LocalS3Server]:
     """One SeaweedFS S3 server on free ports of 127.0.0.1 for the whole test session."""
     with LocalS3Server() as server:
         yield server
+
+
+def manifest_in_bucket(server: LocalS3Server, uri: str) -> dict[str, Any] | None:
+    """The manifest of the image at ``s3://bucket/{prefix}/images/{sha256}.{ext}`` on ``server``,
+    found as users find it: through the image's ``cache-key`` metadata to the call's record."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    prefix, _, name = key.rpartition("/images/")
+    sha256, _, fmt = name.partition(".")
+    return read_manifest(S3ImageStore(server.client(), bucket, prefix), sha256, fmt)
 
 
 @pytest.fixture

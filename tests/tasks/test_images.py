@@ -31,6 +31,7 @@ from prefect_gpt_image.tasks import (
     bounded_task_runner,
     edit_image,
     generate_image,
+    read_manifest,
 )
 from tests.support.images import decode, mask_bytes, png_bytes
 from tests.support.prefect import PrefectServer, flow_run, flow_run_artifacts, flow_run_logs
@@ -90,7 +91,7 @@ def _check_stored(storage: GptImageStorage, refs: list[ImageRef], *, parents: tu
         assert decode(data).size == (ref.width, ref.height)
         assert ref.uri == store.uri_for(key)
         assert ref.parents == parents
-        manifest = store.get_manifest(ref.sha256)
+        manifest = read_manifest(store, ref.sha256, ref.format)
         assert manifest is not None
         for field in (
             "model",

@@ -17,7 +17,13 @@ from prefect_gpt_image.api import ModerationError, OutcomeUnknownError
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
-from prefect_gpt_image.tasks import ImageRef, ImagesSpooledError, ImageStorageError, generate_image
+from prefect_gpt_image.tasks import (
+    ImageRef,
+    ImagesSpooledError,
+    ImageStorageError,
+    generate_image,
+    read_manifest,
+)
 from tests.support.sandbox import billed_images, sandbox_requests
 
 from .conftest import s3_bucket_block
@@ -75,7 +81,7 @@ def test_s3_outage_after_the_call_spools_and_the_rerun_pays_nothing(
         assert not spooled.exists()
         store = storage.get_store()
         assert store.read_bytes(refs[0].uri)
-        manifest = store.get_manifest(refs[0].sha256)
+        manifest = read_manifest(store, refs[0].sha256, refs[0].format)
         assert manifest is not None and manifest["request_id"] == refs[0].request_id
         # and from now on it is an ordinary cache hit
         assert asyncio.run(one_image("a fox in a storm", credentials, settings, storage)) == refs
@@ -101,11 +107,11 @@ class FlakyStore(LocalImageStore):
 
     failures = 1
 
-    def _create(self, key: str, data: Any, content_type: str, sha256: str) -> bool:
+    def _create(self, key: str, data: Any, content_type: str, metadata: dict[str, str]) -> bool:
         if FlakyStore.failures:
             FlakyStore.failures -= 1
             raise OSError("disk went away")
-        return super()._create(key, data, content_type, sha256)
+        return super()._create(key, data, content_type, metadata)
 
 
 def test_prefect_retries_a_storage_error_from_the_spool(
