@@ -5,8 +5,8 @@ for 1.5 MB ones), images stored in a local S3 server (SeaweedFS):
 
 * plugin: the ``batch_generate`` flow with ``max_parallel=1`` (task run, lock, cache lookup,
   concurrency slot, request, download and check, the image + the call's record (with the
-  manifests) in S3, links, artifacts). Per image = (T(N) - T(1)) / (N - 1), so the flow's fixed start-up cost is left out
-  (T(1): the median of three runs).
+  manifests) in S3, links, artifacts). Per image = (T(N) - T(1)) / (N - 1), so the flow's fixed
+  start-up cost is left out (T(1): the median of three runs).
 * bare: one httpx POST to the API, one GET of the result URL, one boto3 ``put_object``, in a loop.
 
 Last line: ``overhead_ms_per_image`` = plugin - bare per image (median of ``--repeat``). The
