@@ -19,6 +19,7 @@ __all__ = [
     "LocalImageStore",
     "default_local_root",
     "path_from_file_uri",
+    "write_atomically",
 ]
 
 STORAGE_ENV = "GPT_IMAGE_STORAGE"
@@ -43,6 +44,41 @@ def default_local_root() -> Path:
     if configured and "://" not in configured:
         return Path(configured)
     return Path(DEFAULT_LOCAL_ROOT)
+
+
+def write_atomically(path: Path, data: bytes | Path, *, overwrite: bool, sha256: str | None = None) -> bool:
+    """Write ``data`` (bytes, or a file to copy) at ``path`` all at once; whether it was written.
+
+    The data goes to a temporary file in the same folder first, then is renamed over ``path``
+    (``overwrite``) or hard-linked into place only if nothing is there (False otherwise, and what
+    is there stays): readers never see a partial file and concurrent creators never overwrite
+    each other. With ``sha256``, a copied file is checked against it (ValueError if it changed).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, Path):
+                with data.open("rb") as src:
+                    shutil.copyfileobj(src, out)
+            else:
+                out.write(data)
+        if sha256 is not None and isinstance(data, Path):
+            # The file may have changed since it was hashed: check what was copied.
+            with tmp.open("rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
+                    raise ValueError(f"{data} changed while it was being stored")
+        if overwrite:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _metadata_key(key: str) -> str:
@@ -72,47 +108,15 @@ class LocalImageStore(ImageStore):
         """The local path of ``key``."""
         return self.root / check_key(key)
 
-    def _temp_file(self, path: Path) -> tuple[int, Path]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        return fd, Path(tmp)
-
     def _create(self, key: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> bool:
         path = self.root / key
         if path.exists():
             return False
-        sha256 = metadata["sha256"]
         self._write(_metadata_key(key), json.dumps(metadata, sort_keys=True).encode(), "application/json")
-        fd, tmp = self._temp_file(path)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(data, Path):
-                    with data.open("rb") as src:
-                        shutil.copyfileobj(src, out)
-                else:
-                    out.write(data)
-            if isinstance(data, Path):
-                # The file may have changed since it was hashed: check what was copied.
-                with tmp.open("rb") as f:
-                    if hashlib.file_digest(f, "sha256").hexdigest() != sha256:
-                        raise ValueError(f"{data} changed while it was being stored")
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
+        return write_atomically(path, data, overwrite=False, sha256=metadata["sha256"])
 
     def _write(self, key: str, data: bytes, content_type: str) -> None:
-        path = self.root / key
-        fd, tmp = self._temp_file(path)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(self.root / key, data, overwrite=True)
 
     def _read(self, key: str) -> bytes | None:
         try:

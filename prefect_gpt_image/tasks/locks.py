@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -34,6 +33,8 @@ from typing import Any
 from prefect.locking.filesystem import FileSystemLockManager
 from prefect.locking.protocol import LockManager
 from prefect.settings import PREFECT_HOME
+
+from prefect_gpt_image.storage.local import write_atomically
 
 __all__ = [
     "DEFAULT_HOLD_TIMEOUT",
@@ -130,27 +131,12 @@ class ImageLockManager(FileSystemLockManager):
     def _try_acquire(self, key: str, holder: str, hold_timeout: float | None) -> bool:
         hold = self.default_hold_timeout if hold_timeout is None else hold_timeout
         body = json.dumps({"holder": holder, "expires": time.time() + hold, "pid": os.getpid()}).encode()
-        self.lock_files_directory.mkdir(parents=True, exist_ok=True)
         path = self._path(key)
         current = self._live(key)
         if current is not None and current["holder"] != holder:
             return False
-        fd, tmp_name = tempfile.mkstemp(dir=self.lock_files_directory, prefix=f".{key}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-            if current is not None:
-                # We hold it already: extend (replace our own file).
-                os.replace(tmp, path)
-                return True
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False
-            return True
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Held already: extend it (replace our own file); else create it only if nobody did.
+        return write_atomically(path, body, overwrite=current is not None)
 
     def acquire_lock(
         self,

@@ -301,7 +301,7 @@ async def _locked_call(
             _store_result, store, key, files, refs, manifests, summary, logger
         )
     except Exception as exc:
-        error = _spool_after_failure(exc, store, key, images, refs, manifests, summary, logger)
+        error = _spool_after_failure(exc, store, key, images, files, refs, manifests, summary, logger)
         if not isinstance(error, ImagesLostError):
             discard_downloads(images)
         raise error from exc
@@ -406,6 +406,7 @@ def _spool_after_failure(
     store: ImageStore,
     key: str,
     images: list[GeneratedImage],
+    files: Sequence[bytes | Path],
     refs: list[ImageRef],
     manifests: list[dict[str, Any]],
     summary: dict[str, Any],
@@ -419,14 +420,8 @@ def _spool_after_failure(
         path = spool.save(
             key,
             [
-                (
-                    image.path if image.path is not None else image.read_bytes(),
-                    image.sha256,
-                    image.format,
-                    manifest,
-                    ref.without_link().model_dump(mode="json"),
-                )
-                for image, manifest, ref in zip(images, manifests, refs, strict=True)
+                (data, ref.sha256, ref.format, manifest, ref.without_link().model_dump(mode="json"))
+                for data, manifest, ref in zip(files, manifests, refs, strict=True)
             ],
             summary,
         )

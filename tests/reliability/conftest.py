@@ -12,11 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL
-from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
-from pydantic import SecretStr
 
 from prefect_gpt_image.blocks import GptImageSettings, GptImageStorage
 from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.s3 import s3_bucket_block
 
 CANARY_KEY = "sk-RELIABILITY-CANARY-3e8d1f0a9b7c"
 """A recognizable API key: the secrets test looks for it everywhere."""
@@ -58,18 +57,9 @@ def s3_storage_block(
 
     ``fail_fast`` turns botocore's retries off, so an outage fails in milliseconds, not seconds.
     """
-    config = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 2} if fail_fast else None
-    bucket_block = S3Bucket(
-        bucket_name=bucket,
-        bucket_folder=folder,
-        credentials=AwsCredentials(
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=SecretStr(server.secret_key),
-            region_name=server.region,
-            aws_client_parameters=AwsClientParameters(endpoint_url=server.endpoint_url, config=config),
-        ),
+    return GptImageStorage(
+        s3_bucket=s3_bucket_block(server, bucket, folder, fail_fast=fail_fast), presign_ttl_seconds=600
     )
-    return GptImageStorage(s3_bucket=bucket_block, presign_ttl_seconds=600)
 
 
 def bucket_objects(server: LocalS3Server, bucket: str) -> list[str]:

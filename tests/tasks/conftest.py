@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 from pydantic import SecretStr
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.s3 import s3_bucket_block
 
 CANARY_KEY = "sk-CANARY-7f3a9c1e5b2d4f60a8e9"
 """A recognizable API key: tests check it appears in no log, artifact, record or object."""
@@ -49,26 +49,6 @@ def settings(limit_name: str) -> GptImageSettings:
 def local_storage(tmp_path: Path) -> GptImageStorage:
     """A storage block for a local folder of this test."""
     return GptImageStorage(location=str(tmp_path / "images"))
-
-
-def s3_bucket_block(
-    server: LocalS3Server, bucket: str, folder: str = "gpt", *, fail_fast: bool = False
-) -> S3Bucket:
-    """A prefect-aws S3Bucket block for ``bucket`` on the local S3 server.
-
-    ``fail_fast`` turns botocore's retries off, so an outage fails in milliseconds, not seconds.
-    """
-    config = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 2} if fail_fast else None
-    return S3Bucket(
-        bucket_name=bucket,
-        bucket_folder=folder,
-        credentials=AwsCredentials(
-            aws_access_key_id=server.access_key,
-            aws_secret_access_key=SecretStr(server.secret_key),
-            region_name=server.region,
-            aws_client_parameters=AwsClientParameters(endpoint_url=server.endpoint_url, config=config),
-        ),
-    )
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.storage import LocalImageStore, S3ImageStore
 from tests.support.images import png_bytes
 from tests.support.prefect import PrefectServer
+from tests.support.s3 import s3_bucket_block
 
-from .conftest import CANARY_KEY, s3_bucket_block
+from .conftest import CANARY_KEY
 
 
 def _name() -> str:

@@ -24,9 +24,8 @@ from prefect_gpt_image.tasks import (
     generate_image,
     read_manifest,
 )
+from tests.support.s3 import s3_bucket_block
 from tests.support.sandbox import billed_images, sandbox_requests
-
-from .conftest import s3_bucket_block
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
 
