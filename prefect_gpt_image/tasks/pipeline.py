@@ -443,15 +443,15 @@ def _spool_after_failure(
 async def _store_from_spool(
     store: ImageStore, entry: spool.SpoolEntry, key: str, logger: Any
 ) -> list[ImageRef]:
-    refs = [
-        ImageRef.model_validate(item.ref).model_copy(
-            update={"uri": store.uri_for(store.image_key(item.sha256, item.format))}
-        )
-        for item in entry.images
-    ]
     manifests = [item.manifest for item in entry.images]
     files = [item.path for item in entry.images]
     try:
+        refs = [
+            ImageRef.model_validate(item.ref).model_copy(
+                update={"uri": store.uri_for(store.image_key(item.sha256, item.format))}
+            )
+            for item in entry.images
+        ]
         linked: list[ImageRef] = await _in_thread(
             _store_result, store, key, files, refs, manifests, entry.request, logger
         )
