@@ -1,4 +1,4 @@
-"""Leases of the global concurrency limit (``tasks/concurrency.py``), on a real Prefect server:
+"""Leases of the global concurrency limit (``tasks/concurrency/``), on a real Prefect server:
 hand-off between calls of one process, early release, slots held for a batch, cancellation."""
 
 from __future__ import annotations

@@ -1,0 +1,33 @@
+"""What the sandbox's routes share: :class:`SandboxState`, the config, ledger, fault injector,
+media store and render cache of one server."""
+
+from __future__ import annotations
+
+from .config import FaultConfig, SandboxConfig
+from .faults import FaultInjector
+from .ledger import Ledger
+from .media import MediaStore
+from .render import RenderCache, Renderer
+
+__all__ = ["SandboxState"]
+
+
+class SandboxState:
+    """What the routes share: config, ledger, fault injector, media store and render cache."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        """Build fresh state for ``config``."""
+        self.config = config
+        self.ledger = Ledger(config.balance)
+        self.faults = FaultInjector(config.faults)
+        self.media = MediaStore()
+        self.renders = RenderCache(renderer=Renderer(config.render, texture=config.texture))
+
+    def set_faults(self, faults: FaultConfig) -> None:
+        """Use new fault probabilities (re-seeded) from now on."""
+        self.faults.configure(faults)
+
+    def reset(self) -> None:
+        """Clear the ledger, request log, scripted faults and counters; re-seed the faults."""
+        self.ledger.reset()
+        self.faults.reset()
