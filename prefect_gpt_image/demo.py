@@ -5,7 +5,6 @@ network: the sandbox plays the API, Prefect runs ephemeral, images go to a local
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 import time
@@ -50,11 +49,12 @@ def run_demo(out: Path, s3: bool = False) -> int:
             storage = str(out.resolve())
         print(f"sandbox (a local gpt-image-2 stand-in) at {sandbox.base_url}")
         print(f"images go to {storage}\n")
-        return asyncio.run(_run(sandbox, storage, work))
+        return _run(sandbox, storage, work)
     return 1  # pragma: no cover - ExitStack does not swallow exceptions
 
 
-async def _run(sandbox: object, storage: str, work: Path) -> int:
+def _run(sandbox: object, storage: str, work: Path) -> int:
+    # Called as a user's script would: the flows run to completion when called from sync code.
     from .blocks import GptImageSettings
     from .flows import (
         BatchResult,
@@ -73,7 +73,7 @@ async def _run(sandbox: object, storage: str, work: Path) -> int:
     _write_reference(reference)
 
     started = time.monotonic()
-    result = await image_pipeline(
+    result = image_pipeline(
         "a lighthouse on a cliff at dawn, watercolour",
         options=ImageOptions(size="1536x1024", quality="low"),
         edit=EditStep(
@@ -93,13 +93,13 @@ async def _run(sandbox: object, storage: str, work: Path) -> int:
 
     for attempt in ("first run", "rerun (cached)"):
         billed_before = sandbox.ledger.billed_images
-        state = await batch_generate(
+        state = batch_generate(
             prompts=DEMO_PROMPTS,
             options=ImageOptions(size="1024x1024", quality="low"),
             storage=storage,
             return_state=True,
         )
-        batch = await state.aresult(raise_on_failure=False)
+        batch = state.result(raise_on_failure=False)
         if not isinstance(batch, BatchResult):
             print(f"batch failed: {state.message}")
             return 1

@@ -18,13 +18,13 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import cache, partial
 from typing import Any, TypeVar
 
-import anyio.from_thread
 import httpx
 from httpx_sse import EventSource, SSEError
 from pydantic import SecretStr, ValidationError
@@ -43,6 +43,7 @@ from .errors import (
     request_id_from,
 )
 from .images import ImageSource
+from .loops import LoopThread, close_with_loop
 from .models import (
     EditRequest,
     GeneratedImage,
@@ -139,6 +140,7 @@ class AsyncImagesClient:
             follow_redirects=False,
             headers={"User-Agent": self.config.user_agent},
         )
+        self._closer: AsyncGenerator[None, None] | None = None
 
     def __repr__(self) -> str:
         return f"AsyncImagesClient(base_url={self.config.base_url!r})"
@@ -196,6 +198,8 @@ class AsyncImagesClient:
         URLs are downloaded and images checked): no further API request is made by this call,
         so a caller can give back its API concurrency slot then.
         """
+        if self._closer is None:  # first use: closed with this loop if never closed by hand
+            self._closer = close_with_loop(self.aclose)
         build = partial(self._build_request, request)
         policy = self.config.retry
         started = time.monotonic()
@@ -471,18 +475,22 @@ class ImagesClient(AbstractContextManager["ImagesClient"]):
     """Synchronous client with the same methods as :class:`AsyncImagesClient`.
 
     It runs the async client on a private event-loop thread, so one implementation serves both.
-    Partial-image callbacks run on that thread. Close it (or use ``with``) to stop the thread.
+    Partial-image callbacks run on that thread. Close it (or use ``with``) to free the
+    connections at once; a client never closed is closed when collected or at exit, and never
+    keeps the interpreter from exiting.
     """
 
     def __init__(self, api_key: str | SecretStr | None = None, **kwargs: Any) -> None:
-        self._portal_cm = anyio.from_thread.start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
+        self._loop: LoopThread | None = LoopThread("prefect-gpt-image-client")
         try:
-            self._async: AsyncImagesClient = self._portal.call(partial(_make_async_client, api_key, kwargs))
+            self._async: AsyncImagesClient = self._loop.run(_make_async_client(api_key, kwargs))
         except BaseException:
-            self._portal_cm.__exit__(None, None, None)
+            self._loop.close()
             raise
+        self._loop.on_close(self._async.aclose)
         self.config = self._async.config
+        # Never closed: the connections are closed when the client is collected or at exit.
+        self._finalizer = weakref.finalize(self, self._loop.close)
 
     def __repr__(self) -> str:
         return f"ImagesClient(base_url={self.config.base_url!r})"
@@ -492,10 +500,8 @@ class ImagesClient(AbstractContextManager["ImagesClient"]):
 
     def close(self) -> None:
         """Close the connection pool and stop the event-loop thread."""
-        if self._portal_cm is not None:
-            self._portal.call(self._async.aclose)
-            self._portal_cm.__exit__(None, None, None)
-            self._portal_cm = None  # type: ignore[assignment]
+        self._finalizer()
+        self._loop = None
 
     def generate(self, prompt: str, **options: Any) -> list[GeneratedImage]:
         """Generate images; see :meth:`AsyncImagesClient.generate`."""
@@ -516,9 +522,13 @@ class ImagesClient(AbstractContextManager["ImagesClient"]):
         return self._run(partial(self._async.send, request, **kwargs))
 
     def _run(self, fn: Callable[[], Awaitable[T]]) -> T:
-        if self._portal_cm is None:
+        if self._loop is None:
             raise RuntimeError("the client is closed")
-        return self._portal.call(fn)
+        return self._loop.run(_awaited(fn))
+
+
+async def _awaited(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
 
 
 async def _make_async_client(api_key: str | SecretStr | None, kwargs: dict[str, Any]) -> AsyncImagesClient:

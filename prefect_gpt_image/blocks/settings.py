@@ -131,6 +131,13 @@ class GptImageSettings(Block):
     )
 
     # -- results ---------------------------------------------------------------------------------
+    max_call_artifacts_per_run: int = Field(
+        default=20,
+        ge=0,
+        description="Image calls of one flow run that publish their own artifacts (an image and a "
+        "card each); later calls publish none, so a flow fanning out thousands of calls does not "
+        "spend two Prefect API calls on each (batch flows list every row in one table instead).",
+    )
     allowed_media_hosts: list[str] = Field(
         default_factory=lambda: list(DEFAULT_MEDIA_HOSTS),
         description="Hosts result URLs may point to, besides the base URL's own host.",

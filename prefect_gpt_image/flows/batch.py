@@ -36,6 +36,7 @@ from prefect_gpt_image.tasks.concurrency import (
     release_idle_leases,
     slots_in_use,
 )
+from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
@@ -90,6 +91,7 @@ class BatchResult(BaseModel):
         return sum(ref.cost for r in self.rows for ref in r.images)
 
 
+@sync_or_async
 @flow(name="gpt-image-batch", description="Generate images for many prompts under the shared limits.")
 async def batch_generate(
     prompts: list[str] | None = None,
@@ -269,7 +271,7 @@ async def _run_row(
         try:
             # quote(): the same three objects for every row; Prefect need not walk through them
             # looking for futures (a few milliseconds of the event loop per row).
-            images: list[ImageRef] = await generate_image(
+            images: list[ImageRef] = await generate_image.aio(
                 row.prompt,
                 **fields,
                 variant=row.variant if row.variant is not None else variant,

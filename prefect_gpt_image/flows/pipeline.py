@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from prefect_gpt_image.api import GenerateRequest, RequestValidationError
 from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
 from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
+from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.inputs import read_input
 
 from .masks import build_mask
@@ -41,6 +42,7 @@ class PipelineResult(BaseModel):
         return (self.blended or self.edited or self.generated)[0]
 
 
+@sync_or_async
 @flow(name="gpt-image-pipeline", description="Generate, then edit with a mask, then blend with references.")
 async def image_pipeline(
     prompt: str,
@@ -88,7 +90,7 @@ async def image_pipeline(
         for i, reference in enumerate(blend.references):
             read_input(reference, store, what=f"blend.references[{i}]")
 
-    generated = await generate_image(prompt, **fields, **common)
+    generated = await generate_image.aio(prompt, **fields, **common)
     result = PipelineResult(generated=generated)
     current = generated[0]
     logger.info("generated %s (%dx%d)", current.uri, current.width, current.height)
@@ -98,12 +100,14 @@ async def image_pipeline(
         if mask is None and edit.region is not None:
             mask = build_mask(current.width, current.height, edit.region)
         edit_fields = {**fields, "size": f"{current.width}x{current.height}"}
-        result.edited = await edit_image(edit.prompt, current, mask, **edit_fields, **common)
+        result.edited = await edit_image.aio(edit.prompt, current, mask, **edit_fields, **common)
         current = result.edited[0]
         logger.info("edited into %s", current.uri)
 
     if blend is not None:
-        result.blended = await blend_images(blend.prompt, [current, *blend.references], **fields, **common)
+        result.blended = await blend_images.aio(
+            blend.prompt, [current, *blend.references], **fields, **common
+        )
         logger.info("blended into %s", result.blended[0].uri)
 
     await acreate_markdown_artifact(

@@ -1,5 +1,10 @@
 """Prefect artifacts for image calls: each image, and a card with prompt, parameters and lineage.
 
+A flow run's first calls (``GptImageSettings.max_call_artifacts_per_run``, 20) publish them; later
+calls publish none: each artifact is a Prefect API call and a row on the run's page, which a
+fan-out of thousands of calls would pay for thousands of times (measured: a third of the
+process's CPU per image in a 100-call ``asyncio.gather``).
+
 Keys follow Prefect's rule (``^[a-z0-9-]*$``): ``gpt-image-<sha256[:16]>`` for an image (the same
 image shown by several runs gets versions) and ``gpt-image-call-<cache key[:16]>`` for the card
 (reruns of the same request version it). Image URLs are the store's links: presigned S3 URLs
@@ -11,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,9 +25,25 @@ from prefect.artifacts import acreate_image_artifact, acreate_markdown_artifact
 
 from .refs import ImageRef
 
-__all__ = ["card_key", "image_key", "publish_artifacts"]
+__all__ = ["card_key", "claim_artifact_slot", "image_key", "publish_artifacts"]
 
 _PROMPT_PREVIEW = 200
+_MAX_RUNS = 10_000
+_published: OrderedDict[str, int] = OrderedDict()
+_lock = threading.Lock()
+
+
+def claim_artifact_slot(run_key: str, limit: int) -> bool | None:
+    """Whether a call of run ``run_key`` may publish its artifacts (at most ``limit`` calls per
+    run do); None when this call is the first one past the limit (say so once)."""
+    with _lock:
+        count = _published.pop(run_key, 0) + 1
+        _published[run_key] = count
+        while len(_published) > _MAX_RUNS:
+            _published.popitem(last=False)
+    if count <= limit:
+        return True
+    return None if count == limit + 1 else False
 
 
 def image_key(sha256: str) -> str:

@@ -4,10 +4,9 @@ An httpx connection pool belongs to the event loop it was opened on, so clients 
 loop: tasks awaited together in an async flow reuse one pool. A task submitted from a sync flow
 runs in a worker thread under its own ``asyncio.run`` loop, which ends with the task.
 
-Clients are closed cleanly when their loop shuts down: each loop's registry parks an async
-generator on it, and ``asyncio.run`` (like any orderly shutdown calling
-``loop.shutdown_asyncgens()``) finalizes it while the loop still runs, closing the loop's clients.
-Loops that live until the process exits (such as Prefect's run-sync loop) are closed at exit.
+Clients are closed cleanly when their loop shuts down (each client arranges that on first use,
+see :func:`prefect_gpt_image.api.loops.close_with_loop`); the clients of loops that live until the
+process exits (such as Prefect's run-sync loop) are closed at exit.
 :func:`aclose_clients` closes the current loop's clients at any time.
 
 Results are streamed to files (the client's ``spool_dir``, a private temporary folder of this
@@ -25,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from prefect_gpt_image.api import AsyncImagesClient, ClientConfig, GeneratedImage
@@ -33,29 +32,15 @@ from prefect_gpt_image.api import AsyncImagesClient, ClientConfig, GeneratedImag
 __all__ = ["aclose_clients", "discard_downloads", "download_dir", "shared_client"]
 
 
-class _LoopClients:
-    """The clients of one event loop and the async generator that closes them."""
-
-    def __init__(self) -> None:
-        self.clients: dict[ClientConfig, AsyncImagesClient] = {}
-        self.closer: AsyncGenerator[None, None] | None = None
-
-
-_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
+_Clients = dict[ClientConfig, AsyncImagesClient]
+_registry: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clients] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-async def _close_on_shutdown(entry: _LoopClients) -> AsyncGenerator[None, None]:
-    try:
-        yield
-    finally:
-        await _close_all(entry)
-
-
-async def _close_all(entry: _LoopClients) -> None:
+async def _close_all(entry: _Clients) -> None:
     with _lock:
-        clients = list(entry.clients.values())
-        entry.clients.clear()
+        clients = list(entry.values())
+        entry.clear()
     for client in clients:
         try:
             await client.aclose()
@@ -94,19 +79,11 @@ async def shared_client(config: ClientConfig) -> AsyncImagesClient:
     if config.spool_dir is None:
         config = _with_download_dir(config, str(download_dir()))
     loop = asyncio.get_running_loop()
-    start_closer = False
     with _lock:
-        entry = _registry.get(loop)
-        if entry is None:
-            entry = _registry[loop] = _LoopClients()
-            start_closer = True
-        client = entry.clients.get(config)
+        entry = _registry.setdefault(loop, {})
+        client = entry.get(config)
         if client is None:
-            client = entry.clients[config] = AsyncImagesClient(config=config)
-    if start_closer:
-        closer = _close_on_shutdown(entry)
-        entry.closer = closer  # a strong reference: the loop tracks it only weakly
-        await closer.__anext__()
+            client = entry[config] = AsyncImagesClient(config=config)
     return client
 
 
@@ -125,7 +102,7 @@ def _close_at_exit() -> None:
     if downloads is not None:
         shutil.rmtree(downloads, ignore_errors=True)
     for loop, entry in entries:
-        if not entry.clients or loop.is_closed() or not loop.is_running():
+        if not entry or loop.is_closed() or not loop.is_running():
             continue
         future = asyncio.run_coroutine_threadsafe(_close_all(entry), loop)
         try:

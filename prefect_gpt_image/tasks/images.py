@@ -16,12 +16,17 @@ new ``variant`` asks for new images on purpose. See :mod:`.pipeline` for the ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Sequence
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.context import TaskRunContext
+from prefect.states import Completed
 from prefect_aws import S3Bucket
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest, PartialCallback
@@ -30,9 +35,11 @@ from prefect_gpt_image.api.models import Background, Moderation, OutputFormat, Q
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.storage import ImageStore, resolve_store
 
+from .concurrency import admitted
+from .dispatch import sync_or_async
 from .errors import InputImageError
 from .inputs import ImageInput, read_input
-from .pipeline import run_image_call
+from .pipeline import CallResult, in_batch, run_image_call
 from .refs import ImageRef
 from .retry import retry_condition
 
@@ -42,6 +49,7 @@ StorageOption = GptImageStorage | ImageStore | S3Bucket | str | os.PathLike[str]
 """Where images go: a :class:`GptImageStorage` block, an ImageStore, an S3Bucket block, a local
 path or an ``s3://bucket/prefix`` URI; None means ``$GPT_IMAGE_STORAGE``, else ./gpt-image-output."""
 
+_DEFAULT_SETTINGS = GptImageSettings()
 _TASK_OPTIONS: dict[str, Any] = {
     "retries": 2,
     "retry_delay_seconds": [5, 30],
@@ -60,6 +68,27 @@ def _store(storage: StorageOption) -> ImageStore:
     if isinstance(storage, str):
         return GptImageStorage(location=storage).get_store()
     return resolve_store(storage)
+
+
+def _admission(args: tuple[Any, ...], kwargs: dict[str, Any]) -> AbstractAsyncContextManager[None]:
+    """An awaited call's place among the calls in progress in front of its concurrency limit
+    (see :mod:`.concurrency.admission`), before its task run starts."""
+    if in_batch():  # a batch bounds its rows itself (max_parallel)
+        return contextlib.nullcontext()
+    settings = kwargs.get("settings")
+    if not isinstance(settings, GptImageSettings):  # a Prefect future, or unset: the defaults
+        settings = _DEFAULT_SETTINGS
+    return admitted(settings.concurrency_limit_name, settings.concurrency_limit)
+
+
+def _task_result(result: CallResult) -> list[ImageRef]:
+    """The refs; inside a task run a cache hit is returned as Prefect's ``Cached`` state, which
+    Prefect makes the run's final state (the UI shows "Cached"); the caller still gets the refs."""
+    if not result.cached or TaskRunContext.get() is None:
+        return result.refs
+    message = f"{len(result.refs)} image(s) from the store's cache record (no API call)"
+    state: State[list[ImageRef]] = Completed(name="Cached", message=message, data=result.refs)
+    return cast("list[ImageRef]", state)
 
 
 def _fields(settings: GptImageSettings, *, moderation_allowed: bool, **given: Any) -> dict[str, Any]:
@@ -81,6 +110,7 @@ async def _read_inputs(
     return await asyncio.to_thread(read_all)
 
 
+@sync_or_async(admission=_admission)
 @task(name="generate-image", **_TASK_OPTIONS)
 async def generate_image(
     prompt: str,
@@ -148,14 +178,16 @@ async def generate_image(
             user=user,
         ),
     )
-    return await run_image_call(
-        request,
-        variant=variant,
-        refresh_cache=refresh_cache,
-        credentials=credentials,
-        settings=settings,
-        store=store,
-        on_partial=on_partial,
+    return _task_result(
+        await run_image_call(
+            request,
+            variant=variant,
+            refresh_cache=refresh_cache,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            on_partial=on_partial,
+        )
     )
 
 
@@ -181,17 +213,20 @@ async def _edit(
         mask=mask_image,
         **_fields(settings, moderation_allowed=False, **options),
     )
-    return await run_image_call(
-        request,
-        variant=variant,
-        refresh_cache=refresh_cache,
-        credentials=credentials,
-        settings=settings,
-        store=store,
-        on_partial=on_partial,
+    return _task_result(
+        await run_image_call(
+            request,
+            variant=variant,
+            refresh_cache=refresh_cache,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            on_partial=on_partial,
+        )
     )
 
 
+@sync_or_async(admission=_admission)
 @task(name="edit-image", **_TASK_OPTIONS)
 async def edit_image(
     prompt: str,
@@ -264,6 +299,7 @@ async def edit_image(
     )
 
 
+@sync_or_async(admission=_admission)
 @task(name="blend-images", **_TASK_OPTIONS)
 async def blend_images(
     prompt: str,

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.storage.base import run_concurrently
 
 from . import budget, spool
-from .artifacts import publish_artifacts
+from .artifacts import claim_artifact_slot, publish_artifacts
 from .cache import CACHE_KEY_METADATA, cache_key, endpoint_of, read_record, write_record
 from .clients import discard_downloads, shared_client
 from .concurrency import api_slot
@@ -60,7 +61,7 @@ from .locks import get_lock_manager
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, note_maybe_billed
 
-__all__ = ["batch_rows", "run_image_call", "with_links"]
+__all__ = ["CallResult", "batch_rows", "in_batch", "run_image_call", "with_links"]
 
 _fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
 _BATCH_ROW: ContextVar[bool] = ContextVar("prefect_gpt_image_batch_row", default=False)
@@ -79,8 +80,17 @@ def batch_rows() -> Iterator[None]:
         _BATCH_ROW.reset(token)
 
 
+def in_batch() -> bool:
+    """Whether the current call is a row of a batch (see :func:`batch_rows`)."""
+    return _BATCH_ROW.get()
+
+
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    """The run's logger; a task run outside any flow logs to the console only (the API keeps no
+    logs without a flow run, and Prefect would warn on every line)."""
     try:
+        if _run_ids()[0] is None:
+            return get_run_logger(send_to_api=False)
         return get_run_logger()
     except MissingContextError:
         return _fallback_logger
@@ -125,6 +135,15 @@ async def _in_thread(fn: Any, *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
+@dataclass(frozen=True)
+class CallResult:
+    """What :func:`run_image_call` made or found: the refs, and whether they came from the cache
+    record (no call, no cost), so the task can end in Prefect's ``Cached`` state."""
+
+    refs: list[ImageRef]
+    cached: bool = False
+
+
 def with_links(store: ImageStore, refs: Sequence[ImageRef], logger: Any) -> list[ImageRef]:
     """``refs`` with fresh links to their images (None, with a warning, where signing one fails)."""
     out: list[ImageRef] = []
@@ -147,8 +166,8 @@ async def run_image_call(
     settings: GptImageSettings,
     store: ImageStore,
     on_partial: PartialCallback | None,
-) -> list[ImageRef]:
-    """Make (or find) the images of ``request`` and return their refs; see the module docstring."""
+) -> CallResult:
+    """Make (or find) the images of ``request``; see the module docstring."""
     logger = _logger()
     key = cache_key(request, variant)
     refresh = refresh_cache or _prefect_refresh_requested()
@@ -204,7 +223,7 @@ async def _locked_call(
     on_partial: PartialCallback | None,
     logger: Any,
     extend_lock: Any,
-) -> list[ImageRef]:
+) -> CallResult:
     summary = request.summary()
     params = {k: v for k, v in summary.items() if k != "prompt"}
     if not refresh:
@@ -222,15 +241,23 @@ async def _locked_call(
                 len(refs),
                 store.describe(),
             )
-            await _artifacts(refs, params=params, outcome="cached", key=key, charged=0.0, logger=logger)
-            return refs
+            await _artifacts(
+                refs, params=params, outcome="cached", key=key, charged=0.0, settings=settings, logger=logger
+            )
+            return CallResult(refs, cached=True)
     entry = spool.load(key)
     if entry is not None:
         refs = await _store_from_spool(store, entry, key, logger)
         await _artifacts(
-            refs, params=params, outcome="recovered from the spool", key=key, charged=0.0, logger=logger
+            refs,
+            params=params,
+            outcome="recovered from the spool",
+            key=key,
+            charged=0.0,
+            settings=settings,
+            logger=logger,
         )
-        return refs
+        return CallResult(refs)
 
     flow_run_id, task_run_id = _run_ids()
     reservation = budget.reserve(
@@ -308,9 +335,15 @@ async def _locked_call(
     discard_downloads(images)
     refs = linked
     await _artifacts(
-        refs, params=params, outcome="generated", key=key, charged=reservation.cost, logger=logger
+        refs,
+        params=params,
+        outcome="generated",
+        key=key,
+        charged=reservation.cost,
+        settings=settings,
+        logger=logger,
     )
-    return refs
+    return CallResult(refs)
 
 
 def _describe(
@@ -468,9 +501,30 @@ async def _store_from_spool(
 
 
 async def _artifacts(
-    refs: list[ImageRef], *, params: dict[str, Any], outcome: str, key: str, charged: float, logger: Any
+    refs: list[ImageRef],
+    *,
+    params: dict[str, Any],
+    outcome: str,
+    key: str,
+    charged: float,
+    settings: GptImageSettings,
+    logger: Any,
 ) -> None:
-    if _BATCH_ROW.get() or (TaskRunContext.get() is None and FlowRunContext.get() is None):
+    if _BATCH_ROW.get():
+        return
+    flow_run_id, task_run_id = _run_ids()
+    run_key = flow_run_id or task_run_id
+    if run_key is None:
+        return
+    allowed = claim_artifact_slot(run_key, settings.max_call_artifacts_per_run)
+    if not allowed:
+        if allowed is None:
+            logger.info(
+                "This flow run made over %d image calls: later calls publish no artifacts of their own "
+                "(GptImageSettings.max_call_artifacts_per_run); their images are in %s",
+                settings.max_call_artifacts_per_run,
+                refs[0].uri.rsplit("/", 1)[0] if refs else "the store",
+            )
         return
     try:
         await publish_artifacts(refs, params=params, outcome=outcome, cache_key=key, charged=charged)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -44,8 +43,9 @@ def env(
     return sandbox, local_s3, f"s3://{s3_bucket}/flows"
 
 
-def run(flow_call: Any) -> State[Any]:
-    state: State[Any] = asyncio.run(flow_call)
+def run(state: Any) -> State[Any]:
+    """A flow's final state: our flows called from sync code run to completion, as from a script."""
+    assert isinstance(state, State), state
     return state
 
 
@@ -115,9 +115,9 @@ def test_pipeline_rerun_pays_nothing(env: Any) -> None:
         "edit": EditStep(prompt="make it night", region=MaskRegion(left=0.5, top=0.5, right=1, bottom=1)),
         "storage": storage,
     }
-    first: PipelineResult = asyncio.run(image_pipeline("a quiet harbour", **kwargs))
+    first: PipelineResult = image_pipeline("a quiet harbour", **kwargs)
     paid = billed_images(sandbox)
-    second: PipelineResult = asyncio.run(image_pipeline("a quiet harbour", **kwargs))
+    second: PipelineResult = image_pipeline("a quiet harbour", **kwargs)
     assert paid == 2 and billed_images(sandbox) == 2 and len(sandbox_requests(sandbox)) == 2
     assert second.generated == first.generated and second.edited == first.edited
 

@@ -11,7 +11,6 @@ in seconds instead of minutes. Nothing else is changed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -24,14 +23,12 @@ def main(argv: list[str]) -> int:
 
     GptImageSettings.call_deadline_seconds = lambda self: float(hold)  # type: ignore[method-assign]
     prompts = json.loads(Path(prompts_file).read_text())
-    state = asyncio.run(
-        batch_generate(
-            prompts=prompts,
-            storage=storage,
-            settings_block=settings_block,
-            max_parallel=int(max_parallel),
-            return_state=True,
-        )
+    state = batch_generate(
+        prompts=prompts,
+        storage=storage,
+        settings_block=settings_block,
+        max_parallel=int(max_parallel),
+        return_state=True,
     )
     print(state.message, flush=True)
     return 0 if state.is_completed() else 1

@@ -290,14 +290,12 @@ def test_batch_refuses_bad_rows_before_paying(make_sandbox: Any, tmp_path: Path)
     )
     manifest = tmp_path / "rows.jsonl"
     manifest.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r, _, _ in BAD_ROWS) + "\n")
-    state = asyncio.run(
-        batch_generate(
-            manifest=str(manifest),
-            storage=str(tmp_path / "store"),
-            settings_block=settings_block,
-            credentials_block=credentials_block,
-            return_state=True,
-        )
+    state = batch_generate(
+        manifest=str(manifest),
+        storage=str(tmp_path / "store"),
+        settings_block=settings_block,
+        credentials_block=credentials_block,
+        return_state=True,
     )
     assert state.is_failed()
     result = state.result(raise_on_failure=False)
@@ -495,7 +493,7 @@ def test_flow_parameters_from_the_ui_are_validated_before_paying(
         raw = {**_fill(params, files, str(tmp_path)), **common}
         # the same path a deployment run takes: Prefect validates the JSON, then the flow runs
         validated = fl.validate_parameters(json.loads(json.dumps(raw)))
-        state = asyncio.run(fl(**validated, return_state=True))
+        state = fl(**validated, return_state=True)
         error = state.result(raise_on_failure=False)
         text = f"{state.message} {error}"
         if isinstance(error, BatchResult):  # a batch reports each refused row in its result

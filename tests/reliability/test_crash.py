@@ -5,7 +5,6 @@ locks on those calls expire (hold timeout) instead of blocking the rerun for eve
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -124,9 +123,7 @@ def test_kill_9_mid_batch_then_the_rerun_pays_only_for_what_is_missing(
         leaked = client.read_global_concurrency_limit_by_name(settings.concurrency_limit_name).active_slots
 
     started = time.time()
-    result: BatchResult = asyncio.run(
-        batch_generate(prompts=prompts, storage=str(storage), settings_block=settings_block)
-    )  # type: ignore[assignment]
+    result: BatchResult = batch_generate(prompts=prompts, storage=str(storage), settings_block=settings_block)  # type: ignore[assignment]
     finished = time.time()
 
     assert result.stored == ROWS

@@ -7,7 +7,6 @@ once; optionally 3% connections dropped after the request was sent (billed, answ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections import Counter
@@ -39,10 +38,8 @@ _DOWNLOAD_RETRY = re.compile(r"download of \S+/media/([A-Za-z0-9]+)-\d+\.\w+ fai
 
 
 def _run(prompts: list[str], storage: Path, settings_block: str) -> Any:
-    return asyncio.run(
-        batch_generate(
-            prompts=prompts, storage=str(storage), settings_block=settings_block, return_state=True
-        )
+    return batch_generate(
+        prompts=prompts, storage=str(storage), settings_block=settings_block, return_state=True
     )
 
 

@@ -106,17 +106,15 @@ def test_the_key_appears_nowhere(
     errors: list[BaseException] = []
 
     # 1. the pipeline, every step, key from a saved credentials block
-    state = asyncio.run(
-        image_pipeline(
-            "a lighthouse at dawn (secrets)",
-            options=ImageOptions(size="1024x1024", quality="low"),
-            edit=EditStep(prompt="add a rainbow", region=MaskRegion(left=0, top=0, right=1, bottom=0.3)),
-            blend=BlendStep(prompt="in this style", references=[f"s3://{s3_bucket}/refs/style.png"]),
-            storage=storage,
-            settings_block=settings_block,
-            credentials_block=credentials_block,
-            return_state=True,
-        )
+    state = image_pipeline(
+        "a lighthouse at dawn (secrets)",
+        options=ImageOptions(size="1024x1024", quality="low"),
+        edit=EditStep(prompt="add a rainbow", region=MaskRegion(left=0, top=0, right=1, bottom=0.3)),
+        blend=BlendStep(prompt="in this style", references=[f"s3://{s3_bucket}/refs/style.png"]),
+        storage=storage,
+        settings_block=settings_block,
+        credentials_block=credentials_block,
+        return_state=True,
     )
     assert state.is_completed(), state.message
     flow_runs.append(state.state_details.flow_run_id)
@@ -125,14 +123,12 @@ def test_the_key_appears_nowhere(
     monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
     monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     sandbox.script_faults(["none", "drop"])
-    state = asyncio.run(
-        batch_generate(
-            prompts=["a red kite", "a dropped kite", "a kite [sandbox:block]", "a blue kite", ""],
-            options=ImageOptions(size="1024x1024"),
-            storage=storage,
-            settings_block=settings_block,
-            return_state=True,
-        )
+    state = batch_generate(
+        prompts=["a red kite", "a dropped kite", "a kite [sandbox:block]", "a blue kite", ""],
+        options=ImageOptions(size="1024x1024"),
+        storage=storage,
+        settings_block=settings_block,
+        return_state=True,
     )
     assert state.is_failed()
     rows = state.result(raise_on_failure=False).rows
@@ -145,14 +141,12 @@ def test_the_key_appears_nowhere(
         echo_block = save_block(
             GptImageCredentials(api_key=CANARY_KEY, base_url=hostile.base_url), "rel-echo"
         )
-        state = asyncio.run(
-            image_pipeline(
-                "a cat (echo)",
-                storage=storage,
-                settings_block=settings_block,
-                credentials_block=echo_block,
-                return_state=True,
-            )
+        state = image_pipeline(
+            "a cat (echo)",
+            storage=storage,
+            settings_block=settings_block,
+            credentials_block=echo_block,
+            return_state=True,
         )
         assert hostile.api_requests == 1
     assert state.is_failed()

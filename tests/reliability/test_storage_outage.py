@@ -3,7 +3,6 @@ for is lost (the spool keeps it), and a rerun pays for nothing already paid for.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import threading
@@ -63,9 +62,7 @@ class Outage(threading.Thread):
 
 
 def _run(prompts: list[str], storage: str, settings_block: str) -> Any:
-    return asyncio.run(
-        batch_generate(prompts=prompts, storage=storage, settings_block=settings_block, return_state=True)
-    )
+    return batch_generate(prompts=prompts, storage=storage, settings_block=settings_block, return_state=True)
 
 
 def test_s3_outage_mid_batch_loses_nothing_and_the_rerun_pays_nothing(

@@ -36,10 +36,12 @@ together), and all of them when the process exits.
 Where things live: :mod:`.gate` holds :class:`SlotGate`; :mod:`.limits` reads and creates the
 server's limits and keeps the per-process registries (limit values, gates); :mod:`.leases` is the
 lease service; :mod:`.slots` holds what calls and batches take (:func:`api_slot`,
-:func:`hold_slots`). Each depends only on those before it. Tunables are read at call time from
+:func:`hold_slots`); :mod:`.admission` bounds the image task runs in progress at once
+(:func:`admitted`). Each depends only on those before it. Tunables are read at call time from
 the module that owns them: set ``leases.IDLE_LEASE_SECONDS``, not the copy re-exported here.
 """
 
+from .admission import admitted
 from .gate import SlotGate
 from .leases import IDLE_LEASE_SECONDS
 from .limits import LimitInfo, ensure_limit, gate_for, slots_in_use
@@ -50,6 +52,7 @@ __all__ = [
     "ApiSlot",
     "LimitInfo",
     "SlotGate",
+    "admitted",
     "api_slot",
     "ensure_limit",
     "gate_for",

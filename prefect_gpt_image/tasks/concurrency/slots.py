@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 
 from . import leases
+from .admission import arrived, on_the_way
 from .gate import SlotGate
 from .leases import _Lease, _LimitNotFound, _service_for, _services
 from .limits import _forget_limit, _registry_lock, _server_key, ensure_limit, gate_for
@@ -38,8 +39,9 @@ class ApiSlot:
 
     async def release(self) -> None:
         """Give the slot back now (later calls do nothing). The lease goes to the next call of
-        this process waiting at the gate, or is kept for a batch (:func:`hold_slots`), or is
-        released on the server."""
+        this process waiting at the gate, or is kept for a batch (:func:`hold_slots`) or for a call
+        of this process on its way to the gate (:func:`~.admission.on_the_way`), or is released
+        on the server."""
         if self._released:
             return
         self._released = True
@@ -47,7 +49,7 @@ class ApiSlot:
         try:
             if lease is not None:
                 service = lease.service
-                if self._gate.waiting or _holding(lease.key):
+                if self._gate.waiting or _holding(lease.key) or on_the_way(lease.key):
                     service.park(lease)
                 else:
                     await _shielded(service.submit(service.release(lease)))
@@ -73,6 +75,7 @@ async def api_slot(
     if not info.active and logger is not None:
         logger.warning("The global concurrency limit %r is inactive: Prefect does not enforce it", name)
     gate = gate_for(name, info.limit)
+    arrived(_server_key(name))  # waiting at the gate from now on, if it must wait
     await gate.acquire_async()
     try:
         lease = await _take_lease(name, slots, lease_seconds, logger) if info.active else None

@@ -1,0 +1,229 @@
+"""Compose: a user's own flow fanning out N ``generate_image`` calls, against the bound ceil(N/K)·L.
+
+Two styles, as users write them, each in a flow of its own:
+
+* ``map``: a sync flow, ``generate_image.map(prompts, ...)`` then ``[f.result() for f in futures]``,
+  on Prefect's default task runner;
+* ``gather``: an async flow, ``await asyncio.gather(*(generate_image(p, ...) for p in prompts))``.
+
+The calls share the global concurrency limit K (a ``GptImageSettings`` object passed to every
+call); the sandbox (a child process) answers after ``--latency`` s and refuses more than K in
+flight. Each style is warmed up (K calls, not timed) and then measured on fresh prompts, so no
+call is a cache hit; images go to a local folder. Each server runs in its own child process:
+``local`` is a ``prefect server start`` (PostgreSQL when installed), ``ephemeral`` is Prefect's
+default with no server configured (its own SQLite server, started by the first flow).
+
+The table shows where the time over the bound goes: the lag from calling the flow to the first
+request, the tail from the last answer to the flow's return, the median gap between an answer and
+the request taking its slot, and this process's CPU per image. Two baselines show what Prefect
+alone costs for the same fan-outs: tasks that sleep L holding one of K semaphore slots, no plugin
+(``prefect map``, ``prefect gather``). Last line: ``map_over_ideal``, ``gather_over_ideal`` (local
+server), the baselines' ``prefect_map_over_ideal``, ``prefect_gather_over_ideal``, and the same
+with ``_ephemeral``.
+
+Usage: ``python bench/compose.py [--n 200] [--k 16] [--latency 1.0] [--server both|local|ephemeral]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common
+
+STYLES = ("map", "gather")
+BASELINES = ("prefect map", "prefect gather")
+"""Prefect alone, no plugin: the same fan-outs of tasks that each sleep L while holding one of K
+slots (a semaphore), so the plugin's rows can be read against what Prefect itself costs."""
+_RESULT = "COMPOSE-RESULT "
+
+
+def _prompts(tag: str, n: int) -> list[str]:
+    return [f"compose {tag} #{i}: a lighthouse on a cliff at dawn, watercolor" for i in range(n)]
+
+
+def _measure(
+    style: str, n: int, k: int, latency: float, sandbox: common.ChildSandbox, out: Path
+) -> dict[str, Any]:
+    """Warm up, then run ``style`` on N fresh prompts; one table row."""
+    import asyncio
+
+    from prefect import flow, task
+    from prefect.utilities.annotations import quote
+
+    from prefect_gpt_image.blocks import GptImageSettings
+    from prefect_gpt_image.tasks import generate_image
+
+    settings = GptImageSettings(concurrency_limit=k, concurrency_limit_name=f"bench-compose-{k}")
+    options: dict[str, Any] = {
+        "size": "1024x1024",
+        "quality": "low",
+        "settings": settings,
+        "storage": str(out),
+    }
+
+    @flow(name="compose-map")
+    def fan_out_map(prompts: list[str]) -> int:
+        futures = generate_image.map(prompts, **options)
+        return sum(len(future.result()) for future in futures)
+
+    @flow(name="compose-gather")
+    async def fan_out_gather(prompts: list[str]) -> int:
+        results = await asyncio.gather(*(generate_image(prompt, **options) for prompt in prompts))
+        return sum(len(refs) for refs in results)
+
+    slot = threading.BoundedSemaphore(k)
+
+    @task(name="sleep-in-a-slot")
+    def sleep_in_a_slot(prompt: str) -> int:
+        with slot:  # what an API call under a limit of K costs, without the plugin
+            time.sleep(latency)
+        return 1
+
+    @flow(name="compose-prefect-map")
+    def prefect_map(prompts: list[str]) -> int:
+        return sum(future.result() for future in sleep_in_a_slot.map(prompts))
+
+    @task(name="sleep-in-a-slot-async")
+    async def asleep_in_a_slot(prompt: str, gate: asyncio.Semaphore) -> int:
+        async with gate:
+            await asyncio.sleep(latency)
+        return 1
+
+    @flow(name="compose-prefect-gather")
+    async def prefect_gather(prompts: list[str]) -> int:
+        gate = asyncio.Semaphore(k)
+        return sum(await asyncio.gather(*(asleep_in_a_slot(p, quote(gate)) for p in prompts)))
+
+    def run(prompts: list[str]) -> int:
+        if style == "map":
+            return int(fan_out_map(prompts))
+        if style == "gather":
+            return int(asyncio.run(fan_out_gather(prompts)))
+        if style == "prefect map":
+            return int(prefect_map(prompts))
+        return int(asyncio.run(prefect_gather(prompts)))
+
+    run(_prompts(f"warm-{style}", k))
+    sandbox.reset()
+    started, cpu = time.time(), time.process_time()
+    stored = run(_prompts(style, n))
+    ended, cpu = time.time(), time.process_time() - cpu
+    stats = sandbox.stats() if style in STYLES else {"requests": "-", "max_in_flight": 0}
+    ideal = math.ceil(n / k) * latency
+    row = {
+        "style": style,
+        "N": n,
+        "K": k,
+        "L s": latency,
+        "wall s": ended - started,
+        "ideal s": ideal,
+        "over ideal": (ended - started) / ideal,
+        "stored": stored,
+        "API requests": stats["requests"],
+        "max in flight": stats["max_in_flight"],
+        "CPU ms/img (this process)": 1000 * cpu / n,
+    }
+    calls = [r for r in sandbox.requests() if r["endpoint"].endswith("/generations") and r["finished"]]
+    calls = calls if style in STYLES else []
+    if calls:
+        starts = sorted(r["started"] for r in calls)
+        ends = sorted(r["finished"] for r in calls)
+        gaps = [starts[i] - ends[i - k] for i in range(k, len(starts))]
+        row |= {
+            "start lag ms": 1000 * (starts[0] - started),
+            "tail ms": 1000 * (ended - ends[-1]),
+            "gap ms (median)": 1000 * common.median(gaps) if gaps else 0.0,
+        }
+    return row
+
+
+def child(server: str, n: int, k: int, latency: float, db: str) -> int:
+    """Measure both styles on one kind of server; print one result line per style."""
+    flags = common.sandbox_flags(latency, k)
+    if server == "local":
+        with common.start_stack(db) as stack:
+            with common.sandbox_process(stack.root, *flags) as sandbox:
+                for style in STYLES + BASELINES:
+                    row = _measure(style, n, k, latency, sandbox, stack.root / f"images-{style}")
+                    print(_RESULT + json.dumps({"server": f"local ({stack.database})", **row}), flush=True)
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="gpt-image-compose-"))
+    os.environ.update(
+        {
+            "PREFECT_HOME": str(root / "home"),
+            "GPT_IMAGE_SPOOL": str(root / "spool"),
+            "GPT_IMAGE_API_KEY": common.API_KEY,
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        }
+    )
+    for name in ("PREFECT_API_URL", "GPT_IMAGE_LOCK_DIR", "GPT_IMAGE_STORAGE"):
+        os.environ.pop(name, None)
+    with common.sandbox_process(root, *flags) as sandbox:
+        for style in STYLES + BASELINES:
+            row = _measure(style, n, k, latency, sandbox, root / f"images-{style}")
+            print(_RESULT + json.dumps({"server": "ephemeral (SQLite)", **row}), flush=True)
+    return 0
+
+
+def main() -> int:
+    p = common.parser(__doc__.split("\n\n")[0], n=200, k=16, latency=1.0)
+    p.add_argument("--server", choices=("both", "local", "ephemeral"), default="both")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args.server, args.n, args.k, args.latency, args.db)
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    servers = ("local", "ephemeral") if args.server == "both" else (args.server,)
+    for server in servers:
+        command = [sys.executable, __file__, "--child", "--server", server]
+        command += ["--n", str(args.n), "--k", str(args.k), "--latency", str(args.latency), "--db", args.db]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        found = [
+            json.loads(line[len(_RESULT) :]) for line in done.stdout.splitlines() if line.startswith(_RESULT)
+        ]
+        if done.returncode != 0 or len(found) != len(STYLES + BASELINES):
+            print(done.stdout[-3000:], done.stderr[-5000:], sep="\n", file=sys.stderr)
+            problems.append(f"{server}: the child exited {done.returncode} with {len(found)} results")
+        noisy = done.stdout.count("database is locked") + done.stderr.count("database is locked")
+        for row in found:
+            row["'database is locked'"] = noisy
+            common.check(
+                row["stored"] == args.n, f"{server} {row['style']}: stored {row['stored']}", problems
+            )
+            common.check(
+                row["max in flight"] <= args.k,
+                f"{server} {row['style']}: {row['max in flight']} in flight, over K={args.k}",
+                problems,
+            )
+            rows.append(row)
+    last: dict[str, Any] = {}
+    for row in rows:
+        suffix = "" if row["server"].startswith("local") else "_ephemeral"
+        style = row["style"].replace("prefect ", "prefect_")
+        last[f"{style}_over_ideal{suffix}"] = row["over ideal"]
+    common.report(
+        f"compose: a user's flow fanning out N={args.n} calls, K={args.k}, L={args.latency:g} s",
+        ["python", *sys.argv],
+        rows,
+        last,
+    )
+    if os.environ.get("BENCH_STRICT") and problems:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

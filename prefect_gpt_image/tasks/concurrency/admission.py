@@ -1,0 +1,123 @@
+"""How many image task runs a process has in progress at once, per limit: twice its slots.
+
+A user's flow may start hundreds of calls together (``asyncio.gather`` of 200 ``generate_image``
+calls). Started at once, every call's Prefect task run and pre-call work share the event loop
+with every other, so the first paid request waits for all of them to start (measured: 3.2 s
+before the first request of 200 calls under a limit of 16, against 1.1 s for 100). Calls beyond
+twice the limit's slots wait here, before their task run starts, in the order they were made:
+the loop then holds only the calls that can use a slot soon, whatever the fan-out.
+
+It also tells a call that gives its slot back whether another call of this process is on its
+way to the gate (admitted, not yet come for a slot): its lease is then kept for that call
+(released after :data:`~.leases.IDLE_LEASE_SECONDS` if unused) instead of going back to the
+server, which the next call would have to ask again (a round trip per call; on Prefect's
+ephemeral SQLite server, under the load of a fan-out, hundreds of milliseconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+from prefect.settings import PREFECT_API_URL
+
+from .gate import SlotGate
+from .limits import _gates, _registry_lock, _server_key
+
+__all__ = ["ADMISSION_FACTOR", "EPHEMERAL_ADVICE", "admitted", "arrived", "on_the_way"]
+
+ADMISSION_FACTOR = 2
+"""Task runs in progress per slot of the limit (calls that hit the cache or the spool hold no
+slot, and calls storing their images gave theirs back)."""
+
+_log = logging.getLogger("prefect.gpt_image")
+_admissions: dict[tuple[str, str], SlotGate] = {}
+_on_the_way: dict[tuple[str, str], int] = {}
+_CALL: ContextVar[list[Any] | None] = ContextVar("prefect_gpt_image_admitted_call", default=None)
+"""The current call's admission: [limit key, still on its way to the API slot]."""
+_lock = threading.Lock()
+
+
+def _gate(name: str, slots: int) -> SlotGate:
+    key = _server_key(name)
+    with _registry_lock:
+        known = _gates.get(key)  # sized to the server's value once a call has read it
+    capacity = ADMISSION_FACTOR * max(1, known.capacity if known is not None else slots)
+    with _lock:
+        gate = _admissions.get(key)
+        if gate is None:
+            gate = _admissions[key] = SlotGate(capacity)
+            return gate
+    if gate.capacity != capacity:
+        gate.set_capacity(capacity)
+    return gate
+
+
+def on_the_way(key: tuple[str, str]) -> bool:
+    """Whether a call in front of limit ``key`` (server, name) is admitted and has not yet come
+    for its API slot (:func:`arrived`): a lease given back now would soon be asked for again.
+    (A call that then hits the cache never comes: a kept lease goes back soon.)"""
+    with _lock:
+        return _on_the_way.get(key, 0) > 0
+
+
+def arrived(key: tuple[str, str]) -> None:
+    """The current call (if admitted in front of ``key``) has come for its API slot."""
+    token = _CALL.get()
+    if token is not None and token[0] == key and token[1]:
+        token[1] = False
+        with _lock:
+            _on_the_way[key] -= 1
+
+
+@asynccontextmanager
+async def admitted(name: str, slots: int) -> AsyncIterator[None]:
+    """Hold one of the places for task runs in front of limit ``name`` (``slots``: its slots
+    until the server's value is known)."""
+    gate = _gate(name, slots)
+    if gate.held >= gate.capacity:
+        _advise_a_server(gate)
+    async with gate.slot():
+        key = _server_key(name)
+        token: list[Any] = [key, True]
+        with _lock:
+            _on_the_way[key] = _on_the_way.get(key, 0) + 1
+        reset = _CALL.set(token)
+        try:
+            yield
+        finally:
+            _CALL.reset(reset)
+            arrived_token, token[1] = token[1], False
+            if arrived_token:
+                with _lock:
+                    _on_the_way[key] -= 1
+
+
+EPHEMERAL_ADVICE = (
+    "Prefect is running on its temporary server (no PREFECT_API_URL set: a SQLite database in a "
+    "subprocess), and this flow runs many image calls at once ({waiting} waiting to start). That "
+    "server falls behind under many task runs at once: runs slow down, stall for seconds, and it may "
+    "print 'database is locked'. For fan-outs, start a Prefect server once in another terminal "
+    "(`prefect server start`) and point runs at it "
+    "(`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`)."
+)
+"""The one warning a process gives when a fan-out meets Prefect's ephemeral server."""
+_advised = threading.Event()
+
+
+def _advise_a_server(gate: SlotGate) -> None:
+    """Say once per process, plainly, that the ephemeral server is what slows a fan-out down."""
+    if _advised.is_set() or PREFECT_API_URL.value():
+        return
+    _advised.set()
+    try:
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+    except MissingContextError:
+        logger = _log
+    logger.warning(EPHEMERAL_ADVICE.format(waiting=gate.waiting + 1))

@@ -1,0 +1,172 @@
+"""Tasks and flows that work called from sync and from async code, written once (async).
+
+Prefect runs an async ``@task`` or ``@flow`` called from sync code not at all: the call returns an
+un-awaited coroutine and nothing happens. :func:`sync_or_async` gives an async task or flow the
+dispatch of Prefect's integrations (``async_dispatch`` in prefect-aws and prefect-slack): called
+where the caller is async (an async flow or task, or code under a running event loop) it returns
+the awaitable as before; called from sync code (a sync flow or task, a plain script) it runs to
+completion and returns the result, on Prefect's own run-sync event loop, with the caller's run
+context (so a task called in a sync flow is a task run of that flow). ``.aio(...)`` always returns
+the awaitable; ``_sync=True`` / ``_sync=False`` forces a path, as with ``async_dispatch``.
+``.submit()``, ``.map()``, ``.with_options()``, deployments and workers are Prefect's own, but for
+two things: ``.map`` passes a pydantic model (a settings block, an ImageRef) to every call as one
+value, and submitted calls run their body on Prefect's shared run-sync loop (see
+:meth:`SyncOrAsyncTask._on_shared_loop`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from prefect import Flow, Task
+from prefect._internal.compatibility.async_dispatch import is_in_async_context
+from prefect.client.schemas.objects import State
+from prefect.utilities.annotations import unmapped
+from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic import BaseModel
+
+__all__ = ["Admission", "SyncOrAsyncFlow", "SyncOrAsyncTask", "sync_or_async"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Admission = Callable[[tuple[Any, ...], dict[str, Any]], AbstractAsyncContextManager[Any]]
+"""What an awaited task call enters before its task run starts, made from its arguments."""
+
+
+class _Dispatch(Generic[P, R]):
+    """The call of a task or flow whose function is async, dispatched by the caller's context."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run and return the result from sync code; return the awaitable from async code (typed
+        ``Any``: which one depends on the caller; ``.aio`` is typed)."""
+        forced = kwargs.pop("_sync", None)
+        awaitable = self._awaitable(*args, **kwargs)
+        run_sync = bool(forced) if forced is not None else not is_in_async_context()
+        return run_coro_as_sync(awaitable) if run_sync else awaitable
+
+    def _awaitable(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+    @property
+    def aio(self) -> Callable[..., Coroutine[Any, Any, R]]:
+        """The call that always returns an awaitable (for async code that must not dispatch)."""
+        return self._awaitable
+
+    def with_options(self, *args: Any, **kwargs: Any) -> Any:
+        """Prefect's ``with_options``, keeping the dispatch (and the admission of a task)."""
+        copy = super().with_options(*args, **kwargs)  # type: ignore[misc]
+        copy.__class__ = type(self)
+        if "_admission" in self.__dict__:
+            copy._admission = self.__dict__["_admission"]
+        return copy
+
+
+class SyncOrAsyncTask(_Dispatch[P, R], Task[P, Coroutine[Any, Any, R]]):
+    """A Prefect task written async that sync code calls like a sync task (see the module doc)."""
+
+    def _awaitable(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
+        admission: Admission | None = self.__dict__.get("_admission")
+        if admission is None:
+            awaitable = super()._awaitable(*args, **kwargs)
+        else:
+            awaitable = _admitted(
+                admission(args, kwargs), functools.partial(super()._awaitable, *args, **kwargs)
+            )
+        return awaitable if kwargs.get("return_state") else _result_of_own_state(awaitable)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """Prefect's ``submit``; the task's body runs on Prefect's shared run-sync event loop."""
+        return Task.submit(self._on_shared_loop(), *args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """Prefect's ``map``, where a pydantic model (a settings or credentials block, an ImageRef)
+        is one value for every call: Prefect would map over its fields (a model is iterable)."""
+        values = {k: _one_value(v) for k, v in kwargs.items()}
+        return Task.map(self._on_shared_loop(), *map(_one_value, args), **values)
+
+    def _on_shared_loop(self) -> Task[P, R]:
+        """This task as a sync task whose body runs the async one on Prefect's run-sync loop.
+
+        A task runner runs a submitted async task under ``asyncio.run`` in its worker thread: a new
+        event loop per call, each with its own HTTP connection pools and clients (measured: twice
+        the CPU per image of the same calls awaited on one loop). Submitted as this sync twin, the
+        worker thread only waits while the body runs on one loop shared by every call."""
+        twin: Task[P, R] | None = self.__dict__.get("_twin")
+        if twin is None:
+            body = self.fn
+            admission: Admission | None = self.__dict__.get("_admission")
+
+            @functools.wraps(body)
+            def run_on_shared_loop(*args: Any, **kwargs: Any) -> Any:
+                if admission is None:
+                    return run_coro_as_sync(body(*args, **kwargs))
+                start = functools.partial(body, *args, **kwargs)
+                return run_coro_as_sync(_admitted(admission(args, kwargs), start))
+
+            twin = copy.copy(self)  # type: ignore[assignment]
+            assert twin is not None
+            twin.__class__ = Task
+            twin.fn = run_on_shared_loop
+            twin.isasync = False
+            self.__dict__["_twin"] = twin
+        return twin
+
+
+def _one_value(value: Any) -> Any:
+    return unmapped(value) if isinstance(value, BaseModel) else value
+
+
+async def _admitted(admission: AbstractAsyncContextManager[Any], start: Callable[[], Awaitable[Any]]) -> Any:
+    """Start the task run (``start``) once admitted, and leave when it ends."""
+    async with admission:
+        return await start()
+
+
+async def _result_of_own_state(awaitable: Coroutine[Any, Any, Any]) -> Any:
+    """A task may return the State it ends in (a cache hit returns ``Cached``); Prefect's task
+    engine then hands that State to a direct caller, who wants its result (futures and flows
+    already resolve it)."""
+    value = await awaitable
+    return await value.aresult() if isinstance(value, State) else value
+
+
+class SyncOrAsyncFlow(_Dispatch[P, R], Flow[P, Coroutine[Any, Any, R]]):
+    """A Prefect flow written async that a script or a sync flow calls like a sync flow."""
+
+
+@overload
+def sync_or_async(
+    obj: Task[P, Coroutine[Any, Any, R]], *, admission: Admission | None = None
+) -> SyncOrAsyncTask[P, R]: ...
+
+
+@overload
+def sync_or_async(
+    obj: None = None, *, admission: Admission
+) -> Callable[[Task[P, Coroutine[Any, Any, R]]], SyncOrAsyncTask[P, R]]: ...
+
+
+@overload
+def sync_or_async(obj: Flow[P, Coroutine[Any, Any, R]]) -> SyncOrAsyncFlow[P, R]: ...
+
+
+def sync_or_async(obj: Any = None, *, admission: Admission | None = None) -> Any:
+    """``obj`` (an async task or flow) made callable from sync code too; use it over ``@task`` or
+    ``@flow``. ``admission(args, kwargs)``, for a task, gives an async context manager that an
+    awaited call enters before its task run starts (to bound how many are in progress at once);
+    with it, use as ``@sync_or_async(admission=...)``."""
+    if obj is None:
+        return functools.partial(sync_or_async, admission=admission)
+    if not getattr(obj, "isasync", False):
+        raise TypeError(f"{obj!r} is not async: sync_or_async is for async tasks and flows")
+    if isinstance(obj, Flow):
+        obj.__class__ = SyncOrAsyncFlow
+    else:
+        obj.__class__ = SyncOrAsyncTask
+        if admission is not None:
+            obj._admission = admission
+    return obj
