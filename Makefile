@@ -24,7 +24,7 @@ test: $(BIN)/.installed
 # The five benchmarks of bench/README.md, one after another (about 6 minutes on 2 cores).
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	for b in throughput overhead rerun memory stream; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in throughput overhead rerun memory stream compose; do $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/throughput.py --n 1000
 
 lint: $(BIN)/.installed

@@ -1,0 +1,219 @@
+"""The scripts of ``tests/usage/scripts`` (the README's examples) do what a user expects: they
+run, pay once per distinct request (the sandbox's ledger), store every image (the store folder),
+serve repeats from the store, also in a new process, and leave the states Prefect shows."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter
+from typing import Any
+
+from PIL import Image
+
+from tests.support.sandbox import sandbox_requests
+
+from .conftest import EphemeralRun, Usage
+
+
+def _billed_by_endpoint(sandbox: Any) -> Counter[str]:
+    """Images billed per endpoint (``generations`` / ``edits``)."""
+    billed: Counter[str] = Counter()
+    for entry in sandbox.ledger.entries:
+        billed[entry["endpoint"].rsplit("/", 1)[-1]] += entry["n"]
+    return billed
+
+
+def _request(requests: list[dict[str, Any]], prompt: str) -> dict[str, Any]:
+    """The one logged request with ``prompt``."""
+    found = [r for r in requests if r["fields"].get("prompt") == prompt]
+    assert len(found) == 1, f"{len(found)} requests with prompt {prompt!r}"
+    return found[0]
+
+
+def _parts(request: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return [f for f in request["files"] if f["field"] == name]
+
+
+def _assert_stored(usage: Usage, shas: list[str], run: Any) -> None:
+    for sha in shas:
+        path = usage.stored(sha)
+        assert path is not None, f"image {sha} is not in the store\n{run.tail()}"
+        with Image.open(path) as img:
+            assert img.size == (1024, 1024)
+
+
+def test_sync_flow_pays_once_per_request_and_a_new_process_pays_nothing(usage: Usage) -> None:
+    first = usage.run("sync_flow.py")
+    shas = first.result()
+    sandbox = usage.sandbox
+    # generate 1 + edit 1 + blend 1; the second identical generate came from the store
+    assert sandbox.ledger.billed_images == 3, first.tail()
+    assert _billed_by_endpoint(sandbox) == {"generations": 1, "edits": 2}
+    assert shas["again"] == shas["generated"]
+    assert len({shas["generated"], shas["edited"], shas["blended"]}) == 3
+    _assert_stored(usage, [shas["generated"], shas["edited"], shas["blended"]], first)
+    assert len(usage.image_files()) == 3
+
+    requests = sandbox.ledger.requests
+    assert [r["endpoint"].rsplit("/", 1)[-1] for r in requests] == ["generations", "edits", "edits"]
+    edit = _request(requests, "add a rainbow in the sky")
+    assert [p["sha256"] for p in _parts(edit, "image[]")] == [shas["generated"]]
+    assert len(_parts(edit, "mask")) == 1, edit["files"]
+    blend = _request(requests, "the two lighthouses side by side")
+    assert [p["sha256"] for p in _parts(blend, "image[]")] == [shas["generated"], shas["edited"]]
+    assert _parts(blend, "mask") == []
+
+    # the same script in a new process: everything comes from the store, nothing is paid
+    second = usage.run("sync_flow.py")
+    assert second.result() == shas
+    assert sandbox.ledger.billed_images == 3, second.tail()
+    assert len(sandbox.ledger.requests) == 3
+    assert len(usage.image_files()) == 3
+
+
+def _assert_distinct_prompts_paid(usage: Usage, name: str, prompts: int, results: int) -> None:
+    run = usage.run(name)
+    shas = run.result()
+    assert len(shas) == results, run.tail()
+    assert len(set(shas)) == prompts
+    assert usage.sandbox.ledger.billed_images == prompts, run.tail()
+    assert usage.sandbox.ledger.billed_requests == prompts
+    _assert_stored(usage, shas, run)
+    assert len(usage.image_files()) == prompts
+
+
+def test_async_flow_awaits_and_gathers(usage: Usage) -> None:
+    # 1 awaited + 4 gathered, one of them a prompt given twice at once: 4 prompts, 4 images paid
+    _assert_distinct_prompts_paid(usage, "async_flow.py", prompts=4, results=5)
+
+
+def test_sync_flow_submit_and_map(usage: Usage) -> None:
+    # 1 submitted + 3 mapped, one prompt twice: 3 distinct prompts
+    _assert_distinct_prompts_paid(usage, "sync_submit_map.py", prompts=3, results=4)
+
+
+def test_async_flow_submit_and_map(usage: Usage) -> None:
+    _assert_distinct_prompts_paid(usage, "async_submit_map.py", prompts=3, results=4)
+
+
+def test_tasks_called_with_no_flow(usage: Usage) -> None:
+    run = usage.run("outside_flow.py")
+    shas = run.result()
+    assert shas["again"] == shas["generated"] != shas["edited"]
+    assert usage.sandbox.ledger.billed_images == 2, run.tail()
+    assert _billed_by_endpoint(usage.sandbox) == {"generations": 1, "edits": 1}
+    edit = _request(usage.sandbox.ledger.requests, "make the sea stormy")
+    assert [p["sha256"] for p in _parts(edit, "image[]")] == [shas["generated"]]
+    assert len(_parts(edit, "mask")) == 1
+    _assert_stored(usage, [shas["generated"], shas["edited"]], run)
+
+
+def _flow_runs_since(after: float, flow_name: str) -> list[Any]:
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+                flow_run_filter=FlowRunFilter(
+                    start_time=FlowRunFilterStartTime(after_=datetime.fromtimestamp(after, UTC))
+                ),
+            )
+        )
+
+
+def test_flows_called_from_a_script_and_as_a_subflow(usage: Usage) -> None:
+    from prefect.client.orchestration import get_client
+
+    reference = usage.root / "reference.png"
+    Image.new("RGB", (512, 512), (30, 90, 200)).save(reference)
+    started = time.time() - 1
+    run = usage.run("flows_from_script.py", str(reference))
+    out = run.result()
+    assert out["batch_state"] == "COMPLETED" and out["batch_stored"] == 3 and out["nightly_stored"] == 2
+    generated, edited, blended = out["pipeline"]
+    sandbox = usage.sandbox
+    # pipeline 3 (generate, edit, blend) + batch 3 + the subflow's batch 2, one image each
+    assert sandbox.ledger.billed_images == 8, run.tail()
+
+    requests = sandbox_requests(sandbox)  # over HTTP, as any client would read it
+    edit = _request(requests, "add a rainbow")
+    assert [p["sha256"] for p in _parts(edit, "image[]")] == [generated]
+    masks = _parts(edit, "mask")
+    assert len(masks) == 1 and masks[0]["content_type"] == "image/png" and masks[0]["size"] > 0
+    blend = _request(requests, "repaint it in the colours of the reference")
+    blend_parts = _parts(blend, "image[]")
+    assert len(blend_parts) == 2 and _parts(blend, "mask") == []
+    assert blend_parts[0]["sha256"] == edited
+    assert blend_parts[1]["sha256"] == hashlib.sha256(reference.read_bytes()).hexdigest()
+    for prompt in ("a red kite", "a green hill", "a blue lake", "a yellow tram", "an orange cat"):
+        assert _request(requests, prompt)["endpoint"].endswith("/generations")
+    _assert_stored(usage, [generated, edited, blended], run)
+    assert len(usage.image_files()) == 8
+
+    # the batch called inside the user's flow is a subflow of it; the other one is not
+    nightly = _flow_runs_since(started, "nightly")
+    batches = _flow_runs_since(started, "gpt-image-batch")
+    assert len(nightly) == 1 and len(batches) == 2, (nightly, batches)
+    assert len(_flow_runs_since(started, "gpt-image-pipeline")) == 1
+    children = [b for b in batches if b.parent_task_run_id is not None]
+    assert len(children) == 1
+    with get_client(sync_client=True) as client:
+        parent = client.read_task_run(children[0].parent_task_run_id)
+    assert parent.flow_run_id == nightly[0].id
+    assert all(r.state is not None and r.state.is_completed() for r in [*nightly, *batches])
+
+
+def test_clients_never_closed_let_the_script_exit(usage: Usage) -> None:
+    run = usage.run("unclosed_clients.py", timeout=60)
+    shas = run.result()
+    assert run.elapsed < 10, f"the script took {run.elapsed:.1f} s to exit\n{run.tail()}"
+    assert shas["sync"] != shas["async"]
+    entries = usage.sandbox.ledger.entries
+    assert [e["endpoint"].rsplit("/", 1)[-1] for e in entries] == ["generations", "generations"]
+    assert all(e["delivered"] for e in entries)
+    assert "Traceback" not in run.stderr, run.tail()
+
+
+def test_a_cache_hit_is_a_cached_state_in_prefect(usage: Usage) -> None:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.objects import StateType
+
+    run = usage.run("cached_state.py")
+    flow_run_id = UUID(run.result()["flow_run_id"])
+    assert usage.sandbox.ledger.billed_images == 1, run.tail()
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        flow_run = client.read_flow_run(flow_run_id)
+    assert flow_run.state is not None and flow_run.state.type == StateType.COMPLETED
+    states = [t.state for t in task_runs]
+    assert all(s is not None for s in states)
+    assert sorted(s.name for s in states if s is not None) == ["Cached", "Completed"], run.tail()
+    assert {s.type for s in states if s is not None} == {StateType.COMPLETED}
+    assert len(task_runs) == 2 and all(t.name.startswith("generate-image") for t in task_runs)
+
+
+def test_first_run_on_the_ephemeral_prefect(ephemeral_first_run: EphemeralRun) -> None:
+    """No PREFECT_API_URL: Prefect starts its ephemeral server (a fresh home, SQLite) for the run,
+    which succeeds and is paid once, with no traceback and no locked database on the way."""
+    run = ephemeral_first_run.script.wait(timeout=240)
+    sha = run.result()["sha256"]
+    assert ephemeral_first_run.sandbox.ledger.billed_images == 1, run.tail()
+    assert (ephemeral_first_run.root / "store" / "images" / f"{sha}.png").is_file()
+    output = run.stdout + run.stderr
+    assert "Traceback" not in output, run.tail()
+    assert "database is locked" not in output, run.tail()
