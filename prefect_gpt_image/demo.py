@@ -24,6 +24,9 @@ DEMO_PROMPTS = [
 def run_demo(out: Path, s3: bool = False) -> int:
     """Run the demo; print where each image went and what it would have cost. Returns an exit code."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # DO_NOT_TRACK does not stop the ephemeral server's telemetry heartbeat, whose first write races
+    # the run's own on a new SQLite database and prints "database is locked" (Prefect 3.9.1).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     work = Path(tempfile.mkdtemp(prefix="gpt-image-demo-"))
     # An ephemeral Prefect with its own home: nothing of the user's Prefect setup is touched.
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect-home"))

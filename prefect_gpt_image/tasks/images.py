@@ -178,17 +178,29 @@ async def generate_image(
             user=user,
         ),
     )
-    return _task_result(
-        await run_image_call(
-            request,
-            variant=variant,
-            refresh_cache=refresh_cache,
-            credentials=credentials,
-            settings=settings,
-            store=store,
-            on_partial=on_partial,
-        )
+    return await _call(request, variant, refresh_cache, credentials, settings, store, on_partial)
+
+
+async def _call(
+    request: GenerateRequest | EditRequest,
+    variant: int,
+    refresh_cache: bool,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+    on_partial: PartialCallback | None,
+) -> list[ImageRef]:
+    """Make (or find) ``request``'s images: the one call every task ends with."""
+    result = await run_image_call(
+        request,
+        variant=variant,
+        refresh_cache=refresh_cache,
+        credentials=credentials,
+        settings=settings,
+        store=store,
+        on_partial=on_partial,
     )
+    return _task_result(result)
 
 
 async def _edit(
@@ -213,17 +225,7 @@ async def _edit(
         mask=mask_image,
         **_fields(settings, moderation_allowed=False, **options),
     )
-    return _task_result(
-        await run_image_call(
-            request,
-            variant=variant,
-            refresh_cache=refresh_cache,
-            credentials=credentials,
-            settings=settings,
-            store=store,
-            on_partial=on_partial,
-        )
-    )
+    return await _call(request, variant, refresh_cache, credentials, settings, store, on_partial)
 
 
 @sync_or_async(admission=_admission)

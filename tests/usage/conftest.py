@@ -191,6 +191,11 @@ def ephemeral_first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ep
                 "HOME": str(root),
                 "PREFECT_HOME": str(root / "prefect-home"),
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                # DO_NOT_TRACK does not stop the ephemeral server's telemetry heartbeat (Prefect
+                # 3.9.1), whose first write races the run's own on a new SQLite database and often
+                # logs a "database is locked" traceback, with a plain Prefect flow too. Off, as a
+                # user who set DO_NOT_TRACK means; what is checked is what this package causes.
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "GPT_IMAGE_API_KEY": API_KEY,
                 "GPT_IMAGE_BASE_URL": sandbox.base_url,
                 "GPT_IMAGE_STORAGE": str(root / "store"),
