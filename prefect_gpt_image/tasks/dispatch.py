@@ -27,14 +27,15 @@ from prefect._internal.compatibility.async_dispatch import is_in_async_context
 from prefect.client.schemas.objects import State
 from prefect.utilities.annotations import unmapped
 from prefect.utilities.asyncutils import run_coro_as_sync
+from prefect.utilities.callables import get_call_parameters
 from pydantic import BaseModel
+
+from .submission import Admission, SharedLoopSubmitter
 
 __all__ = ["Admission", "SyncOrAsyncFlow", "SyncOrAsyncTask", "sync_or_async"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-Admission = Callable[[tuple[Any, ...], dict[str, Any]], AbstractAsyncContextManager[Any]]
-"""What an awaited task call enters before its task run starts, made from its arguments."""
 
 
 class _Dispatch(Generic[P, R]):
@@ -69,7 +70,7 @@ class SyncOrAsyncTask(_Dispatch[P, R], Task[P, Coroutine[Any, Any, R]]):
     """A Prefect task written async that sync code calls like a sync task (see the module doc)."""
 
     def _awaitable(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
-        admission: Admission | None = self.__dict__.get("_admission")
+        admission = self._admission_of()
         if admission is None:
             awaitable = super()._awaitable(*args, **kwargs)
         else:
@@ -79,14 +80,40 @@ class SyncOrAsyncTask(_Dispatch[P, R], Task[P, Coroutine[Any, Any, R]]):
         return awaitable if kwargs.get("return_state") else _result_of_own_state(awaitable)
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
-        """Prefect's ``submit``; the task's body runs on Prefect's shared run-sync event loop."""
-        return Task.submit(self._on_shared_loop(), *args, **kwargs)
+        """Prefect's ``submit``; the task's engine runs on Prefect's shared run-sync event loop
+        (see :mod:`.submission`)."""
+        submitter = SharedLoopSubmitter.of_current_flow(self._on_shared_loop(), self._admission_of())
+        if submitter is None:
+            return Task.submit(self._on_shared_loop(), *args, **kwargs)
+        return_state, wait_for = kwargs.pop("return_state", False), kwargs.pop("wait_for", None)
+        future = submitter.submit(self, get_call_parameters(self.fn, args, kwargs), wait_for)
+        if return_state:
+            future.wait()
+            return future.state
+        return future
 
     def map(self, *args: Any, **kwargs: Any) -> Any:
-        """Prefect's ``map``, where a pydantic model (a settings or credentials block, an ImageRef)
-        is one value for every call: Prefect would map over its fields (a model is iterable)."""
-        values = {k: _one_value(v) for k, v in kwargs.items()}
-        return Task.map(self._on_shared_loop(), *map(_one_value, args), **values)
+        """Prefect's ``map``, each call run as :meth:`submit` runs it, where a pydantic model (a
+        settings or credentials block, an ImageRef) is one value for every call: Prefect would
+        map over its fields (a model is iterable)."""
+        args = tuple(map(_one_value, args))
+        kwargs = {k: _one_value(v) for k, v in kwargs.items()}
+        submitter = SharedLoopSubmitter.of_current_flow(self._on_shared_loop(), self._admission_of())
+        if submitter is None or kwargs.get("deferred"):
+            return Task.map(self._on_shared_loop(), *args, **kwargs)
+        return_state, wait_for = kwargs.pop("return_state", False), kwargs.pop("wait_for", None)
+        kwargs.pop("deferred", None)
+        parameters = get_call_parameters(self.fn, args, kwargs, apply_defaults=False)
+        futures = submitter.map(self, parameters, wait_for)
+        if return_state:
+            for future in futures:
+                future.wait()
+            return [future.state for future in futures]
+        return futures
+
+    def _admission_of(self) -> Admission | None:
+        admission: Admission | None = self.__dict__.get("_admission")
+        return admission
 
     def _on_shared_loop(self) -> Task[P, R]:
         """This task as a sync task whose body runs the async one on Prefect's run-sync loop.
@@ -98,7 +125,7 @@ class SyncOrAsyncTask(_Dispatch[P, R], Task[P, Coroutine[Any, Any, R]]):
         twin: Task[P, R] | None = self.__dict__.get("_twin")
         if twin is None:
             body = self.fn
-            admission: Admission | None = self.__dict__.get("_admission")
+            admission = self._admission_of()
 
             @functools.wraps(body)
             def run_on_shared_loop(*args: Any, **kwargs: Any) -> Any:

@@ -97,6 +97,35 @@ def test_async_flow_submit_and_map(usage: Usage) -> None:
     _assert_distinct_prompts_paid(usage, "async_submit_map.py", prompts=3, results=4)
 
 
+def test_submitted_calls_wait_for_the_futures_they_are_given(usage: Usage) -> None:
+    # a future as a parameter and wait_for go Prefect's own way (their engine waits in its thread)
+    run = usage.run("chained_submit.py")
+    shas = run.result()
+    requests = usage.sandbox.ledger.requests
+    assert [r["fields"]["prompt"] for r in requests] == [
+        "a lighthouse on a rock",
+        "the lighthouse in winter",
+        "a boat",
+    ], run.tail()
+    blend = _request(requests, "the lighthouse in winter")
+    assert [p["sha256"] for p in _parts(blend, "image[]")] == [shas["generated"]]
+    _assert_stored(usage, list(shas.values()), run)
+
+
+def test_a_flow_waits_for_mapped_calls_it_never_reads(usage: Usage) -> None:
+    usage.sandbox.script_faults(["slow", "slow"])  # the unread calls are still running at the end
+    run = usage.run("unawaited_map.py")
+    result = run.result()
+    assert result["stored_when_the_flow_ended"] == 2, run.tail()
+    bounded = result["bounded"]
+    prompts = [r["fields"]["prompt"] for r in usage.sandbox.ledger.requests]
+    assert sorted(prompts[:2]) == ["a glass of lemonade", "a paper boat"], run.tail()
+    assert sorted(prompts[2:]) == ["a blue door", "a green door", "a red door"]
+    # max_workers=2 ran the others (Prefect's own way)
+    assert len(usage.image_files()) == 5, run.tail()
+    _assert_stored(usage, bounded, run)
+
+
 def test_tasks_called_with_no_flow(usage: Usage) -> None:
     run = usage.run("outside_flow.py")
     shas = run.result()
