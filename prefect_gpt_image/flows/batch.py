@@ -40,8 +40,9 @@ from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
-from .manifest import BatchRow, parse_manifest, read_manifest_text
+from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
+from .templates import template_columns
 
 __all__ = ["BatchResult", "RowResult", "batch_generate"]
 
@@ -96,6 +97,7 @@ class BatchResult(BaseModel):
 async def batch_generate(
     prompts: list[str] | None = None,
     manifest: str | None = None,
+    prompt_template: str | None = None,
     options: ImageOptions | None = None,
     n: int = 1,
     variant: int = 0,
@@ -110,6 +112,9 @@ async def batch_generate(
         prompts: Prompts to draw, one image request each.
         manifest: Or a CSV (header with 'prompt') or JSONL file, local or s3://, one request per row;
             rows may override size, quality, n, output_format, background, variant, and carry an id.
+        prompt_template: Fill each manifest row's prompt from its columns, e.g. "{product} on a
+            {surface}"; a row without a named column, an empty or over-long prompt is refused
+            before anything is paid.
         options: Options for every row (rows may override them); unset ones come from the settings.
         n: Images per row unless a row says otherwise (1..10).
         variant: Change it to get new images for the same prompts (part of the cache key).
@@ -123,7 +128,7 @@ async def batch_generate(
     logger = get_run_logger()
     options = options or ImageOptions()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
-    parsed = _rows(prompts, manifest, store)
+    parsed = _rows(prompts, manifest, store, prompt_template)
     defaults = settings.request_defaults()
 
     results: dict[int, RowResult] = {}
@@ -223,39 +228,26 @@ async def batch_generate(
 
 
 def _rows(
-    prompts: list[str] | None, manifest: str | None, store: ImageStore
+    prompts: list[str] | None, manifest: str | None, store: ImageStore, template: str | None
 ) -> list[tuple[int, BatchRow | str]]:
     if (prompts is None) == (manifest is None):
         raise ValueError("give either prompts or manifest (not both, not neither)")
     if prompts is not None:
+        if template is not None:
+            raise ValueError("prompt_template fills prompts from a manifest's columns: give a manifest")
         return [
             (i, BatchRow(prompt=p) if isinstance(p, str) and p.strip() else "prompt must not be empty")
             for i, p in enumerate(prompts, start=1)
         ]
     assert manifest is not None
-    text = read_manifest_text(manifest, read_s3=_s3_reader(store))
+    if template is not None:
+        template_columns(template)  # a malformed template fails the run before anything is read
     out: list[tuple[int, BatchRow | str]] = []
-    for index, item in enumerate(parse_manifest(text, name=manifest), start=1):
-        if isinstance(item, tuple):
-            out.append((item[0], f"line {item[0]}: {item[1]}"))
-        else:
-            out.append((index, item))
+    records = read_records(manifest, store, require=None if template else "prompt")
+    for index, (line, data) in enumerate(records, start=1):
+        item = batch_row(index, data, template) if isinstance(data, dict) else (line, data)
+        out.append((line, f"line {line}: {item[1]}") if isinstance(item, tuple) else (index, item))
     return out
-
-
-def _s3_reader(store: ImageStore) -> Any:
-    def read(uri: str) -> bytes:
-        from prefect_gpt_image.storage import S3ImageStore, resolve_store
-
-        bucket = uri.split("/", 3)[2]
-        reader = (
-            store
-            if isinstance(store, S3ImageStore) and store.bucket == bucket
-            else resolve_store(f"s3://{bucket}")
-        )
-        return reader.read_bytes(uri)
-
-    return read
 
 
 async def _run_row(
