@@ -27,6 +27,7 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
+from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, generate_image
 from prefect_gpt_image.tasks.cache import cache_key, read_record
@@ -42,6 +43,7 @@ from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
+from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
 from .templates import template_columns
 
 __all__ = ["BatchResult", "RowResult", "batch_generate"]
@@ -102,10 +104,11 @@ async def batch_generate(
     n: int = 1,
     variant: int = 0,
     max_parallel: int | None = None,
+    plan_only: bool = False,
     storage: str | None = None,
     credentials_block: str | None = None,
     settings_block: str | None = None,
-) -> BatchResult | State[Any]:
+) -> BatchResult | RunPlan | State[Any]:
     """Generate images for a list of prompts or a manifest; one bad row never sinks the batch.
 
     Args:
@@ -120,6 +123,10 @@ async def batch_generate(
         variant: Change it to get new images for the same prompts (part of the cache key).
         max_parallel: Rows in progress at once; unset: twice the settings' concurrency limit. Paid calls
             are bounded by the global concurrency limit whatever this is.
+        plan_only: Only plan: validate every row, look every row up in the store and report the
+            calls to make, their images, the cache hits and the estimated cost (the result and a
+            table artifact), paying nothing. A real run plans first when the settings cap images
+            or cost per run, and fails before the first paid call if the plan exceeds a cap.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
         credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
@@ -156,6 +163,13 @@ async def batch_generate(
     )
     lookups = _StoreLookups(todo, requests, variant, store, logger)
     try:
+        if plan_only or has_budget(settings):
+            plan = await _plan(parsed, results, requests, lookups, settings)
+            if plan_only:
+                await publish_plan(plan)
+                logger.info(plan.summary())
+                return Completed(message=plan.summary(), data=plan)
+            await enforce_budget(plan, settings)
         # The progress artifact is made while the first rows are looked up (round trips at once).
         progress_id, must_run = await asyncio.gather(
             acreate_progress_artifact(
@@ -225,6 +239,27 @@ async def batch_generate(
         return Failed(message=f"{result.failed} of {total} rows failed ({why}); {summary}", data=result)
     logger.info(summary)
     return Completed(message=summary, data=result)
+
+
+async def _plan(
+    parsed: list[tuple[int, BatchRow | str]],
+    results: dict[int, RowResult],
+    requests: dict[int, GenerateRequest],
+    lookups: _StoreLookups,
+    settings: GptImageSettings,
+) -> RunPlan:
+    """The batch's plan: every row invalid, found in the store, or a call of ``n`` images."""
+    calls: list[PlannedCall] = []
+    for number, row in parsed:
+        invalid = results.get(number)
+        if invalid is not None:
+            calls.append(PlannedCall(row=number, id=invalid.id, status="invalid", error=invalid.error))
+            continue
+        assert isinstance(row, BatchRow)
+        cached = await lookups.refs(number) is not None
+        status: Literal["cached", "call"] = "cached" if cached else "call"
+        calls.append(PlannedCall(row=number, id=row.id, status=status, images=requests[number].n))
+    return RunPlan(calls=calls, price_per_image=settings.price_per_image)
 
 
 def _rows(

@@ -28,3 +28,15 @@ def run(state: Any) -> State[Any]:
     """A flow's final state: our flows called from sync code run to completion, as from a script."""
     assert isinstance(state, State), state
     return state
+
+
+def saved_settings(**overrides: Any) -> str:
+    """A GptImageSettings block saved under a fresh name (low quality, a limit of this test alone)."""
+    import uuid
+
+    from prefect_gpt_image.blocks import GptImageSettings
+
+    name = f"flows-{uuid.uuid4().hex[:10]}"
+    values: dict[str, Any] = {"quality": "low", "concurrency_limit_name": name, "concurrency_limit": 8}
+    GptImageSettings(**{**values, **overrides}).save(name, overwrite=True)
+    return name
