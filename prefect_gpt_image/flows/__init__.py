@@ -7,7 +7,7 @@ from .edit import batch_edit
 from .manifest import BatchRow
 from .masks import MaskRegion, build_mask
 from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep, SizePreset
-from .pipeline import PipelineResult, image_pipeline
+from .pipeline import PipelineResult, batch_pipeline, image_pipeline
 from .plan import PlannedCall, RunPlan
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "StepResult",
     "batch_edit",
     "batch_generate",
+    "batch_pipeline",
     "build_mask",
     "image_pipeline",
 ]
