@@ -142,3 +142,19 @@ def test_batch_pipeline_refuses_bad_rows_before_any_spend(env: Any, tmp_path: Pa
         )
     )
     assert unknown.is_failed() and len(sandbox_requests(sandbox)) == 3
+
+
+def test_the_shipped_catalogue_deployment_runs_its_sample_manifest(env: Any) -> None:
+    import yaml  # type: ignore[import-untyped]
+
+    sandbox, _, storage = env
+    root = Path(__file__).resolve().parents[2]
+    specs = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())["deployments"]
+    params = dict(next(s for s in specs if s["name"] == "catalogue")["parameters"])
+    for block in ("credentials_block", "settings_block", "storage"):
+        params.pop(block)
+    params["manifest"] = str(root / params["manifest"])
+    plan: RunPlan = batch_pipeline(**{**params, "plan_only": True}, storage=storage)  # type: ignore[assignment]
+    state = run(batch_pipeline(**params, storage=storage, return_state=True))
+    assert state.is_completed(), state.message
+    assert billed_images(sandbox) == plan.images == 6
