@@ -491,63 +491,46 @@ async def _run_row(item: _Row, rt: _Runtime, progress: _Progress | None, logger:
     done: list[StepResult] = []
     failed: str | None = None
     for call in item.calls:
-        base = {"row": item.row.number, "id": item.row.id, "step": call.name, "kind": call.step.kind}
-        source = _source(call, outputs)
-        if failed is not None:
-            done.append(StepResult(**base, prompt=call.prompt, status="skipped", source=source, error=failed))
-        elif rt.serve_hits and call.cached is not None:
-            refs = with_links(rt.store, call.cached, logger)
-            outputs[call.name] = refs[0]
-            done.append(
-                StepResult(
-                    **base,
-                    prompt=call.prompt,
-                    status="stored",
-                    images=refs,
-                    cached=True,
-                    source=source,
-                    request_id=refs[0].request_id,
-                )
-            )
-        else:
-            with collect_maybe_billed() as lost:
-                try:
-                    refs = await _make(call, outputs, rt)
-                except Exception as exc:  # a failed step fails its row only
-                    rt.errors[(item.row.number, call.name)] = exc
-                    request_id = exc.request_id if isinstance(exc, GptImageError) else None
-                    failed = f"step {call.name!r} failed"
-                    logger.warning("row %d, step %s failed: %s", item.row.number, call.name, exc)
-                    done.append(
-                        StepResult(
-                            **base,
-                            prompt=call.prompt,
-                            status="failed",
-                            source=source,
-                            error=str(exc),
-                            error_type=type(exc).__name__,
-                            request_id=request_id,
-                            maybe_billed=[rid for rid in lost if rid != request_id],
-                        )
-                    )
-                    if progress is not None:
-                        progress.advance()
-                    continue
-            outputs[call.name] = refs[0]
-            done.append(
-                StepResult(
-                    **base,
-                    prompt=call.prompt,
-                    status="stored",
-                    images=refs,
-                    source=source,
-                    request_id=refs[0].request_id,
-                    maybe_billed=list(lost),
-                )
-            )
+        result = StepResult(
+            row=item.row.number,
+            id=item.row.id,
+            step=call.name,
+            kind=call.step.kind,
+            prompt=call.prompt,
+            status="skipped",
+            source=_source(call, outputs),
+            error=failed,
+        )
+        if failed is None:
+            failed = await _run_step(call, result, outputs, rt, logger)
+        done.append(result)
         if progress is not None:
             progress.advance()
     return done
+
+
+async def _run_step(
+    call: _Call, result: StepResult, outputs: dict[str, ImageRef], rt: _Runtime, logger: Any
+) -> str | None:
+    """Serve or make ``call``, filling in ``result``; why the row's later steps are skipped, or None."""
+    if rt.serve_hits and call.cached is not None:
+        refs, result.cached, lost = with_links(rt.store, call.cached, logger), True, []
+    else:
+        with collect_maybe_billed() as lost:
+            try:
+                refs = await _make(call, outputs, rt)
+            except Exception as exc:  # a failed step fails its row only
+                rt.errors[(result.row, call.name)] = exc
+                request_id = exc.request_id if isinstance(exc, GptImageError) else None
+                logger.warning("row %d, step %s failed: %s", result.row, call.name, exc)
+                result.status, result.error, result.error_type = "failed", str(exc), type(exc).__name__
+                result.request_id = request_id
+                result.maybe_billed = [rid for rid in lost if rid != request_id]
+                return f"step {call.name!r} failed"
+    outputs[call.name] = refs[0]
+    result.status, result.error, result.images = "stored", None, refs
+    result.request_id, result.maybe_billed = refs[0].request_id, list(lost)
+    return None
 
 
 def _source(call: _Call, outputs: Mapping[str, ImageRef]) -> str:

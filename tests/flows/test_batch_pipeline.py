@@ -115,6 +115,7 @@ def test_batch_pipeline_refuses_bad_rows_before_any_spend(env: Any, tmp_path: Pa
         {"product": "a vase", "surface": "shelf", "frame": str(logo)},  # no backdrop: step 2's template
         {"product": "x" * 32_000, "surface": "y", "backdrop": "red", "frame": str(logo)},  # over-long
         {"product": "a cup", "surface": "shelf", "backdrop": "red", "frame": str(tmp_path / "none.png")},
+        {"product": "a kite [sandbox:block]", "surface": "shelf", "backdrop": "red", "frame": str(logo)},
     ]
     manifest = _manifest(tmp_path, rows)
     state = run(
@@ -126,13 +127,19 @@ def test_batch_pipeline_refuses_bad_rows_before_any_spend(env: Any, tmp_path: Pa
             return_state=True,
         )
     )
-    assert state.is_failed() and "3 of 4 rows failed" in (state.message or "")
+    assert state.is_failed() and "4 of 5 rows failed" in (state.message or "")
     result: ChainResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
     invalid = {s.row: s for s in result.steps if s.status == "invalid"}
     assert invalid[2].step == "backdrop" and "row 2 has no column 'backdrop'" in (invalid[2].error or "")
     assert invalid[3].step == "generate" and "at most 32000" in (invalid[3].error or "")
     assert invalid[4].step == "blend" and "blend.references[0]" in (invalid[4].error or "")
-    assert len(sandbox_requests(sandbox)) == 3 and billed_images(sandbox) == 3  # row 1 only
+    # row 5 passed the plan; its generation was refused by the API: its row fails, the others run
+    row5 = [s for s in result.steps if s.row == 5]
+    assert [s.status for s in row5] == ["failed", "skipped", "skipped"] and row5[
+        0
+    ].error_type == "ModerationError"
+    assert [s.status for s in result.steps if s.row == 1] == ["stored"] * 3
+    assert len(sandbox_requests(sandbox)) == 4 and billed_images(sandbox) == 3  # row 1, and row 5's refusal
     unknown = run(
         batch_pipeline(
             manifest=str(manifest),
@@ -141,7 +148,7 @@ def test_batch_pipeline_refuses_bad_rows_before_any_spend(env: Any, tmp_path: Pa
             return_state=True,
         )
     )
-    assert unknown.is_failed() and len(sandbox_requests(sandbox)) == 3
+    assert unknown.is_failed() and len(sandbox_requests(sandbox)) == 4
 
 
 def test_the_shipped_catalogue_deployment_runs_its_sample_manifest(env: Any) -> None:
