@@ -32,6 +32,7 @@ from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
 from prefect_gpt_image.tasks.cache import cache_key, read_record
+from prefect_gpt_image.tasks.concurrency import hold_slots
 from prefect_gpt_image.tasks.inputs import read_input
 from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
@@ -463,8 +464,16 @@ async def run_chains(
 
     rows_at_once = max(1, min(queue.qsize(), max_parallel or 2 * settings.concurrency_limit))
     if batch:
-        with batch_rows():
-            await asyncio.gather(*(worker() for _ in range(rows_at_once)))
+        # A finished call's concurrency slot goes to the next call of this batch without a round
+        # trip to the server (the slots are released when the batch ends).
+        async with hold_slots(
+            settings.concurrency_limit_name,
+            prefetch=min(rows_at_once, settings.concurrency_limit),
+            slots=settings.concurrency_limit,
+            logger=logger,
+        ):
+            with batch_rows():
+                await asyncio.gather(*(worker() for _ in range(rows_at_once)))
     else:
         await asyncio.gather(*(worker() for _ in range(rows_at_once)))
     if progress is not None:
