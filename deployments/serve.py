@@ -1,4 +1,4 @@
-"""Serve both deployments from this process, with no work pool and no worker: ``python deployments/serve.py``.
+"""Serve the deployments from this process, with no work pool and no worker: ``python deployments/serve.py``.
 
 The deployments get the same names, parameters, tags and schedule as in ``deployments/prefect.yaml``
 (read from it, so the two never drift apart). Flow runs execute in this process, which must reach
@@ -23,7 +23,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
-from prefect_gpt_image.flows import batch_generate, image_pipeline
+from prefect_gpt_image.flows import batch_edit, batch_generate, batch_pipeline, image_pipeline
 
 __all__ = ["PREFECT_YAML", "build_deployments", "main"]
 
@@ -33,6 +33,8 @@ PREFECT_YAML = HERE / "prefect.yaml"
 _FLOWS: dict[str, Flow[..., Any]] = {
     "prefect_gpt_image.flows.image_pipeline": image_pipeline,
     "prefect_gpt_image.flows.batch_generate": batch_generate,
+    "prefect_gpt_image.flows.batch_edit": batch_edit,
+    "prefect_gpt_image.flows.batch_pipeline": batch_pipeline,
 }
 
 

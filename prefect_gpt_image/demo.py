@@ -65,7 +65,9 @@ def _run(sandbox: object, storage: str, work: Path) -> int:
         EditStep,
         ImageOptions,
         MaskRegion,
+        batch_edit,
         batch_generate,
+        batch_pipeline,
         image_pipeline,
     )
     from .sandbox import SandboxServer
@@ -112,6 +114,40 @@ def _run(sandbox: object, storage: str, work: Path) -> int:
             for row in batch.rows:
                 for ref in row.images:
                     print(f"  {ref.uri}  ({row.prompt})")
+            made = [ref.uri for row in batch.rows for ref in row.images]
+
+    # One edit over the images just made (a folder or an s3:// prefix works the same way).
+    edit = {"prompt": "add a thin gold frame", "region": MaskRegion(left=0, top=0, right=1, bottom=0.1)}
+    plan = batch_edit(made, **edit, storage=storage, plan_only=True)
+    print(f"\nbatch edit of {len(made)} images, {plan.summary()}")
+    billed_before = sandbox.ledger.billed_images
+    edited = batch_edit(made, **edit, storage=storage, return_state=True)
+    print(f"  {edited.message}; paid calls: {sandbox.ledger.billed_images - billed_before}")
+    for step in edited.result(raise_on_failure=False).steps:
+        source = step.source.rsplit("/", 1)[-1][:16]
+        print(f"  {step.images[0].uri if step.images else step.error}  (from {source})")
+
+    # A chain per manifest row, prompts filled from its columns: planned, run, then rerun for free.
+    manifest = work / "products.csv"
+    manifest.write_text("id,product,surface\nmug,a white mug,walnut desk\nlamp,a brass lamp,marble table\n")
+    steps = [
+        {"kind": "generate", "prompt": "{product} on a {surface}", "options": {"size": "1024x1024"}},
+        {
+            "kind": "edit",
+            "prompt": "a soft blue backdrop",
+            "region": {"left": 0, "top": 0, "right": 1, "bottom": 0.3},
+        },
+    ]
+    pipeline = {"manifest": str(manifest), "steps": steps, "options": {"quality": "low"}, "storage": storage}
+    plan = batch_pipeline(**pipeline, plan_only=True)
+    print(f"\nbatch pipeline of 2 rows x 2 steps, {plan.summary()}")
+    for attempt in ("first run", "rerun (cached)"):
+        billed_before = sandbox.ledger.billed_images
+        chains = batch_pipeline(**pipeline, return_state=True)
+        print(f"  {attempt}: {chains.message}; paid calls: {sandbox.ledger.billed_images - billed_before}")
+        if attempt == "first run":
+            for step in chains.result(raise_on_failure=False).steps:
+                print(f"  {step.images[0].uri if step.images else step.error}  (row {step.row}, {step.step})")
 
     billed = sandbox.ledger.billed_images
     print(

@@ -32,10 +32,15 @@ def test_demo_runs_offline(tmp_path: Path, storage: str) -> None:
     assert "pipeline (generate → mask edit → reference blend):" in out
     assert "batch of 4 prompts, first run: 4 of 4 rows stored" in out and "paid calls: 4" in out
     assert "rerun (cached): 4 of 4 rows stored" in out and "paid calls: 0" in out
-    assert "7 images billed by the sandbox" in out and "$0.2639" in out
+    assert "batch edit of 4 images, plan: 4 call(s) to make for 4 image(s)" in out
+    assert "4 of 4 rows stored (4 step(s) made, 0 found in the store" in out
+    assert "batch pipeline of 2 rows x 2 steps, plan: 4 call(s) to make" in out
+    assert "first run: 2 of 2 rows stored" in out and "rerun (cached): 2 of 2 rows stored" in out
+    assert out.count("paid calls: 0") == 2
+    assert "15 images billed by the sandbox" in out and "$0.5655" in out
     if storage == "local":
         paths = re.findall(r"(/\S+\.png)", out)
-        assert len(paths) == 7
+        assert len(paths) == 15
         for path in paths:
             assert Path(path).is_relative_to(tmp_path / "gpt-image-output")
             with Image.open(path) as img:
@@ -44,5 +49,5 @@ def test_demo_runs_offline(tmp_path: Path, storage: str) -> None:
             manifest = read_manifest(store, Path(path).stem, "png")
             assert manifest is not None and manifest["sha256"] == Path(path).stem
     else:
-        assert len(re.findall(r"s3://gpt-image-demo/demo/images/[0-9a-f]{64}\.png", out)) == 7
+        assert len(re.findall(r"s3://gpt-image-demo/demo/images/[0-9a-f]{64}\.png", out)) == 15
         assert not (tmp_path / "gpt-image-output").exists()

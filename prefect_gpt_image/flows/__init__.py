@@ -1,22 +1,34 @@
-"""Prefect flows: ``image_pipeline`` (generate → mask edit → reference blend) and ``batch_generate``."""
+"""Prefect flows: ``image_pipeline`` (generate → mask edit → reference blend), ``batch_generate``,
+``batch_edit`` (one edit over many images) and ``batch_pipeline`` (a chain of steps per manifest row)."""
 
 from .batch import BatchResult, RowResult, batch_generate
+from .chain import ChainResult, StepResult
+from .edit import batch_edit
 from .manifest import BatchRow
 from .masks import MaskRegion, build_mask
-from .params import BlendStep, EditStep, ImageOptions, SizePreset
-from .pipeline import PipelineResult, image_pipeline
+from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep, SizePreset
+from .pipeline import PipelineResult, batch_pipeline, image_pipeline
+from .plan import PlannedCall, RunPlan
 
 __all__ = [
     "BatchResult",
     "BatchRow",
     "BlendStep",
+    "ChainResult",
     "EditStep",
+    "GenerateStep",
     "ImageOptions",
     "MaskRegion",
     "PipelineResult",
+    "PipelineStep",
+    "PlannedCall",
     "RowResult",
+    "RunPlan",
     "SizePreset",
+    "StepResult",
+    "batch_edit",
     "batch_generate",
+    "batch_pipeline",
     "build_mask",
     "image_pipeline",
 ]

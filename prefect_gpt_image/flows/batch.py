@@ -27,6 +27,7 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
+from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, generate_image
 from prefect_gpt_image.tasks.cache import cache_key, read_record
@@ -40,8 +41,10 @@ from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
-from .manifest import BatchRow, parse_manifest, read_manifest_text
+from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
+from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
+from .templates import template_columns
 
 __all__ = ["BatchResult", "RowResult", "batch_generate"]
 
@@ -96,25 +99,34 @@ class BatchResult(BaseModel):
 async def batch_generate(
     prompts: list[str] | None = None,
     manifest: str | None = None,
+    prompt_template: str | None = None,
     options: ImageOptions | None = None,
     n: int = 1,
     variant: int = 0,
     max_parallel: int | None = None,
+    plan_only: bool = False,
     storage: str | None = None,
     credentials_block: str | None = None,
     settings_block: str | None = None,
-) -> BatchResult | State[Any]:
+) -> BatchResult | RunPlan | State[Any]:
     """Generate images for a list of prompts or a manifest; one bad row never sinks the batch.
 
     Args:
         prompts: Prompts to draw, one image request each.
         manifest: Or a CSV (header with 'prompt') or JSONL file, local or s3://, one request per row;
             rows may override size, quality, n, output_format, background, variant, and carry an id.
+        prompt_template: Fill each manifest row's prompt from its columns, e.g. "{product} on a
+            {surface}"; a row without a named column, an empty or over-long prompt is refused
+            before anything is paid.
         options: Options for every row (rows may override them); unset ones come from the settings.
         n: Images per row unless a row says otherwise (1..10).
         variant: Change it to get new images for the same prompts (part of the cache key).
         max_parallel: Rows in progress at once; unset: twice the settings' concurrency limit. Paid calls
             are bounded by the global concurrency limit whatever this is.
+        plan_only: Only plan: validate every row, look every row up in the store and report the
+            calls to make, their images, the cache hits and the estimated cost (the result and a
+            table artifact), paying nothing. A real run plans first when the settings cap images
+            or cost per run, and fails before the first paid call if the plan exceeds a cap.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
         credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
@@ -123,7 +135,7 @@ async def batch_generate(
     logger = get_run_logger()
     options = options or ImageOptions()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
-    parsed = _rows(prompts, manifest, store)
+    parsed = _rows(prompts, manifest, store, prompt_template)
     defaults = settings.request_defaults()
 
     results: dict[int, RowResult] = {}
@@ -151,6 +163,13 @@ async def batch_generate(
     )
     lookups = _StoreLookups(todo, requests, variant, store, logger)
     try:
+        if plan_only or has_budget(settings):
+            plan = await _plan(parsed, results, requests, lookups, settings)
+            if plan_only:
+                await publish_plan(plan)
+                logger.info(plan.summary())
+                return Completed(message=plan.summary(), data=plan)
+            await enforce_budget(plan, settings)
         # The progress artifact is made while the first rows are looked up (round trips at once).
         progress_id, must_run = await asyncio.gather(
             acreate_progress_artifact(
@@ -222,40 +241,48 @@ async def batch_generate(
     return Completed(message=summary, data=result)
 
 
+async def _plan(
+    parsed: list[tuple[int, BatchRow | str]],
+    results: dict[int, RowResult],
+    requests: dict[int, GenerateRequest],
+    lookups: _StoreLookups,
+    settings: GptImageSettings,
+) -> RunPlan:
+    """The batch's plan: every row invalid, found in the store, or a call of ``n`` images."""
+    calls: list[PlannedCall] = []
+    for number, row in parsed:
+        invalid = results.get(number)
+        if invalid is not None:
+            calls.append(PlannedCall(row=number, id=invalid.id, status="invalid", error=invalid.error))
+            continue
+        assert isinstance(row, BatchRow)
+        cached = await lookups.refs(number) is not None
+        status: Literal["cached", "call"] = "cached" if cached else "call"
+        calls.append(PlannedCall(row=number, id=row.id, status=status, images=requests[number].n))
+    return RunPlan(calls=calls, price_per_image=settings.price_per_image)
+
+
 def _rows(
-    prompts: list[str] | None, manifest: str | None, store: ImageStore
+    prompts: list[str] | None, manifest: str | None, store: ImageStore, template: str | None
 ) -> list[tuple[int, BatchRow | str]]:
     if (prompts is None) == (manifest is None):
         raise ValueError("give either prompts or manifest (not both, not neither)")
     if prompts is not None:
+        if template is not None:
+            raise ValueError("prompt_template fills prompts from a manifest's columns: give a manifest")
         return [
             (i, BatchRow(prompt=p) if isinstance(p, str) and p.strip() else "prompt must not be empty")
             for i, p in enumerate(prompts, start=1)
         ]
     assert manifest is not None
-    text = read_manifest_text(manifest, read_s3=_s3_reader(store))
+    if template is not None:
+        template_columns(template)  # a malformed template fails the run before anything is read
     out: list[tuple[int, BatchRow | str]] = []
-    for index, item in enumerate(parse_manifest(text, name=manifest), start=1):
-        if isinstance(item, tuple):
-            out.append((item[0], f"line {item[0]}: {item[1]}"))
-        else:
-            out.append((index, item))
+    records = read_records(manifest, store, require=None if template else "prompt")
+    for index, (line, data) in enumerate(records, start=1):
+        item = batch_row(index, data, template) if isinstance(data, dict) else (line, data)
+        out.append((line, f"line {line}: {item[1]}") if isinstance(item, tuple) else (index, item))
     return out
-
-
-def _s3_reader(store: ImageStore) -> Any:
-    def read(uri: str) -> bytes:
-        from prefect_gpt_image.storage import S3ImageStore, resolve_store
-
-        bucket = uri.split("/", 3)[2]
-        reader = (
-            store
-            if isinstance(store, S3ImageStore) and store.bucket == bucket
-            else resolve_store(f"s3://{bucket}")
-        )
-        return reader.read_bytes(uri)
-
-    return read
 
 
 async def _run_row(

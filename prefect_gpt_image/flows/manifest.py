@@ -16,7 +16,11 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["BatchRow", "parse_manifest", "read_manifest_text"]
+from prefect_gpt_image.storage import ImageStore, S3ImageStore, resolve_store
+
+from .templates import TemplateError, fill_template
+
+__all__ = ["BatchRow", "batch_row", "parse_manifest", "parse_records", "read_manifest_text", "read_records"]
 
 _INT_FIELDS = {"n", "output_compression", "variant", "partial_images"}
 
@@ -40,6 +44,29 @@ class BatchRow(BaseModel):
     def overrides(self) -> dict[str, Any]:
         """The options this row sets (without prompt, variant and id)."""
         return self.model_dump(exclude_none=True, exclude={"prompt", "variant", "id"})
+
+
+def read_records(
+    location: str, store: ImageStore, *, require: str | None = "prompt"
+) -> list[tuple[int, dict[str, Any] | str]]:
+    """The rows of the manifest at ``location`` (see :func:`parse_records`); an ``s3://`` manifest
+    is read with ``store``'s client when it is in the store's bucket, else with boto3's defaults."""
+    return parse_records(
+        read_manifest_text(location, read_s3=_s3_reader(store)), name=location, require=require
+    )
+
+
+def _s3_reader(store: ImageStore) -> Any:
+    def read(uri: str) -> bytes:
+        bucket = uri.split("/", 3)[2]
+        reader = (
+            store
+            if isinstance(store, S3ImageStore) and store.bucket == bucket
+            else resolve_store(f"s3://{bucket}")
+        )
+        return reader.read_bytes(uri)
+
+    return read
 
 
 def read_manifest_text(location: str, read_s3: Any = None) -> str:
@@ -66,11 +93,23 @@ def parse_manifest(text: str, *, name: str = "") -> list[BatchRow | tuple[int, s
 
     The format follows the name's extension, else the first character (``{`` means JSONL).
     """
+    return [
+        _row(line_no, data) if isinstance(data, dict) else (line_no, data)
+        for line_no, data in parse_records(text, name=name, require="prompt")
+    ]
+
+
+def parse_records(
+    text: str, *, name: str = "", require: str | None = None
+) -> list[tuple[int, dict[str, Any] | str]]:
+    """Every row of a CSV (with a header) or JSONL manifest as ``(line, columns)``, or
+    ``(line, reason)`` for a line that is no row; empty CSV cells are left out, the integer
+    options (``n``, ``variant``, ...) read as integers. A CSV must have the column ``require``."""
     stripped = text.lstrip()
     is_jsonl = name.endswith((".jsonl", ".ndjson", ".json")) or (
         not name.endswith(".csv") and stripped.startswith("{")
     )
-    rows: list[BatchRow | tuple[int, str]] = []
+    rows: list[tuple[int, dict[str, Any] | str]] = []
     if is_jsonl:
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -80,11 +119,12 @@ def parse_manifest(text: str, *, name: str = "") -> list[BatchRow | tuple[int, s
             except json.JSONDecodeError as exc:
                 rows.append((line_no, f"not valid JSON: {exc.msg}"))
                 continue
-            rows.append(_row(line_no, data))
+            not_row = f"a row must be an object with a {require!r}" if require else "a row must be an object"
+            rows.append((line_no, data if isinstance(data, dict) else not_row))
         return rows
     reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise ValueError("a CSV manifest needs a header row with a 'prompt' column")
+    if not reader.fieldnames or (require is not None and require not in reader.fieldnames):
+        raise ValueError(f"a CSV manifest needs a header row with a {require or 'column name'!r} column")
     for record in reader:
         line_no = reader.line_num
         data = {k: v for k, v in record.items() if k is not None and v not in (None, "")}
@@ -93,8 +133,24 @@ def parse_manifest(text: str, *, name: str = "") -> list[BatchRow | tuple[int, s
             data[key] = (
                 int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
             )
-        rows.append(_row(line_no, data))
+        rows.append((line_no, data))
     return rows
+
+
+def batch_row(
+    number: int, columns: dict[str, Any], template: str | None = None
+) -> BatchRow | tuple[int, str]:
+    """Row ``number`` of a batch from its manifest ``columns``, or ``(number, reason)``. With a
+    ``template`` the prompt is filled from the columns, and the columns that are no option of
+    :class:`BatchRow` are the template's (not errors)."""
+    if template is None:
+        return _row(number, columns)
+    try:
+        prompt = fill_template(template, columns, where=f"row {number}")
+    except TemplateError as exc:
+        return (number, str(exc))
+    options = {k: v for k, v in columns.items() if k in BatchRow.model_fields and k != "prompt"}
+    return _row(number, {**options, "prompt": prompt})
 
 
 def _row(line_no: int, data: Any) -> BatchRow | tuple[int, str]:

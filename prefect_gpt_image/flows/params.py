@@ -8,7 +8,7 @@ bad value typed in the UI fails the run at once with the field and the rule.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,7 +20,9 @@ from .masks import MaskRegion
 __all__ = [
     "BlendStep",
     "EditStep",
+    "GenerateStep",
     "ImageOptions",
+    "PipelineStep",
     "SizePreset",
     "load_blocks",
     "load_credentials",
@@ -62,27 +64,65 @@ class ImageOptions(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+_NAME = Field(
+    None,
+    pattern=r"^[A-Za-z0-9_-]{1,40}$",
+    description="The step's name, for later steps' inputs and the results; unset: its kind "
+    "(generate, edit, blend).",
+)
+_IMAGE = Field(
+    None,
+    description="The input image: an earlier step's name, a manifest column holding a URI, or a "
+    "path / s3:// / https:// URI; unset: the previous step's image (a first step: the row's "
+    "'image' column).",
+)
+_OPTIONS = Field(None, description="Options of this step; unset ones come from the flow's options.")
+
+
+class GenerateStep(BaseModel):
+    """Generate an image from a prompt (a template filled from the row's columns in batches)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["generate"] = Field("generate", description="A generation.")
+    name: str | None = _NAME
+    prompt: str = Field(description="What to draw, e.g. '{product} on a {surface}'.")
+    options: ImageOptions | None = _OPTIONS
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return _non_empty(value, "generate")
+
+
 class EditStep(BaseModel):
     """Edit the generated image: where (a mask image, or a box) and how (a prompt)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["edit"] = Field("edit", description="An edit (with a mask or a box).")
+    name: str | None = _NAME
     prompt: str = Field(description="How to change the image, e.g. 'add a rainbow in the sky'.")
     mask_uri: str | None = Field(
         None,
-        description="A mask PNG (alpha 0 = edit) as a local path, s3:// or https:// URI; "
-        "or leave empty and give a region.",
+        description="A mask PNG (alpha 0 = edit) as a local path, s3:// or https:// URI (or a "
+        "manifest column holding one); or leave empty and give a region.",
     )
     region: MaskRegion | None = Field(
         None, description="The box to edit, in pixels or fractions (0..1) of the image."
     )
+    image: str | None = _IMAGE
+    references: list[str] = Field(
+        default_factory=list,
+        max_length=15,
+        description="Up to 15 more images sent with the image (URIs, columns or earlier steps).",
+    )
+    options: ImageOptions | None = _OPTIONS
 
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("edit prompt must not be empty")
-        return value
+        return _non_empty(value, "edit")
 
 
 class BlendStep(BaseModel):
@@ -90,13 +130,32 @@ class BlendStep(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["blend"] = Field("blend", description="A blend with references.")
+    name: str | None = _NAME
     prompt: str = Field(description="What to make of the image and the references.")
     references: list[str] = Field(
         min_length=1,
         max_length=15,
-        description="1..15 reference images as local paths, s3:// or https:// URIs "
-        "(the current image is the 16th).",
+        description="1..15 reference images as local paths, s3:// or https:// URIs, manifest "
+        "columns or earlier steps (the current image is the 16th).",
     )
+    image: str | None = _IMAGE
+    options: ImageOptions | None = _OPTIONS
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        return _non_empty(value, "blend")
+
+
+PipelineStep = Annotated[GenerateStep | EditStep | BlendStep, Field(discriminator="kind")]
+"""One step of a pipeline: a generation, an edit or a blend (told apart by ``kind``)."""
+
+
+def _non_empty(value: str, kind: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{kind} prompt must not be empty")
+    return value
 
 
 async def load_blocks(

@@ -1,32 +1,39 @@
 """``image_pipeline``: generate from a prompt, then (optionally) edit with a mask, then (optionally)
-blend with reference images. Every input of every step is checked before the first paid call.
+blend with reference images; ``batch_pipeline``: a chain of such steps for every row of a manifest.
+
+Both run on the one chain engine (:mod:`.chain`): ``image_pipeline`` is its one-row case. Every
+input of every step is checked before the first paid call.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 
-from prefect_gpt_image.api import GenerateRequest, RequestValidationError
-from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
-from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
+from prefect_gpt_image.tasks import ImageRef
 from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.inputs import read_input
 
-from .masks import build_mask
-from .params import (
-    BlendStep,
-    EditStep,
-    ImageOptions,
-    load_blocks,
+from .chain import (
+    ChainResult,
+    ChainRow,
+    plan_chains,
+    publish_chain_markdown,
+    run_batch,
+    run_chains,
+    step_names,
 )
+from .manifest import read_records
+from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep, load_blocks
+from .plan import RunPlan, enforce_budget, has_budget
 
-__all__ = ["PipelineResult", "image_pipeline"]
+__all__ = ["PipelineResult", "batch_pipeline", "image_pipeline"]
 
 PIPELINE_ARTIFACT_KEY = "gpt-image-pipeline"
+BATCH_PIPELINE_KEY = "gpt-image-batch-pipeline"
 
 
 class PipelineResult(BaseModel):
@@ -68,93 +75,113 @@ async def image_pipeline(
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
-    options = options or ImageOptions()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
-    fields = options.fields()
-    common: dict[str, Any] = {
-        "variant": variant,
-        "credentials": credentials,
-        "settings": settings,
-        "storage": store,
-    }
-
-    # Everything that can be checked before paying is checked now.
-    request = GenerateRequest.build(prompt=prompt, **{**settings.request_defaults(), **fields})
+    steps: list[PipelineStep] = [GenerateStep(prompt=prompt)]
+    steps += [step for step in (edit, blend) if step is not None]
+    # One row: every input of every step is checked before the first paid call, as in a batch.
+    plan, prepared = await asyncio.to_thread(
+        plan_chains,
+        [ChainRow(number=1, templates=False)],
+        steps,
+        options=options or ImageOptions(),
+        variant=variant,
+        settings=settings,
+        store=store,
+        lookup=has_budget(settings),
+    )
+    if prepared[0].error is not None:
+        raise prepared[0].error
+    if has_budget(settings):
+        await enforce_budget(plan, settings)
+    result, errors = await run_chains(
+        prepared,
+        variant=variant,
+        credentials=credentials,
+        settings=settings,
+        store=store,
+        batch=False,
+        max_parallel=1,
+        progress_key=None,
+        logger=logger,
+    )
+    if errors:
+        raise next(iter(errors.values()))
+    made = [step.images for step in result.steps]
+    pipeline = PipelineResult(generated=made[0])
     if edit is not None:
-        if edit.mask_uri:
-            mask_image = read_input(edit.mask_uri, store, what="edit.mask_uri", max_bytes=MAX_MASK_BYTES)
-            _check_mask(mask_image, request.dimensions)
-        elif edit.region is not None and request.dimensions is not None:
-            edit.region.pixels(*request.dimensions)
+        pipeline.edited = made[1]
     if blend is not None:
-        for i, reference in enumerate(blend.references):
-            read_input(reference, store, what=f"blend.references[{i}]")
-
-    generated = await generate_image.aio(prompt, **fields, **common)
-    result = PipelineResult(generated=generated)
-    current = generated[0]
-    logger.info("generated %s (%dx%d)", current.uri, current.width, current.height)
-
-    if edit is not None:
-        mask: str | bytes | None = edit.mask_uri
-        if mask is None and edit.region is not None:
-            mask = build_mask(current.width, current.height, edit.region)
-        edit_fields = {**fields, "size": f"{current.width}x{current.height}"}
-        result.edited = await edit_image.aio(edit.prompt, current, mask, **edit_fields, **common)
-        current = result.edited[0]
-        logger.info("edited into %s", current.uri)
-
-    if blend is not None:
-        result.blended = await blend_images.aio(
-            blend.prompt, [current, *blend.references], **fields, **common
-        )
-        logger.info("blended into %s", result.blended[0].uri)
-
-    await acreate_markdown_artifact(
-        markdown=_chain_markdown(prompt, result, edit, blend),
+        pipeline.blended = made[-1]
+    for step in result.steps:
+        logger.info("%s: %s", step.step, step.images[0].uri)
+    await publish_chain_markdown(
+        result,
         key=PIPELINE_ARTIFACT_KEY,
+        title="gpt-image pipeline",
         description=f"gpt-image pipeline: {prompt[:120]}",
     )
-    return result
+    return pipeline
 
 
-def _check_mask(mask: InputImage, size: tuple[int, int] | None) -> None:
-    """The edit's mask rules (contract §3) that hold before the image exists: a PNG with an alpha
-    channel, of the generated image's size when that size is fixed."""
-    rule = None
-    if mask.format != "png":
-        rule = f"must be a PNG, not {mask.format}"
-    elif not mask.has_alpha:
-        rule = "must have an alpha channel (alpha 0 = edit)"
-    elif size is not None and (mask.width, mask.height) != size:
-        rule = f"must have the image's size {size[0]}x{size[1]}, not {mask.width}x{mask.height}"
-    if rule is not None:
-        raise RequestValidationError([("edit.mask_uri", mask.filename, rule)])
+@sync_or_async
+@flow(
+    name="gpt-image-batch-pipeline",
+    description="Run a chain of steps (generate, edit, blend) for every row of a manifest.",
+)
+async def batch_pipeline(
+    manifest: str,
+    steps: list[PipelineStep],
+    options: ImageOptions | None = None,
+    variant: int = 0,
+    max_parallel: int | None = None,
+    plan_only: bool = False,
+    storage: str | None = None,
+    credentials_block: str | None = None,
+    settings_block: str | None = None,
+) -> ChainResult | RunPlan | State[Any]:
+    """Run the same chain of steps for every row of a manifest; a failed step fails its row only.
 
-
-def _chain_markdown(
-    prompt: str, result: PipelineResult, edit: EditStep | None, blend: BlendStep | None
-) -> str:
-    steps: list[tuple[str, str, list[ImageRef]]] = [("generate", prompt, result.generated)]
-    if edit is not None and result.edited:
-        steps.append(("edit", edit.prompt, result.edited))
-    if blend is not None and result.blended:
-        steps.append(("blend", blend.prompt, result.blended))
-    lines = ["# gpt-image pipeline", ""]
-    for number, (name, step_prompt, refs) in enumerate(steps, start=1):
-        ref = refs[0]
-        lines += [
-            f"## {number}. {name}",
-            "",
-            f"> {step_prompt}",
-            "",
-            f"![{name}]({ref.link})" if ref.link else f"`{ref.uri}`",
-            "",
-            f"{ref.width}x{ref.height} {ref.format}, sha256 `{ref.sha256[:16]}`, "
-            f"request id `{ref.request_id or '-'}`, ${ref.cost:.4f}",
-            "",
-            f"stored at `{ref.uri}`"
-            + (f"; made from `{'`, `'.join(p[:16] for p in ref.parents)}`" if ref.parents else ""),
-            "",
-        ]
-    return "\n".join(lines)
+    Args:
+        manifest: A CSV (with a header) or JSONL file, local or s3://, one row per chain; its
+            columns fill the steps' templates and may hold input URIs. An 'id' column is echoed.
+        steps: The chain, in order: generate, edit (a mask URI or a region) and blend
+            (references) steps, each with a prompt template ('{product} on a {surface}'), its own
+            options, and inputs naming an earlier step, a column holding a URI, or a URI.
+        options: Options for every step (a step's own options win); unset ones come from the
+            settings. An edit keeps its image's size unless its own options set one.
+        variant: Change it to get new images for the same rows (part of every step's cache key).
+        max_parallel: Rows in progress at once; unset: twice the settings' concurrency limit.
+        plan_only: Only plan: validate every row and step, look every call up in the store, and
+            report the calls to make and their estimated cost, paying nothing.
+        storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
+            (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
+        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
+        settings_block: Name of a saved GptImageSettings block; unset: the defaults.
+    """
+    logger = get_run_logger()
+    step_names(steps)  # no steps, or a name used twice: the run fails before anything is read
+    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    rows = [
+        ChainRow(
+            number=index,
+            id=str(data["id"]) if isinstance(data, dict) and data.get("id") else None,
+            columns=data if isinstance(data, dict) else None,
+            error=None if isinstance(data, dict) else f"line {line}: {data}",
+        )
+        for index, (line, data) in enumerate(read_records(manifest, store, require=None), start=1)
+    ]
+    logger.info("batch pipeline of %d row(s) x %d step(s)", len(rows), len(steps))
+    return await run_batch(
+        rows,
+        steps,
+        options=options or ImageOptions(),
+        variant=variant,
+        plan_only=plan_only,
+        max_parallel=max_parallel,
+        credentials=credentials,
+        settings=settings,
+        store=store,
+        key=BATCH_PIPELINE_KEY,
+        title="gpt-image batch pipeline",
+        logger=logger,
+    )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import BudgetExceededError
 
-__all__ = ["Reservation", "reserve", "spent"]
+__all__ = ["Reservation", "exceeded_cap", "reserve", "spent"]
 
 _MAX_RUNS = 10_000
 
@@ -54,6 +54,25 @@ class Reservation:
                 totals.cost -= self.cost
 
 
+def exceeded_cap(
+    used_images: int,
+    used_cost: float,
+    images: int,
+    cost: float,
+    *,
+    max_images: int | None,
+    max_cost: float | None,
+) -> str | None:
+    """The cap (``max_images_per_run`` or ``max_cost_per_run``) that ``images`` more images costing
+    ``cost`` would break on top of what is used, or None: the one comparison of the caps, for a
+    call's reservation and a batch's plan alike."""
+    if max_images is not None and used_images + images > max_images:
+        return "max_images_per_run"
+    if max_cost is not None and used_cost + cost > max_cost + 1e-9:
+        return "max_cost_per_run"
+    return None
+
+
 def reserve(
     run_key: str,
     *,
@@ -71,13 +90,14 @@ def reserve(
             totals = _totals[run_key] = _RunTotals()
             while len(_totals) > _MAX_RUNS:
                 _totals.popitem(last=False)
-        if max_images is not None and totals.images + images > max_images:
+        cap = exceeded_cap(totals.images, totals.cost, images, cost, max_images=max_images, max_cost=max_cost)
+        if cap == "max_images_per_run":
             raise BudgetExceededError(
                 f"budget: this call asks for {images} image(s) but the flow run has already used "
                 f"{totals.images} of max_images_per_run={max_images}; nothing was sent",
                 cap="max_images_per_run",
             )
-        if max_cost is not None and totals.cost + cost > max_cost + 1e-9:
+        if cap == "max_cost_per_run":
             raise BudgetExceededError(
                 f"budget: this call would cost about ${cost:.4f} ({images} x ${price_per_image:.4f}) but "
                 f"the flow run has already used ${totals.cost:.4f} of max_cost_per_run=${max_cost:.4f}; "

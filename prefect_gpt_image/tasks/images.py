@@ -235,6 +235,7 @@ async def edit_image(
     image: ImageInput,
     mask: ImageInput | None = None,
     *,
+    references: Sequence[ImageInput] = (),
     n: int = 1,
     size: str | None = None,
     quality: Quality | None = None,
@@ -258,6 +259,8 @@ async def edit_image(
         prompt: How to change the image.
         image: The image: an ImageRef, a path, an s3:// or http(s):// URI, or bytes.
         mask: Optional PNG with an alpha channel, the image's size; alpha 0 marks where to edit.
+        references: Up to 15 more images sent after ``image`` (styles, logos); the mask applies
+            to ``image``.
         n: Number of images, 1..10.
         size: 'auto' or WIDTHxHEIGHT; unset: the settings' size.
         quality: auto, low, medium or high.
@@ -280,7 +283,7 @@ async def edit_image(
     """
     return await _edit(
         prompt,
-        [image],
+        [image, *references],
         mask,
         variant=variant,
         refresh_cache=refresh_cache,

@@ -15,8 +15,9 @@ Prefect's own ``FileSystemLockManager`` keeps a lock for ever unless the caller 
 it also writes the lock file after creating it (a racing reader sees an empty file) and breaks
 expired locks by a plain unlink (two breakers can delete a third caller's fresh lock).
 :class:`ImageLockManager` writes each lock file completely before linking it into place, expires
-locks after ``default_hold_timeout`` seconds unless told otherwise, and breaks a stale lock only if
-the file it removes is the stale one.
+locks after ``default_hold_timeout`` seconds unless told otherwise (at once when the process of this
+machine that took it no longer runs: a run killed mid-call does not stall its rerun), and breaks a
+stale lock only if the file it removes is the stale one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -92,7 +94,9 @@ class ImageLockManager(FileSystemLockManager):
         except (ValueError, KeyError, TypeError):
             # Not written by us (or damaged): treat as held until the default timeout after it
             # was last written, so it cannot block for ever.
-            holder, expires = "", mtime + self.default_hold_timeout
+            holder, expires, info = "", mtime + self.default_hold_timeout, {}
+        if _holder_is_gone(info):
+            expires = 0.0  # its process ended without releasing it (killed): stale at once
         return {"holder": holder, "expires": expires, "raw": raw}
 
     def _path(self, key: str) -> Path:
@@ -130,7 +134,9 @@ class ImageLockManager(FileSystemLockManager):
 
     def _try_acquire(self, key: str, holder: str, hold_timeout: float | None) -> bool:
         hold = self.default_hold_timeout if hold_timeout is None else hold_timeout
-        body = json.dumps({"holder": holder, "expires": time.time() + hold, "pid": os.getpid()}).encode()
+        body = json.dumps(
+            {"holder": holder, "expires": time.time() + hold, "pid": os.getpid(), "host": _HOST}
+        ).encode()
         path = self._path(key)
         current = self._live(key)
         if current is not None and current["holder"] != holder:
@@ -206,6 +212,25 @@ class ImageLockManager(FileSystemLockManager):
                 return False
             await asyncio.sleep(_POLL_SECONDS)
         return True
+
+
+_HOST = socket.gethostname()
+
+
+def _holder_is_gone(info: dict[str, Any]) -> bool:
+    """Whether the lock was taken by a process of this machine that no longer runs (a killed
+    run): its calls were cut off, so waiting for the lock to expire would only stall a rerun.
+    A lock of another machine, or of a process that may still run, waits for its expiry."""
+    pid = info.get("pid") if isinstance(info, dict) else None
+    if info.get("host") != _HOST or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (owned by another user)
+        return False
+    return False
 
 
 def default_lock_dir() -> Path:

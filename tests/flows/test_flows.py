@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect.client.schemas.objects import State
 
 from prefect_gpt_image.flows import (
     BatchResult,
@@ -27,26 +26,7 @@ from tests.support.prefect import flow_run_artifacts, flow_run_logs
 from tests.support.s3 import manifest_in_bucket
 from tests.support.sandbox import billed_images, sandbox_requests
 
-KEY = "sk-flows-SECRET-91b2c3"
-
-
-@pytest.fixture
-def env(
-    prefect_env: Path, make_sandbox: Any, local_s3: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    """A sandbox and an S3 bucket, wired through the environment as a user would."""
-    sandbox = make_sandbox(latency=0.05)
-    monkeypatch.setenv("GPT_IMAGE_API_KEY", KEY)
-    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
-    for name, value in local_s3.env().items():
-        monkeypatch.setenv(name, value)
-    return sandbox, local_s3, f"s3://{s3_bucket}/flows"
-
-
-def run(state: Any) -> State[Any]:
-    """A flow's final state: our flows called from sync code run to completion, as from a script."""
-    assert isinstance(state, State), state
-    return state
+from .conftest import KEY, run
 
 
 def bucket_keys(local_s3: Any, uri: str) -> set[str]:

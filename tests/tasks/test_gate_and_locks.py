@@ -130,18 +130,25 @@ def test_waiter_gets_the_lock_when_released(tmp_path: Path) -> None:
     assert 0.1 < time.monotonic() - started < 2.0
 
 
-def test_stale_lock_of_a_killed_holder_expires(tmp_path: Path) -> None:
-    """A holder killed with SIGKILL never releases: its lock must expire by itself."""
+def test_stale_lock_of_a_killed_holder_is_free_and_a_foreign_one_expires(tmp_path: Path) -> None:
+    """A holder killed with SIGKILL never releases: its lock is free once its process is gone on
+    this machine; a lock taken on another machine (shared folder) waits for its expiry."""
     pid = os.fork()
-    if pid == 0:  # the child takes the lock and is killed at once
-        ImageLockManager(tmp_path).acquire_lock("k", "victim", hold_timeout=1.0)
+    if pid == 0:  # the child takes the locks and is killed at once
+        child = ImageLockManager(tmp_path)
+        child.acquire_lock("k", "victim", hold_timeout=60.0)
+        child.acquire_lock("far", "victim", hold_timeout=1.0)
         os.kill(os.getpid(), signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    far = tmp_path / "far.lock"
+    far.write_text(json.dumps({**json.loads(far.read_text()), "host": "another-machine"}))
     locks = ImageLockManager(tmp_path)
-    assert locks.is_locked("k")
-    assert not locks.acquire_lock("k", "next", acquire_timeout=0)
-    assert locks.acquire_lock("k", "next", acquire_timeout=5)
+    assert not locks.is_locked("k")
+    assert locks.acquire_lock("k", "next", acquire_timeout=0)
+    assert locks.is_locked("far")
+    assert not locks.acquire_lock("far", "next", acquire_timeout=0)
+    assert locks.acquire_lock("far", "next", acquire_timeout=5)
 
 
 def test_default_hold_timeout_applies_and_damaged_files_expire(tmp_path: Path) -> None:

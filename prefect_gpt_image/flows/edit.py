@@ -1,0 +1,111 @@
+"""``batch_edit``: one edit (a prompt, a mask image or a box, references, options) applied to many
+existing images: a folder, an ``s3://bucket/prefix/``, a list of URIs, or a manifest's column.
+
+One paid edit per input; each output keeps a link to its source (its manifest's ``parents``, the
+table's ``source`` column). A region becomes a mask at each image's own size. Inputs the API would
+refuse (not an image, 50 MB or more, a mask of another size, a box outside the image) are
+reported as invalid rows before anything is paid for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+
+from prefect_gpt_image.tasks.dispatch import sync_or_async
+
+from .chain import ChainResult, ChainRow, run_batch
+from .masks import MaskRegion
+from .params import EditStep, ImageOptions, load_blocks
+from .plan import RunPlan
+from .sources import image_sources, is_manifest
+
+__all__ = ["BATCH_EDIT_KEY", "batch_edit"]
+
+BATCH_EDIT_KEY = "gpt-image-batch-edit"
+
+
+@sync_or_async
+@flow(name="gpt-image-batch-edit", description="Apply one edit to many existing images.")
+async def batch_edit(
+    images: str | list[str],
+    prompt: str,
+    mask_uri: str | None = None,
+    region: MaskRegion | None = None,
+    references: list[str] | None = None,
+    options: ImageOptions | None = None,
+    image_column: str = "image",
+    variant: int = 0,
+    max_parallel: int | None = None,
+    plan_only: bool = False,
+    storage: str | None = None,
+    credentials_block: str | None = None,
+    settings_block: str | None = None,
+) -> ChainResult | RunPlan | State[Any]:
+    """Edit every image of a folder, an S3 prefix, a list or a manifest the same way; one bad image
+    never sinks the batch.
+
+    Args:
+        images: A folder, an s3://bucket/prefix/ (every png, jpeg and webp under it), a list of
+            paths or URIs, or a CSV/JSONL manifest whose image_column holds each row's image.
+        prompt: How to change each image, e.g. 'replace the background with a white studio'. With
+            a manifest, a template filled from the row's columns ('{product} on {surface}').
+        mask_uri: A mask PNG (alpha 0 = edit) for every image (all of its size), or a manifest
+            column holding each row's mask; or leave empty and give a region.
+        region: The box to edit, in pixels or fractions (0..1); a mask is built at each image's size.
+        references: Up to 15 more images sent with each one (a logo, a frame, a style).
+        options: Size, quality, format, background; unset size: each image's own (or auto).
+        image_column: The manifest column holding the images.
+        variant: Change it to get new edits of the same inputs (part of the cache key).
+        max_parallel: Images in progress at once; unset: twice the settings' concurrency limit.
+        plan_only: Only plan: check every image, look every edit up in the store, report the
+            edits to make and their estimated cost, paying nothing.
+        storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
+            (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
+        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
+        settings_block: Name of a saved GptImageSettings block; unset: the defaults.
+    """
+    logger = get_run_logger()
+    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    if mask_uri and region is not None:
+        raise ValueError("give mask_uri or region, not both")
+    step = EditStep(
+        prompt=prompt,
+        mask_uri=mask_uri,
+        region=region,
+        image=image_column,
+        references=references or [],
+        options=options,
+    )
+    sources = image_sources(images, store, column=image_column)
+    if not sources:
+        raise ValueError(f"images: no png, jpeg or webp image found in {images!r}")
+    templates = is_manifest(images)
+    rows = [
+        ChainRow(
+            number=s.number,
+            id=str(s.columns["id"]) if templates and s.columns.get("id") else None,
+            columns=s.columns,
+            templates=templates,
+            source=s.uri,
+            error=s.error,
+        )
+        for s in sources
+    ]
+    logger.info("batch edit of %d image(s)", len(rows))
+    return await run_batch(
+        rows,
+        [step],
+        options=ImageOptions(),
+        variant=variant,
+        plan_only=plan_only,
+        max_parallel=max_parallel,
+        credentials=credentials,
+        settings=settings,
+        store=store,
+        key=BATCH_EDIT_KEY,
+        title="gpt-image batch edit",
+        logger=logger,
+    )

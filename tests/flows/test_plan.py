@@ -1,0 +1,85 @@
+"""``plan_only`` and the per-run budget checked against the plan: zero requests for a plan, its
+estimate equal to what the real run bills, a budget below the plan refused before the first request."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect_gpt_image.flows import BatchResult, ImageOptions, batch_generate
+from prefect_gpt_image.flows.plan import RunPlan
+from tests.support.prefect import flow_run_artifacts
+from tests.support.sandbox import billed_images, sandbox_requests
+
+from .conftest import run, saved_settings
+
+OPTIONS = ImageOptions(size="1024x1024", quality="low")
+
+
+def test_batch_plan_pays_nothing_and_matches_the_real_run(env: Any) -> None:
+    sandbox, _, storage = env
+    prompts = ["a red boat", "a blue boat", "a green boat", "   "]
+    early = run(batch_generate(prompts=prompts[:1], options=OPTIONS, storage=storage, return_state=True))
+    assert early.is_completed() and billed_images(sandbox) == 1
+
+    planned = run(
+        batch_generate(
+            prompts=prompts, options=OPTIONS, n=2, plan_only=True, storage=storage, return_state=True
+        )
+    )
+    # one row is cached with n=1 only: with n=2 it is a new request; the empty prompt is invalid
+    assert planned.is_completed(), planned.message
+    plan: RunPlan = planned.result()  # type: ignore[assignment]
+    assert (plan.to_make, plan.images, plan.cache_hits, plan.invalid) == (3, 6, 0, 1)
+    assert len(sandbox_requests(sandbox)) == 1  # the plan sent nothing
+    again = run(
+        batch_generate(
+            prompts=prompts[:3], options=OPTIONS, plan_only=True, storage=storage, return_state=True
+        )
+    )
+    plan = again.result()  # type: ignore[assignment]
+    assert (plan.to_make, plan.images, plan.cache_hits, plan.invalid) == (2, 2, 1, 0)
+    assert abs(plan.cost - 2 * 0.0377) < 1e-9 and "2 call(s) to make" in (again.message or "")
+    table = next(
+        a for a in flow_run_artifacts(again.state_details.flow_run_id) if a["key"] == "gpt-image-plan"
+    )
+    rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert [r["status"] for r in rows] == ["cached", "call", "call"]
+    assert len(sandbox_requests(sandbox)) == 1
+
+    real = run(batch_generate(prompts=prompts[:3], options=OPTIONS, storage=storage, return_state=True))
+    result: BatchResult = real.result()  # type: ignore[assignment]
+    assert result.stored == 3 and billed_images(sandbox) == 1 + plan.images
+
+
+def test_batch_over_budget_fails_before_the_first_request(env: Any) -> None:
+    sandbox, _, storage = env
+    prompts = [f"a kite number {i}" for i in range(4)]
+    state = run(
+        batch_generate(
+            prompts=prompts,
+            options=OPTIONS,
+            storage=storage,
+            settings_block=saved_settings(max_images_per_run=3),
+            return_state=True,
+        )
+    )
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "max_images_per_run=3" in message and "4 call(s) to make for 4 image(s)" in message
+    assert sandbox_requests(sandbox) == []
+    keys = {a["key"] for a in flow_run_artifacts(state.state_details.flow_run_id)}
+    assert "gpt-image-plan" in keys
+
+    # within the cost cap (4 x $0.01 <= $0.05) the batch runs and pays the planned images
+    within = run(
+        batch_generate(
+            prompts=prompts,
+            options=OPTIONS,
+            storage=storage,
+            settings_block=saved_settings(price_per_image=0.01, max_cost_per_run=0.05),
+            return_state=True,
+        )
+    )
+    assert within.is_completed(), within.message
+    assert billed_images(sandbox) == 4
