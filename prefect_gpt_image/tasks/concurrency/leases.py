@@ -39,6 +39,8 @@ IDLE_LEASE_SECONDS = 2.0
 LEASE_SECONDS_ENV = "GPT_IMAGE_LEASE_SECONDS"
 """Environment variable: the duration of a lease of a global-limit slot (default 60 s)."""
 DEFAULT_LEASE_SECONDS = 60.0
+_EXPIRY_MARGIN_SECONDS = 5.0
+"""A lease not renewed for its duration less this is treated as expired (not handed to a call)."""
 MAX_POLL_SECONDS = 1.0
 """Longest wait between two tries of a denied (423) acquisition: slots held by other processes
 are polled at least this often, whatever Retry-After the server suggests."""
@@ -257,15 +259,31 @@ class _LeaseService:
             signal.set()
 
     def unpark(self, key: tuple[str, str]) -> _Lease | None:
-        """A parked lease of limit ``key`` for a new call, or None. Callable from any thread."""
+        """A parked lease of limit ``key`` for a new call, or None. Callable from any thread.
+
+        A lease that may have expired on the server (not renewed for nearly its duration, e.g.
+        while the server is down) is never handed out: it is released, and the call asks for a
+        new one, so no paid call starts without a live lease."""
+        stale: list[_Lease] = []
+        found: _Lease | None = None
+        now = time.monotonic()
         with self._lock:
             parked = self._parked.get(key)
             while parked:
                 lease = parked.pop()
-                if not lease.released:
-                    lease.parked = None
-                    return lease
-        return None
+                if lease.released:
+                    continue
+                lease.parked = None
+                if now - lease.grant.renewed >= lease.grant.duration - _EXPIRY_MARGIN_SECONDS:
+                    stale.append(lease)
+                    continue
+                found = lease
+                break
+        for lease in stale:
+            _log.warning("A concurrency lease of %r was not renewed in time: not reused", lease.key[1])
+            with contextlib.suppress(RuntimeError):  # the loop is closed (at exit)
+                self.submit(self.release(lease))
+        return found
 
     async def release(self, lease: _Lease) -> None:
         """Give the slot ``lease`` back; its server lease goes when none of its slots is held
