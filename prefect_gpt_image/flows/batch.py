@@ -13,11 +13,13 @@ per-call artifacts (the table lists every row's image).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from typing import Any, Literal
 from uuid import UUID
 
+import anyio
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
@@ -372,6 +374,11 @@ async def _run_workers(worker: Any, count: int, settings: Any, logger: Any) -> N
     except BaseException:
         for task in running:
             task.cancel()
+        # Rows whose images are paid for finish storing them before the cancellation goes on.
+        with anyio.CancelScope(shield=True):
+            while not all(task.done() for task in running):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait(running)
         raise
 
 

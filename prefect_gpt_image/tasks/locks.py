@@ -6,9 +6,10 @@ record, the others wait, then find the record. Any Prefect
 
 * the default, :class:`ImageLockManager`, is a ``FileSystemLockManager`` whose locks expire: it
   serializes the processes of one machine (threads, task runners, ``prefect worker`` children);
-* for many machines, install ``prefect-redis`` and call
-  ``use_lock_manager(RedisLockManager(host=..., port=...))`` once per process, e.g. at the top of
-  the flow module.
+* for many machines, ``pip install 'prefect-gpt-image[redis]'`` and set
+  ``GPT_IMAGE_LOCK_URL=redis://host:6379/0`` on every worker: a
+  :class:`~.redis_locks.RedisImageLockManager` (prefect-redis's ``RedisLockManager``, fixed for
+  async callers); or call ``use_lock_manager(...)`` once per process.
 
 Prefect's own ``FileSystemLockManager`` keeps a lock for ever unless the caller passes a
 ``hold_timeout``, so a holder killed with ``kill -9`` blocks its key until a human deletes the file;
@@ -26,6 +27,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -41,21 +43,89 @@ from prefect_gpt_image.storage.local import write_atomically
 __all__ = [
     "DEFAULT_HOLD_TIMEOUT",
     "LOCK_DIR_ENV",
+    "LOCK_URL_ENV",
     "ImageLockManager",
+    "PollingLocks",
     "default_lock_dir",
     "get_lock_manager",
+    "lock_manager_for_url",
     "use_lock_manager",
 ]
 
 LOCK_DIR_ENV = "GPT_IMAGE_LOCK_DIR"
 """Environment variable naming the folder of the default file locks."""
+LOCK_URL_ENV = "GPT_IMAGE_LOCK_URL"
+"""Environment variable naming a shared lock server (``redis://host:6379/0``): locks for many machines."""
 DEFAULT_HOLD_TIMEOUT = 3600.0
 """Seconds a lock is held at most unless the caller says otherwise: longer than the slowest
 image call under the default settings (5 attempts of at most 6 minutes each, plus backoff)."""
 _POLL_SECONDS = 0.05
 
 
-class ImageLockManager(FileSystemLockManager):
+class PollingLocks:
+    """The waiting half of a ``LockManager``, written once for every lock manager here: acquire and
+    wait by polling ``_try_acquire`` / ``is_locked`` (async callers with ``asyncio.sleep``, so a
+    waiting call never blocks its event loop)."""
+
+    def _try_acquire(self, key: str, holder: str, hold_timeout: float | None) -> bool:
+        raise NotImplementedError
+
+    def is_locked(self, key: str) -> bool:
+        """Whether ``key`` is locked by anyone (expired locks are not)."""
+        raise NotImplementedError
+
+    def acquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """Take the lock on ``key`` for ``holder``, waiting up to ``acquire_timeout`` seconds
+        (None: until it is free; 0: no wait). Held ``hold_timeout`` seconds at most (None: the
+        default). Acquiring a lock one holds extends it. Returns whether it was acquired."""
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        while not self._try_acquire(key, holder, hold_timeout):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_SECONDS)
+        return True
+
+    async def aacquire_lock(
+        self,
+        key: str,
+        holder: str,
+        acquire_timeout: float | None = None,
+        hold_timeout: float | None = None,
+    ) -> bool:
+        """:meth:`acquire_lock` for async callers (polls without blocking the event loop)."""
+        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
+        while not self._try_acquire(key, holder, hold_timeout):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_SECONDS)
+        return True
+
+    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """Wait until ``key`` is free (True) or ``timeout`` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(_POLL_SECONDS)
+        return True
+
+    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
+        """:meth:`wait_for_lock` for async callers."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_locked(key):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_SECONDS)
+        return True
+
+
+class ImageLockManager(PollingLocks, FileSystemLockManager):
     """A ``FileSystemLockManager`` whose locks always expire, written and broken atomically.
 
     ``default_hold_timeout`` applies when ``acquire_lock`` gets no ``hold_timeout``; re-acquiring a
@@ -144,38 +214,6 @@ class ImageLockManager(FileSystemLockManager):
         # Held already: extend it (replace our own file); else create it only if nobody did.
         return write_atomically(path, body, overwrite=current is not None)
 
-    def acquire_lock(
-        self,
-        key: str,
-        holder: str,
-        acquire_timeout: float | None = None,
-        hold_timeout: float | None = None,
-    ) -> bool:
-        """Take the lock on ``key`` for ``holder``, waiting up to ``acquire_timeout`` seconds
-        (None: until it is free; 0: no wait). Held ``hold_timeout`` seconds at most (None: the
-        default). Acquiring a lock one holds extends it. Returns whether it was acquired."""
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while not self._try_acquire(key, holder, hold_timeout):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL_SECONDS)
-        return True
-
-    async def aacquire_lock(
-        self,
-        key: str,
-        holder: str,
-        acquire_timeout: float | None = None,
-        hold_timeout: float | None = None,
-    ) -> bool:
-        """:meth:`acquire_lock` for async callers (polls without blocking the event loop)."""
-        deadline = None if acquire_timeout is None else time.monotonic() + acquire_timeout
-        while not self._try_acquire(key, holder, hold_timeout):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(_POLL_SECONDS)
-        return True
-
     def release_lock(self, key: str, holder: str) -> None:
         """Release ``holder``'s lock on ``key``; ValueError if ``holder`` does not hold it
         (it expired and was taken over, or was never taken)."""
@@ -194,24 +232,6 @@ class ImageLockManager(FileSystemLockManager):
         """Whether ``holder`` holds a live lock on ``key``."""
         info = self._live(key)
         return info is not None and info["holder"] == holder
-
-    def wait_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        """Wait until ``key`` is free (True) or ``timeout`` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(_POLL_SECONDS)
-        return True
-
-    async def await_for_lock(self, key: str, timeout: float | None = None) -> bool:
-        """:meth:`wait_for_lock` for async callers."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_locked(key):
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(_POLL_SECONDS)
-        return True
 
 
 _HOST = socket.gethostname()
@@ -243,25 +263,69 @@ def default_lock_dir() -> Path:
 
 _configured: LockManager | None = None
 _defaults: dict[Path, ImageLockManager] = {}
+_by_url: dict[str, LockManager] = {}
 _guard = threading.Lock()
+_REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 
 
 def use_lock_manager(manager: LockManager | None) -> None:
     """Use ``manager`` for every image task of this process (None: back to the default).
 
-    For runs on several machines pass a shared one, e.g. ``prefect_redis.RedisLockManager``.
+    For runs on several machines set ``GPT_IMAGE_LOCK_URL`` instead, or pass a shared manager; a
+    plain ``prefect_redis.RedisLockManager`` is used as a :class:`~.redis_locks.RedisImageLockManager`
+    on the same server (the plain one never releases a lock taken from async code).
     """
     global _configured
     if manager is not None and not isinstance(manager, LockManager):
         raise TypeError(f"expected a prefect LockManager, got {type(manager).__name__}")
+    plain_redis = getattr(sys.modules.get("prefect_redis.locking"), "RedisLockManager", None)
+    if plain_redis is not None and type(manager) is plain_redis:
+        from .redis_locks import RedisImageLockManager
+
+        plain: Any = manager
+        manager = RedisImageLockManager(
+            host=plain.host,
+            port=plain.port,
+            db=plain.db,
+            username=plain.username,
+            password=plain.password,
+            ssl=plain.ssl,
+            connection_url=plain.connection_url,
+        )
     _configured = manager
 
 
+def lock_manager_for_url(url: str) -> LockManager:
+    """The lock manager of a ``GPT_IMAGE_LOCK_URL`` value: Redis locks for ``redis://``,
+    ``rediss://`` and the Sentinel schemes (needs ``prefect-redis``). One per URL per process."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            f"{LOCK_URL_ENV} must start with one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}, "
+            f"not {scheme!r}"  # never the URL itself: it may hold a password
+        )
+    with _guard:
+        manager = _by_url.get(url)
+        if manager is None:
+            try:
+                from .redis_locks import RedisImageLockManager
+            except ImportError as exc:
+                raise RuntimeError(
+                    f"{LOCK_URL_ENV} names a Redis server: pip install 'prefect-gpt-image[redis]' ({exc})"
+                ) from None
+            manager = _by_url[url] = RedisImageLockManager.from_url(url)
+        return manager
+
+
 def get_lock_manager() -> LockManager:
-    """The lock manager image tasks use: the one given to :func:`use_lock_manager`, else an
-    :class:`ImageLockManager` in :func:`default_lock_dir`."""
+    """The lock manager image tasks use: the one given to :func:`use_lock_manager`, else the one
+    ``$GPT_IMAGE_LOCK_URL`` names (Redis), else an :class:`ImageLockManager` in
+    :func:`default_lock_dir`."""
     if _configured is not None:
         return _configured
+    url = os.environ.get(LOCK_URL_ENV, "").strip()
+    if url:
+        return lock_manager_for_url(url)
     directory = default_lock_dir()  # keyed as configured: resolving costs system calls per call
     with _guard:
         manager = _defaults.get(directory)

@@ -17,6 +17,7 @@ URLs, checking the images and storing them do not hold API capacity.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -24,14 +25,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
@@ -63,6 +65,7 @@ from .retry import allow_outcome_unknown_retry, note_maybe_billed
 
 __all__ = ["CallResult", "batch_rows", "in_batch", "run_image_call", "with_links"]
 
+_T = TypeVar("_T")
 _fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
 _BATCH_ROW: ContextVar[bool] = ContextVar("prefect_gpt_image_batch_row", default=False)
 
@@ -204,6 +207,32 @@ async def run_image_call(
             )
 
 
+async def _finish_once_answered(
+    call: Coroutine[Any, Any, _T], answered: Callable[[], bool], logger: Any
+) -> _T:
+    """Await ``call`` (the paid call and the storing of its images). A cancellation (the UI's
+    Cancel, a worker's SIGTERM, Ctrl-C) before the API answered stops the call; after the answer
+    the images are paid for, so it waits until they are stored (or spooled). Either way the call
+    has ended (its connection closed, so the gateway sees it go) before the cancellation goes on."""
+    task = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        paid = answered()
+        if paid:
+            logger.warning("Cancelled after the API answered: storing the paid images first")
+        else:
+            task.cancel()
+        with anyio.CancelScope(shield=True):
+            while not task.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task})
+            await asyncio.sleep(0)  # the connection's close callbacks run
+        if paid and not task.cancelled() and task.exception() is None:
+            logger.warning("The paid images are stored; the cancellation goes on")
+        raise
+
+
 async def _extend_lock(locks: Any, key: str, holder: str, hold: float, taken: float) -> None:
     """Renew the lock for a full ``hold`` once the call got its slot, if waiting for the slot
     used a noticeable part of it (a lock file write saved per call otherwise)."""
@@ -267,73 +296,83 @@ async def _locked_call(
         max_images=settings.max_images_per_run,
         max_cost=settings.max_cost_per_run,
     )
-    images: list[GeneratedImage] | None = None
-    try:
-        config = _client_config(credentials, settings)
-        client = await shared_client(config)
+    paid = False
 
-        def on_retry(event: RetryEvent) -> None:
-            logger.warning(
-                "gpt-image attempt %d failed (request id %s): %s; retrying in %.1f s",
-                event.attempt,
-                event.error.request_id or "-",
-                event.error,
-                event.wait_seconds,
-            )
-            if event.error.maybe_billed:
-                note_maybe_billed(event.error)
+    async def answered(slot: Any) -> None:
+        nonlocal paid
+        paid = True
+        await slot.release()
 
-        async with api_slot(
-            settings.concurrency_limit_name,
-            settings.concurrency_limit,
-            requests_per_minute=settings.requests_per_minute,
-            rate_limit_name=settings.rate_limit_name,
-            lease_seconds=300.0,
-            logger=logger,
-        ) as slot:
-            await extend_lock()
-            # The slot goes back as soon as the API answered: downloading and checking the
-            # results use no API capacity.
-            images = await client.send(
-                request, on_partial=on_partial, on_retry=on_retry, on_answered=slot.release
-            )
-    except GptImageError as exc:
-        if exc.maybe_billed:
-            if settings.retry_outcome_unknown:
-                allow_outcome_unknown_retry(exc)
-                note_maybe_billed(exc)
-        else:
-            reservation.cancel()
-        logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
-        raise
-    except Exception as exc:
-        if images is None:
-            reservation.cancel()
+    async def pay_and_store() -> list[ImageRef]:
+        images: list[GeneratedImage] | None = None
+        try:
+            config = _client_config(credentials, settings)
+            client = await shared_client(config)
+
+            def on_retry(event: RetryEvent) -> None:
+                logger.warning(
+                    "gpt-image attempt %d failed (request id %s): %s; retrying in %.1f s",
+                    event.attempt,
+                    event.error.request_id or "-",
+                    event.error,
+                    event.wait_seconds,
+                )
+                if event.error.maybe_billed:
+                    note_maybe_billed(event.error)
+
+            async with api_slot(
+                settings.concurrency_limit_name,
+                settings.concurrency_limit,
+                requests_per_minute=settings.requests_per_minute,
+                rate_limit_name=settings.rate_limit_name,
+                lease_seconds=300.0,
+                logger=logger,
+            ) as slot:
+                await extend_lock()
+                # The slot goes back as soon as the API answered: downloading and checking the
+                # results use no API capacity.
+                images = await client.send(
+                    request, on_partial=on_partial, on_retry=on_retry, on_answered=partial(answered, slot)
+                )
+        except GptImageError as exc:
+            if exc.maybe_billed:
+                if settings.retry_outcome_unknown:
+                    allow_outcome_unknown_retry(exc)
+                    note_maybe_billed(exc)
+            else:
+                reservation.cancel()
+            logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
             raise
-        # The API answered; only releasing the concurrency slot failed (its lease will expire).
-        logger.warning("Releasing the concurrency slot failed: %s", exc)
+        except Exception as exc:
+            if images is None:
+                reservation.cancel()
+                raise
+            # The API answered; only releasing the concurrency slot failed (its lease will expire).
+            logger.warning("Releasing the concurrency slot failed: %s", exc)
 
-    assert images is not None  # every path without images raised above
-    request_id = images[0].request_id if images else None
-    (logger.debug if _BATCH_ROW.get() else logger.info)(
-        "gpt-image returned %d image(s) (request id %s, about $%.4f)",
-        len(images),
-        request_id or "-",
-        reservation.cost,
-    )
-    refs, manifests = _describe(request, images, store, key, variant, settings, flow_run_id, task_run_id)
-    files = [(image.path if image.path is not None else image.read_bytes()) for image in images]
-    try:
-        linked: list[ImageRef] = await _in_thread(
-            _store_result, store, key, files, refs, manifests, summary, logger
+        assert images is not None  # every path without images raised above
+        request_id = images[0].request_id if images else None
+        (logger.debug if _BATCH_ROW.get() else logger.info)(
+            "gpt-image returned %d image(s) (request id %s, about $%.4f)",
+            len(images),
+            request_id or "-",
+            reservation.cost,
         )
-    except Exception as exc:
-        error = _spool_after_failure(exc, store, key, images, files, refs, manifests, summary, logger)
-        if not isinstance(error, ImagesLostError):
-            discard_downloads(images)
-        raise error from exc
-    discard_downloads(images)
-    refs = linked
+        refs, manifests = _describe(request, images, store, key, variant, settings, flow_run_id, task_run_id)
+        files = [(image.path if image.path is not None else image.read_bytes()) for image in images]
+        try:
+            linked: list[ImageRef] = await _in_thread(
+                _store_result, store, key, files, refs, manifests, summary, logger
+            )
+        except Exception as exc:
+            error = _spool_after_failure(exc, store, key, images, files, refs, manifests, summary, logger)
+            if not isinstance(error, ImagesLostError):
+                discard_downloads(images)
+            raise error from exc
+        discard_downloads(images)
+        return linked
+
+    refs = await _finish_once_answered(pay_and_store(), lambda: paid, logger)
     await _artifacts(
         refs,
         params=params,

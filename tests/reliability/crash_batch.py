@@ -1,28 +1,36 @@
-"""A batch run in its own process, for the crash test to kill with SIGKILL.
+"""A batch run in its own process, for the tests that kill, interrupt or race it.
 
-``python -m tests.reliability.crash_batch PROMPTS_FILE STORAGE SETTINGS_BLOCK MAX_PARALLEL HOLD``:
+``python -m tests.reliability.crash_batch PROMPTS_FILE STORAGE SETTINGS_BLOCK MAX_PARALLEL HOLD [GO_FILE]``:
 runs ``batch_generate`` against the Prefect server of ``PREFECT_API_URL``, the key and base URL of
-``GPT_IMAGE_API_KEY`` / ``GPT_IMAGE_BASE_URL``, the lock folder of ``GPT_IMAGE_LOCK_DIR``.
+``GPT_IMAGE_API_KEY`` / ``GPT_IMAGE_BASE_URL``, the locks of ``GPT_IMAGE_LOCK_DIR`` (or
+``GPT_IMAGE_LOCK_URL``).
 
 ``HOLD`` replaces ``GptImageSettings.call_deadline_seconds()`` (the time a call's lock is held at
 most, over three minutes with any settings) so the test can watch a dead holder's lock expire
-in seconds instead of minutes. Nothing else is changed.
+in seconds instead of minutes. With ``GO_FILE`` the process imports everything, prints ``ready``
+and waits for that file to exist before it starts the batch, so that several processes start
+theirs at the same moment. Nothing else is changed.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
-    prompts_file, storage, settings_block, max_parallel, hold = argv
+    prompts_file, storage, settings_block, max_parallel, hold, *go = argv
     from prefect_gpt_image.blocks import GptImageSettings
     from prefect_gpt_image.flows import batch_generate
 
     GptImageSettings.call_deadline_seconds = lambda self: float(hold)  # type: ignore[method-assign]
     prompts = json.loads(Path(prompts_file).read_text())
+    if go:
+        print("ready", flush=True)
+        while not Path(go[0]).exists():
+            time.sleep(0.005)
     state = batch_generate(
         prompts=prompts,
         storage=storage,

@@ -10,7 +10,6 @@ worker got there first; the other finds its cache record). Everything is stopped
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from prefect_gpt_image.local_s3 import LocalS3Server
 from tests.support.prefect import use_postgres
 
 from .conftest import CANARY_KEY, REPO_ROOT, bucket_objects, fast_settings, s3_storage_block
+from .workers import child_env
 
 LIMIT = 3
 """The global concurrency limit shared by every worker."""
@@ -70,23 +70,6 @@ class Cluster:
         return "\n".join(parts).replace(CANARY_KEY, "***")
 
 
-def _child_env(server: LocalPrefectServer, home: Path, **extra: str) -> dict[str, str]:
-    """A worker's environment, as on its own machine: no key, no AWS variables, its own home."""
-    drop = ("PREFECT_", "AWS_", "GPT_IMAGE_", "OPENAI_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(server.env(home))
-    env.update(
-        {
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
-            "PREFECT_LOGGING_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
-            **extra,
-        }
-    )
-    return env
-
-
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="gpt-image-scale-"))
@@ -111,7 +94,7 @@ def cluster() -> Iterator[Cluster]:
                 "--type",
                 "process",
             ],
-            env=_child_env(server, cli_home),
+            env=child_env(server, cli_home),
             check=True,
             capture_output=True,
             timeout=120,
@@ -139,7 +122,7 @@ def cluster() -> Iterator[Cluster]:
                         "--name",
                         f"worker-{i}",
                     ],
-                    env=_child_env(
+                    env=child_env(
                         server,
                         worker_home,
                         GPT_IMAGE_LOCK_DIR=str(lock_dir),

@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import logging
+import os
 import random
 import threading
 import time
@@ -25,17 +26,45 @@ from prefect.context import SettingsContext
 
 from .limits import _registry_lock, _server_key
 
-__all__ = ["IDLE_LEASE_SECONDS", "MAX_POLL_SECONDS"]
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "IDLE_LEASE_SECONDS",
+    "LEASE_SECONDS_ENV",
+    "MAX_POLL_SECONDS",
+    "lease_seconds",
+]
 
 IDLE_LEASE_SECONDS = 2.0
 """Longest time a lease not used by any call is kept (for the next call) before it is released."""
-_PREFETCH_LEASE_SECONDS = 300.0
+LEASE_SECONDS_ENV = "GPT_IMAGE_LEASE_SECONDS"
+"""Environment variable: the duration of a lease of a global-limit slot (default 60 s)."""
+DEFAULT_LEASE_SECONDS = 60.0
+_EXPIRY_MARGIN_SECONDS = 5.0
+"""A lease not renewed for its duration less this is treated as expired (not handed to a call)."""
 MAX_POLL_SECONDS = 1.0
 """Longest wait between two tries of a denied (423) acquisition: slots held by other processes
 are polled at least this often, whatever Retry-After the server suggests."""
 
 _log = logging.getLogger("prefect_gpt_image.tasks.concurrency")
 _T = TypeVar("_T")
+
+
+def lease_seconds() -> float:
+    """How long a lease of a slot lasts unless renewed (``$GPT_IMAGE_LEASE_SECONDS``, default and
+    least 60 s, the shortest the server accepts; it was 300 s).
+
+    Held leases are renewed at half their duration, so a call may outlive a Prefect server outage
+    of about half of it; a process killed with its leases (SIGKILL, a worker's shutdown) leaves its
+    slots taken until the server's repossessor (every 15 s) finds them expired.
+    """
+    raw = os.environ.get(LEASE_SECONDS_ENV, "").strip()
+    try:
+        value = float(raw) if raw else DEFAULT_LEASE_SECONDS
+    except ValueError:
+        raise ValueError(f"{LEASE_SECONDS_ENV} must be a number of seconds, not {raw!r}") from None
+    if value < 60:  # the server refuses shorter leases (HTTP 422)
+        raise ValueError(f"{LEASE_SECONDS_ENV} must be at least 60 seconds, not {value:g}")
+    return value
 
 
 class _LimitNotFound(Exception):
@@ -230,15 +259,31 @@ class _LeaseService:
             signal.set()
 
     def unpark(self, key: tuple[str, str]) -> _Lease | None:
-        """A parked lease of limit ``key`` for a new call, or None. Callable from any thread."""
+        """A parked lease of limit ``key`` for a new call, or None. Callable from any thread.
+
+        A lease that may have expired on the server (not renewed for nearly its duration, e.g.
+        while the server is down) is never handed out: it is released, and the call asks for a
+        new one, so no paid call starts without a live lease."""
+        stale: list[_Lease] = []
+        found: _Lease | None = None
+        now = time.monotonic()
         with self._lock:
             parked = self._parked.get(key)
             while parked:
                 lease = parked.pop()
-                if not lease.released:
-                    lease.parked = None
-                    return lease
-        return None
+                if lease.released:
+                    continue
+                lease.parked = None
+                if now - lease.grant.renewed >= lease.grant.duration - _EXPIRY_MARGIN_SECONDS:
+                    stale.append(lease)
+                    continue
+                found = lease
+                break
+        for lease in stale:
+            _log.warning("A concurrency lease of %r was not renewed in time: not reused", lease.key[1])
+            with contextlib.suppress(RuntimeError):  # the loop is closed (at exit)
+                self.submit(self.release(lease))
+        return found
 
     async def release(self, lease: _Lease) -> None:
         """Give the slot ``lease`` back; its server lease goes when none of its slots is held

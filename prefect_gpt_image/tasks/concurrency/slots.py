@@ -64,12 +64,13 @@ async def api_slot(
     *,
     requests_per_minute: int | None = None,
     rate_limit_name: str | None = None,
-    lease_seconds: float = 300.0,
+    lease_seconds: float | None = None,
     logger: Any = None,
 ) -> AsyncIterator[ApiSlot]:
     """Hold what one paid call needs: a local gate slot, a lease of one slot of global limit
     ``name`` (created with ``slots`` if missing; an error if it cannot be found) and, with
-    ``requests_per_minute``, a token of the rate limit ``rate_limit_name``. Yields an
+    ``requests_per_minute``, a token of the rate limit ``rate_limit_name``. ``lease_seconds``: the
+    lease's duration (default :func:`~.leases.lease_seconds`). Yields an
     :class:`ApiSlot` that may be released before the block ends."""
     info = await ensure_limit(name, slots, logger=logger)
     if not info.active and logger is not None:
@@ -78,7 +79,8 @@ async def api_slot(
     arrived(_server_key(name))  # waiting at the gate from now on, if it must wait
     await gate.acquire_async()
     try:
-        lease = await _take_lease(name, slots, lease_seconds, logger) if info.active else None
+        duration = leases.lease_seconds() if lease_seconds is None else lease_seconds
+        lease = await _take_lease(name, slots, duration, logger) if info.active else None
     except BaseException:
         gate.release()
         raise
@@ -169,7 +171,7 @@ async def hold_slots(
             if info.active:
                 fetcher = _service_for(name)
                 count = min(prefetch, info.limit)
-                fetching.append(fetcher.submit(fetcher.prefetch(name, leases._PREFETCH_LEASE_SECONDS, count)))
+                fetching.append(fetcher.submit(fetcher.prefetch(name, leases.lease_seconds(), count)))
         yield
     finally:
         for future in fetching:  # none left outstanding (they never wait for a busy limit)

@@ -1,0 +1,104 @@
+"""Ctrl-C (SIGINT to the process group, as a terminal sends it) of a script running
+``batch_generate``, with calls in flight: the script stops within 10 s, every image the sandbox
+delivered is in the store (or the spool), and no lock or global-limit slot is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from prefect_gpt_image.local_prefect import stop_process
+
+from .conftest import CANARY_KEY, REPO_ROOT, fast_settings, image_files, save_block, walk_files
+
+ROWS = 12
+LATENCY = 1.0
+PARALLEL = 4
+
+
+def delivered_images(sandbox: Any) -> set[str]:
+    """The sha256 of every image the sandbox billed and delivered."""
+    return {img["sha256"] for e in sandbox.ledger.entries if e["delivered"] for img in e["images"]}
+
+
+def spooled_images(spool: Path) -> set[str]:
+    """The sha256 of every image waiting in a spool folder."""
+    return {p.stem for p in walk_files(spool) if p.suffix in (".png", ".jpeg", ".webp")}
+
+
+def test_ctrl_c_of_a_batch_script_stops_keeps_what_was_paid_and_leaves_nothing(
+    rel_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = make_sandbox(latency=LATENCY)
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    locks = Path(os.environ["GPT_IMAGE_LOCK_DIR"])
+    spool = Path(os.environ["GPT_IMAGE_SPOOL"])
+    storage = tmp_path / "images"
+    settings = fast_settings(concurrency_limit=PARALLEL)
+    settings_block = save_block(settings, "rel-sigint")
+    prompts_file = tmp_path / "prompts.json"
+    prompts_file.write_text(json.dumps([f"sigint row {i:02d}: a kite over dunes" for i in range(ROWS)]))
+    log_path = tmp_path / "batch.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.reliability.crash_batch",
+                str(prompts_file),
+                str(storage),
+                settings_block,
+                str(PARALLEL),
+                "600",
+            ],
+            cwd=REPO_ROOT,
+            env=dict(os.environ),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (
+            len([e for e in sandbox.ledger.entries if e["delivered"]]) >= PARALLEL
+            and sandbox.ledger.in_flight >= 2
+        ):
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no calls in flight came"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        try:
+            code = process.wait(10)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the script did not stop within 10 s of Ctrl-C:\n{log_path.read_text()[-3000:]}")
+        took = time.monotonic() - interrupted
+    finally:
+        stop_process(process)
+    output = log_path.read_text(errors="replace")
+    assert CANARY_KEY not in output
+    assert code != 0, output[-3000:]
+
+    # wait for the calls that were in flight to end on the sandbox side (billed or not)
+    deadline = time.monotonic() + LATENCY + 5
+    while sandbox.ledger.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kept = {p.stem for p in image_files(storage / "images")} | spooled_images(spool)
+    assert delivered_images(sandbox) <= kept, output[-3000:]
+    assert list(locks.glob("*.lock")) == [], output[-3000:]
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(settings.concurrency_limit_name)
+    assert limit.active_slots == 0, output[-3000:]
+
+    print(f"stopped {took:.2f} s after Ctrl-C; exit code {code}")
