@@ -13,22 +13,25 @@ per-call artifacts (the table lists every row's image).
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import time
 from collections import Counter
+from functools import partial
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect.states import Completed, Failed
-from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.storage import ImageStore
-from prefect_gpt_image.tasks import ImageRef, generate_image
+from prefect_gpt_image.tasks import ImageRef
 from prefect_gpt_image.tasks.cache import cache_key, read_record
 from prefect_gpt_image.tasks.concurrency import (
     ensure_limit,
@@ -37,8 +40,8 @@ from prefect_gpt_image.tasks.concurrency import (
     slots_in_use,
 )
 from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
-from prefect_gpt_image.tasks.retry import collect_maybe_billed
+from prefect_gpt_image.tasks.pipeline import batch_rows, run_image_call, with_links
+from prefect_gpt_image.tasks.retry import collect_maybe_billed, with_retries
 
 from .manifest import BatchRow, parse_manifest, read_manifest_text
 from .params import ImageOptions, load_blocks
@@ -47,6 +50,10 @@ __all__ = ["BatchResult", "RowResult", "batch_generate"]
 
 BATCH_TABLE_KEY = "gpt-image-batch"
 BATCH_PROGRESS_KEY = "gpt-image-batch-progress"
+TABLE_ROWS = 1000
+"""Rows the table artifact lists at most; a larger batch's full table is a CSV report in the store."""
+REPORT_FOLDER = "reports"
+"""The folder of the CSV reports of large batches, under the store's prefix."""
 _PROGRESS_INTERVAL = 1.0
 _CACHE_LOOKUPS = 16
 _FIRST_WAVE_WAIT = 3.0
@@ -167,14 +174,16 @@ async def batch_generate(
         async def worker() -> None:
             while True:
                 try:
-                    number, row, fields = queue.get_nowait()
+                    number, row, _ = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 refs = await lookups.refs(number)
                 if refs is not None:
                     results[number] = _stored(number, row, refs)
                 else:
-                    made = await _run_row(number, row, fields, variant, credentials, settings, store)
+                    made = await _run_row(
+                        number, row, requests[number], variant, credentials, settings, store
+                    )
                     results[number] = made
                     if made.status != "stored":
                         logger.warning("row %d failed: %s", number, made.error)
@@ -200,15 +209,12 @@ async def batch_generate(
         lookups.cancel()
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
+    table, description = await _table(result, total, store, logger)
     # The kept slots go back while the artifacts are written (three round trips at once).
     await asyncio.gather(
         release_idle_leases(settings.concurrency_limit_name),
         progress.finish(),
-        acreate_table_artifact(
-            table=[_table_row(r) for r in result.rows],
-            key=BATCH_TABLE_KEY,
-            description=f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}",
-        ),
+        acreate_table_artifact(table=table, key=BATCH_TABLE_KEY, description=description),
     )
     found = f"{lookups.hits} found in the store"
     summary = f"{result.stored} of {total} rows stored (${result.cost:.4f}; {found})"
@@ -261,23 +267,30 @@ def _s3_reader(store: ImageStore) -> Any:
 async def _run_row(
     number: int,
     row: BatchRow,
-    fields: dict[str, Any],
+    request: GenerateRequest,
     variant: int,
     credentials: Any,
     settings: Any,
     store: ImageStore,
 ) -> RowResult:
+    """Make row ``number``'s images: the image call itself, with the image tasks' retries, but
+    no Prefect task run of its own (a task run per row cost the flow process and the Prefect
+    server more CPU per row than the rest of the row; the table artifact lists every row)."""
     with collect_maybe_billed() as lost:
         try:
-            # quote(): the same three objects for every row; Prefect need not walk through them
-            # looking for futures (a few milliseconds of the event loop per row).
-            images: list[ImageRef] = await generate_image.aio(
-                row.prompt,
-                **fields,
-                variant=row.variant if row.variant is not None else variant,
-                credentials=quote(credentials),
-                settings=quote(settings),
-                storage=quote(store),
+            made = await with_retries(
+                partial(
+                    run_image_call,
+                    request,
+                    variant=row.variant if row.variant is not None else variant,
+                    refresh_cache=False,
+                    credentials=credentials,
+                    settings=settings,
+                    store=store,
+                    on_partial=None,
+                ),
+                logger=get_run_logger(),
+                what=f"Batch row {number}",
             )
         except Exception as exc:  # one bad row must not sink the batch: record it and go on
             request_id = exc.request_id if isinstance(exc, GptImageError) else None
@@ -291,7 +304,7 @@ async def _run_row(
                 request_id=request_id,
                 maybe_billed=[rid for rid in lost if rid != request_id],
             )
-    return _stored(number, row, images, maybe_billed=lost)
+    return _stored(number, row, made.refs, maybe_billed=lost)
 
 
 def _stored(
@@ -324,6 +337,47 @@ def _table_row(r: RowResult) -> dict[str, Any]:
         "cost": round(sum(ref.cost for ref in r.images), 4),
         "error": (r.error or "")[:300],
     }
+
+
+async def _table(
+    result: BatchResult, total: int, store: ImageStore, logger: Any
+) -> tuple[list[dict[str, Any]], str]:
+    """The table artifact's rows and description. Up to :data:`TABLE_ROWS` rows it lists every
+    row; a larger batch lists its failed and invalid rows first, then stored ones up to that
+    many, and its full table goes to the store as a CSV report linked from the description (the
+    UI renders a table of 10,000 rows slowly, and the server stores it as one JSON value)."""
+    description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
+    if len(result.rows) <= TABLE_ROWS:
+        return [_table_row(r) for r in result.rows], description
+    failed = [r for r in result.rows if r.status != "stored"]
+    shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
+    table = [_table_row(r) for r in shown]
+    try:
+        key = store.key(REPORT_FOLDER, f"batch-{_flow_run_id()}.csv")
+        link = await asyncio.to_thread(_write_report, store, key, result.rows)
+    except Exception as exc:  # the table still lists the failures
+        logger.warning("Writing the batch's CSV report failed: %s", exc)
+        return table, f"{description}; {len(shown)} of {total} rows shown (failed first)"
+    return (
+        table,
+        f"{description}; {len(shown)} of {total} rows shown (failed first); every row: [CSV]({link})",
+    )
+
+
+def _flow_run_id() -> str:
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return str(run.id) if run is not None else uuid4().hex
+
+
+def _write_report(store: ImageStore, key: str, rows: list[RowResult]) -> str:
+    """Write every row's table line to ``key`` as CSV; a link to it."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(_table_row(rows[0]).keys()))
+    writer.writeheader()
+    writer.writerows(_table_row(r) for r in rows)
+    store.put_bytes(key, out.getvalue().encode(), "text/csv")
+    return store.link_for(key)
 
 
 async def _run_workers(worker: Any, count: int, settings: Any, logger: Any) -> None:

@@ -224,7 +224,11 @@ class ImageStore(ABC):
     def put_json(self, key: str, obj: Any) -> None:
         """Write a small JSON record at ``key`` (overwriting), with Content-Type application/json."""
         data = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).encode()
-        self._write(check_key(key), data, JSON_CONTENT_TYPE)
+        self.put_bytes(key, data, JSON_CONTENT_TYPE)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Write ``data`` at ``key`` (overwriting) with ``content_type``: a report or a record."""
+        self._write(check_key(key), data, content_type)
 
     def get_json(self, key: str) -> Any:
         """The JSON record at ``key``, or None if there is none."""
