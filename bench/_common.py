@@ -306,15 +306,17 @@ def save_settings(name: str, **fields: Any) -> str:
     return name
 
 
-def run_batch(prompts: list[str], **kwargs: Any) -> tuple[float, Any]:
-    """Run the ``batch_generate`` flow on a fresh event loop; (wall seconds, BatchResult)."""
+def run_batch(prompts: list[str] | None, **kwargs: Any) -> tuple[float, Any]:
+    """Run the ``batch_generate`` flow on a fresh event loop; (wall seconds, BatchResult).
+    ``prompts=None``: the rows come from ``manifest=...`` in ``kwargs``."""
     import asyncio
 
     from prefect_gpt_image.flows import batch_generate
 
     async def go() -> tuple[float, Any]:
         started = time.perf_counter()
-        state = await batch_generate(prompts=prompts, return_state=True, **kwargs)
+        rows = {"prompts": prompts} if prompts is not None else {}
+        state = await batch_generate(**rows, return_state=True, **kwargs)
         elapsed = time.perf_counter() - started
         return elapsed, await state.aresult(raise_on_failure=False)
 

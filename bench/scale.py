@@ -21,6 +21,7 @@ Usage: ``python bench/scale.py [--n 1000,5000,10000] [--k 64] [--latency 1.0] [-
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import math
 import os
@@ -96,6 +97,17 @@ class PrefectRequests:
 
 def _prompts(tag: str, n: int) -> list[str]:
     return [f"scale {tag} #{i}: a lighthouse on a cliff at dawn, watercolor" for i in range(n)]
+
+
+def _manifest(root: Path, tag: str, n: int) -> Path:
+    """A CSV manifest of ``n`` prompts, as a nightly job gets them: a list of 5,000 prompts as
+    a flow parameter is over Prefect's 512 KB limit of a flow run's parameters."""
+    path = root / f"manifest-{tag.replace(' ', '-')}.csv"
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["id", "prompt"])
+        writer.writerows((f"r{i}", prompt) for i, prompt in enumerate(_prompts(tag, n)))
+    return path
 
 
 class UiProbe:
@@ -196,7 +208,7 @@ def _measure(
     """One batch of ``n`` rows (prompts of ``tag``): a table row."""
     common.wait_server_idle(stack)
     sandbox.reset()
-    prompts = _prompts(tag, n)
+    manifest = _manifest(stack.root, tag, n)
     before_rss = common.rss_mb()
     before_s3, before_api = s3.snapshot(), api.snapshot()
     db = stack.db_pids()
@@ -206,7 +218,11 @@ def _measure(
         probe.start()
     with common.profiled(profile), common.PeakRSS() as peak:
         wall, result = common.run_batch(
-            prompts, options=options, storage=f"s3://bench/scale-{n}", settings_block=settings
+            None,
+            manifest=str(manifest),
+            options=options,
+            storage=f"s3://bench/scale-{n}",
+            settings_block=settings,
         )
     own1 = os.times()
     server_cpu = common.cpu_seconds([stack.server_pid]) - server0
@@ -315,7 +331,8 @@ def main() -> int:
             sb.reset()
             before_s3 = s3.snapshot()
             wall, again = common.run_batch(
-                _prompts(f"first {largest}", largest),
+                None,
+                manifest=str(_manifest(stack.root, f"first {largest}", largest)),
                 options=options,
                 storage=f"s3://bench/scale-{largest}",
                 settings_block=settings,

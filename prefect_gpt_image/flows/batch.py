@@ -2,12 +2,15 @@
 able to override options, fanned out under the shared concurrency limit.
 
 Every row is validated before anything is paid for. One failed row does not stop the others; the
-final state says how many failed and why, and a table artifact lists every row.
+final state says how many failed and why, and a table artifact lists the rows (over
+:data:`TABLE_ROWS`, the failed ones first, and every row in a CSV report in the store).
 
-Rows whose images are already in the store (a rerun) are served from the cache records at once,
-without a task run; the others run as ``generate_image`` tasks, holding their concurrency slots
-for the batch (see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no
-per-call artifacts (the table lists every row's image).
+Rows whose images are already in the store (a rerun) are served from the cache records at once;
+the others run the image call of ``generate_image`` (its lock, cache record, spool, budget and
+limits, and its retries) inside the flow run, without a task run per row (one cost more server
+and flow-process CPU than the rest of the row), holding their concurrency slots for the batch
+(see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no per-call
+artifacts (the table lists every row's image).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.storage import ImageStore
+from prefect_gpt_image.storage.base import IMAGES_FOLDER
 from prefect_gpt_image.tasks import ImageRef
-from prefect_gpt_image.tasks.cache import cache_key, read_record
+from prefect_gpt_image.tasks.cache import CACHE_FOLDER, cache_key, read_record, record_name
 from prefect_gpt_image.tasks.concurrency import (
     ensure_limit,
     hold_slots,
@@ -56,6 +60,10 @@ REPORT_FOLDER = "reports"
 """The folder of the CSV reports of large batches, under the store's prefix."""
 _PROGRESS_INTERVAL = 1.0
 _CACHE_LOOKUPS = 16
+_LIST_PAGE = 1000
+_LISTED_PER_ROW = 4
+"""A folder is listed while it holds at most this many objects per row of the batch (1,000 at
+least): beyond, asking for each row costs fewer requests."""
 _FIRST_WAVE_WAIT = 3.0
 
 
@@ -454,10 +462,12 @@ class _StoreLookups:
     """Cache lookups of a batch's rows, all started at once (at most ``_CACHE_LOOKUPS`` in flight,
     in row order) while the first rows run, so a first run does not wait for the whole search.
 
-    A row whose record is found gets its result at once, without a task run: a rerun of a whole
-    batch costs one store lookup per row instead of a Prefect task run per row. Only a certain hit
-    counts: a row whose record is missing, damaged or unreadable goes to the task, which looks
-    again under its lock (and finds spooled images). Nothing is looked up under a refresh.
+    The cache folder and the images folder are listed first (a request per 1,000 names), while
+    they hold at most a few times as many objects as the batch has rows: a row whose record is
+    not listed is a miss without a request of its own, and an image listed needs no HEAD. A row
+    whose record is found gets its result at once, without an image call. Only a certain hit
+    counts: a row whose record is missing, damaged or unreadable goes to the image call, which
+    looks again under its lock (and finds spooled images). Nothing is looked up under a refresh.
     """
 
     def __init__(
@@ -473,17 +483,34 @@ class _StoreLookups:
         self._store, self._logger = store, logger
         self._gate = asyncio.Semaphore(_CACHE_LOOKUPS)
         self._found: dict[int, asyncio.Task[list[ImageRef] | None]] = {}
+        self._images: asyncio.Future[set[str] | None] | None = None  # listed at the first hit
+        self._records: asyncio.Future[set[str] | None] | None = None
         if PREFECT_TASKS_REFRESH_CACHE.value():
             return
+        self._at_most = _LISTED_PER_ROW * max(len(todo), _LIST_PAGE)
+        self._records = asyncio.ensure_future(self._list(CACHE_FOLDER))
         for number, row, _ in todo:
             key = cache_key(requests[number], row.variant if row.variant is not None else variant)
             self._found[number] = asyncio.ensure_future(self._lookup(number, key))
 
+    async def _list(self, folder: str) -> set[str] | None:
+        try:
+            return await asyncio.to_thread(self._store.list_names, folder, at_most=self._at_most)
+        except Exception as exc:  # e.g. no list permission: ask for each row instead
+            self._logger.debug("listing %s failed: %s", folder, exc)
+            return None
+
     async def _lookup(self, number: int, key: str) -> list[ImageRef] | None:
+        records = await self._records if self._records is not None else None
+        if records is not None and record_name(key) not in records:
+            return None  # not stored when listed: the image call looks again under its lock
         async with self._gate:
+            if self._images is None:
+                self._images = asyncio.ensure_future(self._list(IMAGES_FOLDER))
+            images = await self._images
             try:
-                refs = await asyncio.to_thread(_cached_refs, self._store, key, self._logger)
-            except Exception as exc:  # the task will look again and report a store failure
+                refs = await asyncio.to_thread(_cached_refs, self._store, key, images or set(), self._logger)
+            except Exception as exc:  # the image call will look again and report a store failure
                 self._logger.debug("cache lookup of row %d failed: %s", number, exc)
                 return None
         if refs is not None:
@@ -507,11 +534,16 @@ class _StoreLookups:
 
     def cancel(self) -> None:
         """Stop the lookups still waiting (the batch ended or failed)."""
-        for lookup in self._found.values():
+        lookups: list[asyncio.Future[Any]] = [*self._found.values(), *self._listings()]
+        for lookup in lookups:
             lookup.cancel()
 
+    def _listings(self) -> list[asyncio.Future[set[str] | None]]:
+        return [f for f in (self._records, self._images) if f is not None]
 
-def _cached_refs(store: ImageStore, key: str, logger: Any) -> list[ImageRef] | None:
-    """The refs of cache record ``key`` with fresh links, or None."""
-    refs = read_record(store, key)
+
+def _cached_refs(store: ImageStore, key: str, stored: set[str], logger: Any) -> list[ImageRef] | None:
+    """The refs of cache record ``key`` with fresh links, or None (``stored``: image names
+    known to be in the store)."""
+    refs = read_record(store, key, stored)
     return None if refs is None else with_links(store, refs, logger)
