@@ -21,10 +21,11 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
 
-# The five benchmarks of bench/README.md, one after another (about 6 minutes on 2 cores).
+# The benchmarks of bench/README.md, one after another (about 15 minutes on 2 cores; scale.py,
+# 1,000 to 10,000 rows and a rerun, about 6 of them on a quiet machine).
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	for b in throughput overhead rerun memory stream compose; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in throughput overhead rerun memory stream compose scale; do $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/throughput.py --n 1000
 
 lint: $(BIN)/.installed

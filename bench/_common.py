@@ -141,8 +141,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def start_stack(db: str = "auto") -> Iterator[Stack]:
-    """A temporary root folder and a Prefect server; this process's environment points at them.
+def start_stack(db: str = "auto", *, ui: bool = False) -> Iterator[Stack]:
+    """A temporary root folder and a Prefect server (serving its UI too with ``ui``); this
+    process's environment points at them.
 
     Sets ``PREFECT_API_URL``, a temporary ``PREFECT_HOME`` (results, locks), ``GPT_IMAGE_SPOOL``,
     ``GPT_IMAGE_API_KEY`` and ``DO_NOT_TRACK=1``. Call it before importing ``prefect``.
@@ -153,7 +154,10 @@ def start_stack(db: str = "auto") -> Iterator[Stack]:
     root = Path(tempfile.mkdtemp(prefix="gpt-image-bench-"))
     try:
         with LocalPrefectServer(
-            root / "server-home", database=cast(DatabaseChoice, db), startup_timeout=_STARTUP_TIMEOUT
+            root / "server-home",
+            database=cast(DatabaseChoice, db),
+            ui=ui,
+            startup_timeout=_STARTUP_TIMEOUT,
         ) as server:
             home = root / "home"
             home.mkdir()
@@ -302,15 +306,17 @@ def save_settings(name: str, **fields: Any) -> str:
     return name
 
 
-def run_batch(prompts: list[str], **kwargs: Any) -> tuple[float, Any]:
-    """Run the ``batch_generate`` flow on a fresh event loop; (wall seconds, BatchResult)."""
+def run_batch(prompts: list[str] | None, **kwargs: Any) -> tuple[float, Any]:
+    """Run the ``batch_generate`` flow on a fresh event loop; (wall seconds, BatchResult).
+    ``prompts=None``: the rows come from ``manifest=...`` in ``kwargs``."""
     import asyncio
 
     from prefect_gpt_image.flows import batch_generate
 
     async def go() -> tuple[float, Any]:
         started = time.perf_counter()
-        state = await batch_generate(prompts=prompts, return_state=True, **kwargs)
+        rows = {"prompts": prompts} if prompts is not None else {}
+        state = await batch_generate(**rows, return_state=True, **kwargs)
         elapsed = time.perf_counter() - started
         return elapsed, await state.aresult(raise_on_failure=False)
 
@@ -395,7 +401,7 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds used so far) of every process."""
+    """pid -> (parent pid, CPU seconds used so far by it and its ended children) of every process."""
     table: dict[int, tuple[int, float]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -403,7 +409,10 @@ def _proc_table() -> dict[int, tuple[int, float]]:
         with contextlib.suppress(OSError, ValueError, IndexError):
             raw = (entry / "stat").read_text()
             fields = raw[raw.rindex(")") + 2 :].split()
-            table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+            # utime + stime, and cutime + cstime: the CPU of its children that ended (PostgreSQL
+            # backends, server workers), which would otherwise vanish from the sum with them
+            used = sum(int(fields[i]) for i in (11, 12, 13, 14))
+            table[int(entry.name)] = (int(fields[1]), used / _TICKS)
     return table
 
 

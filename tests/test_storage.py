@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -178,6 +179,20 @@ def test_json_records(store: ImageStore) -> None:
     assert store.get_json(key) == {"uri": "s3://b/k", "n": [1, 2], "text": "déjà vu"}
     store.put_json(key, {"n": 3})
     assert store.get_json(key) == {"n": 3}
+
+
+def test_list_names_of_a_folder(store: ImageStore) -> None:
+    """A batch lists the cache folder instead of asking for each row: the names directly in the
+    folder (not deeper, not another folder's), or None once there are more than asked for."""
+    folder = f"listed-{uuid.uuid4().hex[:8]}"
+    assert store.list_names(folder, at_most=10) == set()
+    for name in ("a.json", "b.json", "c.json"):
+        store.put_json(store.key(folder, name), {"name": name})
+    store.put_bytes(store.key(folder, "deeper", "d.json"), b"{}", "application/json")
+    store.put_json(store.key(f"{folder}-other", "e.json"), {})
+    assert store.list_names(folder, at_most=10) == {"a.json", "b.json", "c.json"}
+    assert store.list_names(folder, at_most=3) == {"a.json", "b.json", "c.json"}
+    assert store.list_names(folder, at_most=2) is None
 
 
 @pytest.mark.parametrize(

@@ -2,37 +2,44 @@
 able to override options, fanned out under the shared concurrency limit.
 
 Every row is validated before anything is paid for. One failed row does not stop the others; the
-final state says how many failed and why, and a table artifact lists every row.
+final state says how many failed and why, and a table artifact lists the rows (over
+:data:`TABLE_ROWS`, the failed ones first, and every row in a CSV report in the store).
 
-Rows whose images are already in the store (a rerun) are served from the cache records at once,
-without a task run; the others run as ``generate_image`` tasks, holding their concurrency slots
-for the batch (see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no
-per-call artifacts (the table lists every row's image).
+Rows whose images are already in the store (a rerun) are served from the cache records at once;
+the others run the image call of ``generate_image`` (its lock, cache record, spool, budget and
+limits, and its retries) inside the flow run, without a task run per row (one cost more server
+and flow-process CPU than the rest of the row), holding their concurrency slots for the batch
+(see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no per-call
+artifacts (the table lists every row's image).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import time
 from collections import Counter
+from functools import partial
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect.states import Completed, Failed
-from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.storage import ImageStore
-from prefect_gpt_image.tasks import ImageRef, generate_image
-from prefect_gpt_image.tasks.cache import cache_key, read_record
+from prefect_gpt_image.storage.base import IMAGES_FOLDER
+from prefect_gpt_image.tasks import ImageRef
+from prefect_gpt_image.tasks.cache import CACHE_FOLDER, cache_key, read_record, record_name
 from prefect_gpt_image.tasks.concurrency import (
     ensure_limit,
     hold_slots,
@@ -40,8 +47,8 @@ from prefect_gpt_image.tasks.concurrency import (
     slots_in_use,
 )
 from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
-from prefect_gpt_image.tasks.retry import collect_maybe_billed
+from prefect_gpt_image.tasks.pipeline import batch_rows, run_image_call, with_links
+from prefect_gpt_image.tasks.retry import collect_maybe_billed, with_retries
 
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
@@ -52,8 +59,16 @@ __all__ = ["BatchResult", "RowResult", "batch_generate"]
 
 BATCH_TABLE_KEY = "gpt-image-batch"
 BATCH_PROGRESS_KEY = "gpt-image-batch-progress"
+TABLE_ROWS = 1000
+"""Rows the table artifact lists at most; a larger batch's full table is a CSV report in the store."""
+REPORT_FOLDER = "reports"
+"""The folder of the CSV reports of large batches, under the store's prefix."""
 _PROGRESS_INTERVAL = 1.0
 _CACHE_LOOKUPS = 16
+_LIST_PAGE = 1000
+_LISTED_PER_ROW = 4
+"""A folder is listed while it holds at most this many objects per row of the batch (1,000 at
+least): beyond, asking for each row costs fewer requests."""
 _FIRST_WAVE_WAIT = 3.0
 
 
@@ -188,14 +203,16 @@ async def batch_generate(
         async def worker() -> None:
             while True:
                 try:
-                    number, row, fields = queue.get_nowait()
+                    number, row, _ = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 refs = await lookups.refs(number)
                 if refs is not None:
                     results[number] = _stored(number, row, refs)
                 else:
-                    made = await _run_row(number, row, fields, variant, credentials, settings, store)
+                    made = await _run_row(
+                        number, row, requests[number], variant, credentials, settings, store
+                    )
                     results[number] = made
                     if made.status != "stored":
                         logger.warning("row %d failed: %s", number, made.error)
@@ -221,15 +238,12 @@ async def batch_generate(
         lookups.cancel()
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
+    table, description = await _table(result, total, store, logger)
     # The kept slots go back while the artifacts are written (three round trips at once).
     await asyncio.gather(
         release_idle_leases(settings.concurrency_limit_name),
         progress.finish(),
-        acreate_table_artifact(
-            table=[_table_row(r) for r in result.rows],
-            key=BATCH_TABLE_KEY,
-            description=f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}",
-        ),
+        acreate_table_artifact(table=table, key=BATCH_TABLE_KEY, description=description),
     )
     found = f"{lookups.hits} found in the store"
     summary = f"{result.stored} of {total} rows stored (${result.cost:.4f}; {found})"
@@ -290,23 +304,30 @@ def _rows(
 async def _run_row(
     number: int,
     row: BatchRow,
-    fields: dict[str, Any],
+    request: GenerateRequest,
     variant: int,
     credentials: Any,
     settings: Any,
     store: ImageStore,
 ) -> RowResult:
+    """Make row ``number``'s images: the image call itself, with the image tasks' retries, but
+    no Prefect task run of its own (a task run per row cost the flow process and the Prefect
+    server more CPU per row than the rest of the row; the table artifact lists every row)."""
     with collect_maybe_billed() as lost:
         try:
-            # quote(): the same three objects for every row; Prefect need not walk through them
-            # looking for futures (a few milliseconds of the event loop per row).
-            images: list[ImageRef] = await generate_image.aio(
-                row.prompt,
-                **fields,
-                variant=row.variant if row.variant is not None else variant,
-                credentials=quote(credentials),
-                settings=quote(settings),
-                storage=quote(store),
+            made = await with_retries(
+                partial(
+                    run_image_call,
+                    request,
+                    variant=row.variant if row.variant is not None else variant,
+                    refresh_cache=False,
+                    credentials=credentials,
+                    settings=settings,
+                    store=store,
+                    on_partial=None,
+                ),
+                logger=get_run_logger(),
+                what=f"Batch row {number}",
             )
         except Exception as exc:  # one bad row must not sink the batch: record it and go on
             request_id = exc.request_id if isinstance(exc, GptImageError) else None
@@ -320,7 +341,7 @@ async def _run_row(
                 request_id=request_id,
                 maybe_billed=[rid for rid in lost if rid != request_id],
             )
-    return _stored(number, row, images, maybe_billed=lost)
+    return _stored(number, row, made.refs, maybe_billed=lost)
 
 
 def _stored(
@@ -353,6 +374,47 @@ def _table_row(r: RowResult) -> dict[str, Any]:
         "cost": round(sum(ref.cost for ref in r.images), 4),
         "error": (r.error or "")[:300],
     }
+
+
+async def _table(
+    result: BatchResult, total: int, store: ImageStore, logger: Any
+) -> tuple[list[dict[str, Any]], str]:
+    """The table artifact's rows and description. Up to :data:`TABLE_ROWS` rows it lists every
+    row; a larger batch lists its failed and invalid rows first, then stored ones up to that
+    many, and its full table goes to the store as a CSV report linked from the description (the
+    UI renders a table of 10,000 rows slowly, and the server stores it as one JSON value)."""
+    description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
+    if len(result.rows) <= TABLE_ROWS:
+        return [_table_row(r) for r in result.rows], description
+    failed = [r for r in result.rows if r.status != "stored"]
+    shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
+    table = [_table_row(r) for r in shown]
+    try:
+        key = store.key(REPORT_FOLDER, f"batch-{_flow_run_id()}.csv")
+        link = await asyncio.to_thread(_write_report, store, key, result.rows)
+    except Exception as exc:  # the table still lists the failures
+        logger.warning("Writing the batch's CSV report failed: %s", exc)
+        return table, f"{description}; {len(shown)} of {total} rows shown (failed first)"
+    return (
+        table,
+        f"{description}; {len(shown)} of {total} rows shown (failed first); every row: [CSV]({link})",
+    )
+
+
+def _flow_run_id() -> str:
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return str(run.id) if run is not None else uuid4().hex
+
+
+def _write_report(store: ImageStore, key: str, rows: list[RowResult]) -> str:
+    """Write every row's table line to ``key`` as CSV; a link to it."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(_table_row(rows[0]).keys()))
+    writer.writeheader()
+    writer.writerows(_table_row(r) for r in rows)
+    store.put_bytes(key, out.getvalue().encode(), "text/csv")
+    return store.link_for(key)
 
 
 async def _run_workers(worker: Any, count: int, settings: Any, logger: Any) -> None:
@@ -434,10 +496,12 @@ class _StoreLookups:
     """Cache lookups of a batch's rows, all started at once (at most ``_CACHE_LOOKUPS`` in flight,
     in row order) while the first rows run, so a first run does not wait for the whole search.
 
-    A row whose record is found gets its result at once, without a task run: a rerun of a whole
-    batch costs one store lookup per row instead of a Prefect task run per row. Only a certain hit
-    counts: a row whose record is missing, damaged or unreadable goes to the task, which looks
-    again under its lock (and finds spooled images). Nothing is looked up under a refresh.
+    The cache folder and the images folder are listed first (a request per 1,000 names), while
+    they hold at most a few times as many objects as the batch has rows: a row whose record is
+    not listed is a miss without a request of its own, and an image listed needs no HEAD. A row
+    whose record is found gets its result at once, without an image call. Only a certain hit
+    counts: a row whose record is missing, damaged or unreadable goes to the image call, which
+    looks again under its lock (and finds spooled images). Nothing is looked up under a refresh.
     """
 
     def __init__(
@@ -453,17 +517,34 @@ class _StoreLookups:
         self._store, self._logger = store, logger
         self._gate = asyncio.Semaphore(_CACHE_LOOKUPS)
         self._found: dict[int, asyncio.Task[list[ImageRef] | None]] = {}
+        self._images: asyncio.Future[set[str] | None] | None = None  # listed at the first hit
+        self._records: asyncio.Future[set[str] | None] | None = None
         if PREFECT_TASKS_REFRESH_CACHE.value():
             return
+        self._at_most = _LISTED_PER_ROW * max(len(todo), _LIST_PAGE)
+        self._records = asyncio.ensure_future(self._list(CACHE_FOLDER))
         for number, row, _ in todo:
             key = cache_key(requests[number], row.variant if row.variant is not None else variant)
             self._found[number] = asyncio.ensure_future(self._lookup(number, key))
 
+    async def _list(self, folder: str) -> set[str] | None:
+        try:
+            return await asyncio.to_thread(self._store.list_names, folder, at_most=self._at_most)
+        except Exception as exc:  # e.g. no list permission: ask for each row instead
+            self._logger.debug("listing %s failed: %s", folder, exc)
+            return None
+
     async def _lookup(self, number: int, key: str) -> list[ImageRef] | None:
+        records = await self._records if self._records is not None else None
+        if records is not None and record_name(key) not in records:
+            return None  # not stored when listed: the image call looks again under its lock
         async with self._gate:
+            if self._images is None:
+                self._images = asyncio.ensure_future(self._list(IMAGES_FOLDER))
+            images = await self._images
             try:
-                refs = await asyncio.to_thread(_cached_refs, self._store, key, self._logger)
-            except Exception as exc:  # the task will look again and report a store failure
+                refs = await asyncio.to_thread(_cached_refs, self._store, key, images or set(), self._logger)
+            except Exception as exc:  # the image call will look again and report a store failure
                 self._logger.debug("cache lookup of row %d failed: %s", number, exc)
                 return None
         if refs is not None:
@@ -487,11 +568,16 @@ class _StoreLookups:
 
     def cancel(self) -> None:
         """Stop the lookups still waiting (the batch ended or failed)."""
-        for lookup in self._found.values():
+        lookups: list[asyncio.Future[Any]] = [*self._found.values(), *self._listings()]
+        for lookup in lookups:
             lookup.cancel()
 
+    def _listings(self) -> list[asyncio.Future[set[str] | None]]:
+        return [f for f in (self._records, self._images) if f is not None]
 
-def _cached_refs(store: ImageStore, key: str, logger: Any) -> list[ImageRef] | None:
-    """The refs of cache record ``key`` with fresh links, or None."""
-    refs = read_record(store, key)
+
+def _cached_refs(store: ImageStore, key: str, stored: set[str], logger: Any) -> list[ImageRef] | None:
+    """The refs of cache record ``key`` with fresh links, or None (``stored``: image names
+    known to be in the store)."""
+    refs = read_record(store, key, stored)
     return None if refs is None else with_links(store, refs, logger)

@@ -27,6 +27,7 @@ from prefect_gpt_image.api.images import CONTENT_TYPES, ImageFormat, sniff_forma
 
 __all__ = [
     "CONTENT_TYPES",
+    "IMAGES_FOLDER",
     "MAX_PRESIGN_TTL",
     "ImageStore",
     "StoredObject",
@@ -63,6 +64,8 @@ def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
 
 
 JSON_CONTENT_TYPE = "application/json"
+IMAGES_FOLDER = "images"
+"""The folder of the images under a store's prefix."""
 MAX_PRESIGN_TTL = 7 * 24 * 3600
 """SigV4 presigned URLs live at most 7 days."""
 
@@ -181,7 +184,7 @@ class ImageStore(ABC):
 
     def image_key(self, sha256: str, ext: str) -> str:
         """The key of an image: ``{prefix}/images/{sha256}.{ext}``."""
-        return self.key("images", f"{_check_sha256(sha256)}.{_check_ext(ext)}")
+        return self.key(IMAGES_FOLDER, f"{_check_sha256(sha256)}.{_check_ext(ext)}")
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -224,7 +227,11 @@ class ImageStore(ABC):
     def put_json(self, key: str, obj: Any) -> None:
         """Write a small JSON record at ``key`` (overwriting), with Content-Type application/json."""
         data = json.dumps(obj, ensure_ascii=False, indent=2, sort_keys=True).encode()
-        self._write(check_key(key), data, JSON_CONTENT_TYPE)
+        self.put_bytes(key, data, JSON_CONTENT_TYPE)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Write ``data`` at ``key`` (overwriting) with ``content_type``: a report or a record."""
+        self._write(check_key(key), data, content_type)
 
     def get_json(self, key: str) -> Any:
         """The JSON record at ``key``, or None if there is none."""
@@ -247,6 +254,12 @@ class ImageStore(ABC):
         if data is None:
             raise FileNotFoundError(f"no object at {self._uri(key)}")
         return data
+
+    def list_names(self, folder: str, *, at_most: int) -> set[str] | None:
+        """The names of the objects in ``{prefix}/{folder}/`` (not in its subfolders), or None if
+        there are more than ``at_most``. On S3 a request per 1,000 names: a batch lists what is
+        stored once instead of asking for each of its rows, while that is cheaper."""
+        return self._list(self.key(folder) + "/", at_most)
 
     def uri_for(self, key: str) -> str:
         """The URI of ``key``: ``s3://bucket/key`` or an absolute local path."""
@@ -282,6 +295,11 @@ class ImageStore(ABC):
     @abstractmethod
     def _head(self, key: str) -> dict[str, str] | None:
         """The metadata of the object at ``key`` (``{}`` if it has none), or None if there is none."""
+
+    @abstractmethod
+    def _list(self, prefix: str, at_most: int) -> set[str] | None:
+        """The keys under ``prefix`` (ending in "/"), without it and without deeper folders; None
+        once more than ``at_most`` are found."""
 
     @abstractmethod
     def _uri(self, key: str) -> str:

@@ -81,9 +81,12 @@ def write_atomically(path: Path, data: bytes | Path, *, overwrite: bool, sha256:
         tmp.unlink(missing_ok=True)
 
 
+_METADATA_SUFFIX = ".meta.json"
+
+
 def _metadata_key(key: str) -> str:
     """The key of the metadata file of the image at ``key``."""
-    return f"{key}.meta.json"
+    return f"{key}{_METADATA_SUFFIX}"
 
 
 class LocalImageStore(ImageStore):
@@ -132,6 +135,22 @@ class LocalImageStore(ImageStore):
         except FileNotFoundError:
             return {}
         return metadata
+
+    def _list(self, prefix: str, at_most: int) -> set[str] | None:
+        names: set[str] = set()
+        try:
+            entries = os.scandir(self.root / prefix)
+        except (FileNotFoundError, NotADirectoryError):
+            return names
+        with entries:
+            for entry in entries:
+                # temporary files of writes in progress start with "."; metadata files are not objects
+                if entry.name.startswith(".") or entry.name.endswith(_METADATA_SUFFIX) or not entry.is_file():
+                    continue
+                names.add(entry.name)
+                if len(names) > at_most:
+                    return None
+        return names
 
     def _uri(self, key: str) -> str:
         return str(self.root / key)

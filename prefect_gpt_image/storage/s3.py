@@ -209,6 +209,24 @@ class S3ImageStore(ImageStore):
             raise
         return dict(response.get("Metadata", {}))
 
+    def _list(self, prefix: str, at_most: int) -> set[str] | None:
+        names: set[str] = set()
+        token: str | None = None
+        while True:
+            page = (
+                self.client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=prefix, Delimiter="/", ContinuationToken=token
+                )
+                if token
+                else self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
+            )
+            names.update(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+            if len(names) > at_most:
+                return None
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return names
+
     def _uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 

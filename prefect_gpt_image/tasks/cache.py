@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Set
 from typing import Any
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest
@@ -46,6 +47,7 @@ __all__ = [
     "read_manifest",
     "read_record",
     "record_key",
+    "record_name",
     "write_record",
 ]
 
@@ -78,7 +80,12 @@ def cache_key(request: GenerateRequest | EditRequest, variant: int = 0) -> str:
 
 def record_key(store: ImageStore, key: str) -> str:
     """The store key of the cache record of ``key``."""
-    return store.key(CACHE_FOLDER, f"{key}.json")
+    return store.key(CACHE_FOLDER, record_name(key))
+
+
+def record_name(key: str) -> str:
+    """The name of the cache record of ``key`` in the cache folder."""
+    return f"{key}.json"
 
 
 def _read(store: ImageStore, key: str) -> dict[str, Any] | None:
@@ -90,9 +97,10 @@ def _read(store: ImageStore, key: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("key") == key else None
 
 
-def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
+def read_record(store: ImageStore, key: str, stored: Set[str] = frozenset()) -> list[ImageRef] | None:
     """The refs recorded for ``key``, or None if there is no usable record (none, damaged, or an
-    image it names is not in the store). Errors reaching the store propagate.
+    image it names is not in the store). Errors reaching the store propagate. ``stored``: names
+    of images (in the images folder) already known to be there, not asked for again.
 
     A new call writes its images and this record at once (one round trip), so a record alone
     proves nothing: it counts only when every image it names was stored. After a partly failed
@@ -110,7 +118,7 @@ def read_record(store: ImageStore, key: str) -> list[ImageRef] | None:
     found: list[ImageRef] = []
     for ref in refs:
         image_key = store.image_key(ref.sha256, ref.format)
-        if not store.exists(image_key):
+        if image_key.rsplit("/", 1)[-1] not in stored and not store.exists(image_key):
             return None
         # The record may have been written through another mount or machine: point at this store.
         found.append(ref.model_copy(update={"uri": store.uri_for(image_key)}))

@@ -41,7 +41,7 @@ from .errors import InputImageError
 from .inputs import ImageInput, read_input
 from .pipeline import CallResult, in_batch, run_image_call
 from .refs import ImageRef
-from .retry import retry_condition
+from .retry import RETRIES, RETRY_DELAYS, retry_condition
 
 __all__ = ["StorageOption", "blend_images", "edit_image", "generate_image"]
 
@@ -51,8 +51,8 @@ path or an ``s3://bucket/prefix`` URI; None means ``$GPT_IMAGE_STORAGE``, else .
 
 _DEFAULT_SETTINGS = GptImageSettings()
 _TASK_OPTIONS: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [5, 30],
+    "retries": RETRIES,
+    "retry_delay_seconds": list(RETRY_DELAYS),
     "retry_condition_fn": retry_condition,
     "cache_policy": NO_CACHE,
 }

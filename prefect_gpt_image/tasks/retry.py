@@ -22,22 +22,32 @@ flow lists them per row), so what was paid for adds up.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect_gpt_image.api.errors import GptImageError
 
 from .errors import CacheLockTimeoutError, ImageStorageError
 
 __all__ = [
+    "RETRIES",
+    "RETRY_DELAYS",
     "allow_outcome_unknown_retry",
     "collect_maybe_billed",
     "is_safe_to_retry",
     "note_maybe_billed",
     "retry_condition",
+    "with_retries",
 ]
+
+RETRIES = 2
+"""How many times an image call is run again after a failure that is safe to retry."""
+RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0)
+"""Seconds before each of those runs (the image tasks' Prefect ``retry_delay_seconds``)."""
+T = TypeVar("T")
 
 _OPT_IN_ATTRIBUTE = "_prefect_gpt_image_retry_outcome_unknown"
 _MAYBE_BILLED: ContextVar[list[str] | None] = ContextVar("prefect_gpt_image_maybe_billed", default=None)
@@ -83,3 +93,27 @@ def retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn`` of the image tasks: see :func:`is_safe_to_retry`."""
     data = getattr(state, "data", None)
     return is_safe_to_retry(data if isinstance(data, BaseException) else None)
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], *, logger: Any, what: str) -> T:
+    """``call()`` (one image call), run again after a failure :func:`is_safe_to_retry` allows, as
+    the image tasks' Prefect retries do (:data:`RETRIES` times, :data:`RETRY_DELAYS` apart): for
+    a batch row, which runs without a task run of its own."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return await call()
+        except Exception as exc:
+            if attempt == RETRIES or not is_safe_to_retry(exc):
+                raise
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            logger.warning(
+                "%s failed with %s: %s - Retry %d/%d will start in %.0f s",
+                what,
+                type(exc).__name__,
+                exc,
+                attempt + 1,
+                RETRIES,
+                delay,
+            )
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")

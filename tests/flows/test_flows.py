@@ -203,6 +203,31 @@ def test_batch_from_list_completes_and_rerun_is_free(env: Any) -> None:
     assert len(images) == 8
 
 
+def test_a_large_batch_lists_failures_first_and_reports_every_row(
+    env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TABLE_ROWS rows (2 here, 1,000 by default) the table shows the failed rows first, and
+    the CSV report in the store, linked from the table's description, has every row."""
+    from prefect_gpt_image.flows import batch
+
+    sandbox, local_s3, storage = env
+    monkeypatch.setattr(batch, "TABLE_ROWS", 2)
+    prompts = ["a red lantern", "  ", "a blue lantern"]
+    state = run(batch_generate(prompts=prompts, storage=storage, return_state=True))
+    assert state.is_failed() and billed_images(sandbox) == 2
+    flow_run_id = state.state_details.flow_run_id
+    table = next(a for a in flow_run_artifacts(flow_run_id) if a["key"] == "gpt-image-batch")
+    shown = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
+    assert [(r["row"], r["status"]) for r in shown] == [(2, "invalid"), (1, "stored")]
+    assert "2 of 3 rows shown (failed first)" in table["description"]
+    (report,) = [k for k in bucket_keys(local_s3, storage) if k.endswith(f"reports/batch-{flow_run_id}.csv")]
+    link = table["description"].split("[CSV](", 1)[1].rstrip(")")
+    assert report.split("/", 1)[1] in link.split("?", 1)[0]
+    rows = list(csv.DictReader(io.StringIO(httpx.get(link).text)))
+    assert [(r["row"], r["status"]) for r in rows] == [("1", "stored"), ("2", "invalid"), ("3", "stored")]
+    assert rows[2]["request_id"] and rows[2]["image"].startswith("http")
+
+
 def test_batch_needs_prompts_or_manifest(env: Any) -> None:
     sandbox, _, storage = env
     state = run(batch_generate(storage=storage, return_state=True))

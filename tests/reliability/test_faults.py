@@ -33,7 +33,7 @@ ROWS = 200
 FAULTS = {"429": 0.20, "500": 0.05, "502": 0.05, "503": 0.05, "media_fail_once": 0.02}
 DROP = 0.03
 _RETRY_LINE = re.compile(r"gpt-image attempt (\d+) failed \(request id ([A-Za-z0-9_-]+)\)")
-_TASK_RETRY = re.compile(r"Task run failed with .* - Retry \d+/\d+ will start")
+_TASK_RETRY = re.compile(r"(Task run|Batch row \d+) failed with .* - Retry \d+/\d+ will start")
 _DOWNLOAD_RETRY = re.compile(r"download of \S+/media/([A-Za-z0-9]+)-\d+\.\w+ failed")
 
 
