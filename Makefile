@@ -25,7 +25,7 @@ test: $(BIN)/.installed
 # 1,000 to 10,000 rows and a rerun, about 6 of them on a quiet machine).
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	for b in throughput overhead rerun memory stream compose scale; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in throughput overhead rerun memory stream compose pipeline scale; do $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/throughput.py --n 1000
 
 lint: $(BIN)/.installed
