@@ -101,24 +101,6 @@ def test_an_unused_kept_lease_is_released_soon() -> None:
     assert asyncio.run(main()) == [1, 0]
 
 
-def test_a_batch_keeps_its_parked_lease_past_the_idle_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect_gpt_image.tasks.concurrency import leases
-
-    monkeypatch.setattr(leases, "IDLE_LEASE_SECONDS", 0.4)
-    held = _name()
-
-    async def main() -> list[int]:
-        async with hold_slots(held, release=False):
-            async with api_slot(held, 2):
-                pass
-            await asyncio.sleep(1.5)  # several housekeeping rounds past the idle time
-            during = await asyncio.to_thread(_active, held)
-        await asyncio.sleep(1.5)  # the hold is over: the idle lease goes like any other
-        return [during, await asyncio.to_thread(_active, held)]
-
-    assert asyncio.run(main()) == [1, 0]
-
-
 def test_a_cancelled_waiter_leaks_no_slot() -> None:
     name = _name()
 

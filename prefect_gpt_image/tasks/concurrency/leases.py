@@ -103,20 +103,6 @@ class _Lease:
         return self.grant.key
 
 
-_holds: dict[tuple[str, str], int] = {}
-"""Limits (server, name) whose leases a batch of this process holds (``slots.hold_slots``): their
-parked leases are kept for the batch's next rows however long they wait (a loaded machine's rows
-can take longer than :data:`IDLE_LEASE_SECONDS` to come back for a slot: measured at 10,000 rows,
-0.53 server round trips per row for leases given back and taken again)."""
-_holds_lock = threading.Lock()
-
-
-def _holding(key: tuple[str, str]) -> bool:
-    """Whether a batch of this process holds the leases of limit ``key``."""
-    with _holds_lock:
-        return _holds.get(key, 0) > 0
-
-
 class _LeaseService:
     """One background thread and event loop, with one Prefect API client, for the leases of one
     server: acquisition (423 polled), one renewal loop for all held leases, release, parking of
@@ -312,16 +298,13 @@ class _LeaseService:
         if last:
             await self._release_id(grant.id)
 
-    async def release_parked(
-        self, key: tuple[str, str] | None, older_than: float = 0.0, *, keep_held: bool = False
-    ) -> None:
-        """Release the parked leases of ``key`` (None: all) parked for over ``older_than`` s;
-        with ``keep_held``, not those of a limit a batch of this process holds (:func:`_holding`)."""
+    async def release_parked(self, key: tuple[str, str] | None, older_than: float = 0.0) -> None:
+        """Release the parked leases of ``key`` (None: all) parked for over ``older_than`` s."""
         now = time.monotonic()
         done: list[_Lease] = []
         with self._lock:
             for lease_key, parked in self._parked.items():
-                if (key is not None and lease_key != key) or (keep_held and _holding(lease_key)):
+                if key is not None and lease_key != key:
                     continue
                 keep = deque(
                     lease for lease in parked if lease.parked is not None and now - lease.parked < older_than
@@ -352,7 +335,7 @@ class _LeaseService:
         while True:
             await asyncio.sleep(min(0.5, IDLE_LEASE_SECONDS / 4))
             try:
-                await self.release_parked(None, older_than=IDLE_LEASE_SECONDS, keep_held=True)
+                await self.release_parked(None, older_than=IDLE_LEASE_SECONDS)
                 now = time.monotonic()
                 with self._lock:
                     due = [

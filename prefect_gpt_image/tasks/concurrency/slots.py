@@ -15,7 +15,7 @@ from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_li
 from . import leases
 from .admission import arrived, on_the_way
 from .gate import SlotGate
-from .leases import _holding, _holds, _holds_lock, _Lease, _LimitNotFound, _service_for, _services
+from .leases import _Lease, _LimitNotFound, _service_for, _services
 from .limits import _forget_limit, _registry_lock, _server_key, ensure_limit, gate_for
 
 __all__ = ["ApiSlot", "api_slot", "hold_slots", "release_idle_leases"]
@@ -137,13 +137,20 @@ def _park_orphan(future: concurrent.futures.Future[Any]) -> None:
 
 # -- holding slots for a batch -----------------------------------------------------------------
 
+_holds: dict[tuple[str, str], int] = {}
+
+
+def _holding(key: tuple[str, str]) -> bool:
+    with _registry_lock:
+        return _holds.get(key, 0) > 0
+
 
 @asynccontextmanager
 async def hold_slots(
     name: str, *, prefetch: int = 0, slots: int = 1, release: bool = True, logger: Any = None
 ) -> AsyncIterator[None]:
     """While inside, a call that ends keeps its lease of limit ``name`` for the next call of this
-    process (for as long as the hold lasts, renewed as usual) instead of releasing it, saving two server round
+    process (up to :data:`IDLE_LEASE_SECONDS`) instead of releasing it, saving two server round
     trips per call when calls follow each other with no one waiting at the gate (a batch with
     ``max_parallel`` at or below the limit). Leaving releases the kept leases.
 
@@ -151,11 +158,11 @@ async def hold_slots(
     the background, so the first calls of a batch find them ready instead of each waiting for a
     round trip while their task runs start. ``slots`` creates the limit if missing, as
     :func:`api_slot` does. ``release=False`` leaves the kept leases for the caller to release
-    with :func:`release_idle_leases` (e.g. while it does other work); unreleased, they go
-    :data:`IDLE_LEASE_SECONDS` after the hold ends.
+    with :func:`release_idle_leases` (e.g. while it does other work); unreleased, they go after
+    :data:`IDLE_LEASE_SECONDS`.
     """
     key = _server_key(name)
-    with _holds_lock:
+    with _registry_lock:
         _holds[key] = _holds.get(key, 0) + 1
     fetching: list[concurrent.futures.Future[None]] = []
     try:
@@ -170,12 +177,11 @@ async def hold_slots(
         for future in fetching:  # none left outstanding (they never wait for a busy limit)
             with contextlib.suppress(Exception):
                 await asyncio.shield(asyncio.wrap_future(future))
-        with _holds_lock:
+        with _registry_lock:
             _holds[key] -= 1
             last = _holds[key] == 0
             if last:
                 del _holds[key]
-        with _registry_lock:
             service = _services.get(key[0])
         if last and release and service is not None:
             await _shielded(service.submit(service.release_parked(key)))
