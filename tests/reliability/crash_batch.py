@@ -15,9 +15,39 @@ theirs at the same moment. Nothing else is changed.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(
+    prompts_file: Path,
+    storage: Path,
+    settings_block: str,
+    max_parallel: int,
+    hold: float | str,
+    log: Path,
+    *,
+    go: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """This batch in a new process (and session, so its group can be signalled), output to ``log``."""
+    command = [sys.executable, "-m", "tests.reliability.crash_batch", str(prompts_file), str(storage)]
+    command += [settings_block, str(max_parallel), str(hold), *([str(go)] if go is not None else [])]
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=dict(os.environ) if env is None else env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +19,8 @@ from prefect.client.orchestration import get_client
 
 from prefect_gpt_image.flows import BatchResult, batch_generate
 
-from .conftest import CANARY_KEY, REPO_ROOT, fast_settings, image_files, save_block, walk_files
+from . import crash_batch
+from .conftest import CANARY_KEY, fast_settings, image_files, save_block, walk_files
 
 ROWS = 8
 LATENCY = 2.0
@@ -76,25 +76,7 @@ def test_kill_9_mid_batch_then_the_rerun_pays_only_for_what_is_missing(
     prompts_file.write_text(json.dumps(prompts))
 
     log_path = tmp_path / "crashed-batch.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.reliability.crash_batch",
-                str(prompts_file),
-                str(storage),
-                settings_block,
-                str(PARALLEL),
-                str(HOLD),
-            ],
-            cwd=REPO_ROOT,
-            env=dict(os.environ),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = crash_batch.start(prompts_file, storage, settings_block, PARALLEL, HOLD, log_path)
     try:
         _kill_moment(sandbox, storage, locks, process)
         os.kill(process.pid, signal.SIGKILL)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from prefect.client.orchestration import get_client
 
 from prefect_gpt_image.local_prefect import stop_process
 
-from .conftest import CANARY_KEY, REPO_ROOT, fast_settings, image_files, save_block, walk_files
+from . import crash_batch
+from .conftest import CANARY_KEY, fast_settings, image_files, save_block, walk_files
 
 ROWS = 12
 LATENCY = 1.0
@@ -49,25 +49,7 @@ def test_ctrl_c_of_a_batch_script_stops_keeps_what_was_paid_and_leaves_nothing(
     prompts_file = tmp_path / "prompts.json"
     prompts_file.write_text(json.dumps([f"sigint row {i:02d}: a kite over dunes" for i in range(ROWS)]))
     log_path = tmp_path / "batch.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.reliability.crash_batch",
-                str(prompts_file),
-                str(storage),
-                settings_block,
-                str(PARALLEL),
-                "600",
-            ],
-            cwd=REPO_ROOT,
-            env=dict(os.environ),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = crash_batch.start(prompts_file, storage, settings_block, PARALLEL, 600, log_path)
     try:
         deadline = time.monotonic() + 60
         while not (

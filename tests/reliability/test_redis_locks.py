@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,8 @@ import pytest
 
 from prefect_gpt_image.local_prefect import stop_process
 
-from .conftest import CANARY_KEY, REPO_ROOT, fast_settings, image_files, save_block
+from . import crash_batch
+from .conftest import CANARY_KEY, fast_settings, image_files, save_block
 from .redis_server import redis_server, require_redis
 
 ROWS = 20
@@ -65,28 +65,10 @@ def _race(tmp_path: Path, sandbox: Any, lock_url: str | None) -> tuple[Counter[s
     logs = [tmp_path / f"machine-{name}.log" for name in ("a", "b")]
     try:
         for name, log_path in zip(("a", "b"), logs, strict=True):
-            with log_path.open("wb") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "tests.reliability.crash_batch",
-                            str(prompts_file),
-                            str(storage),
-                            settings_block,
-                            str(LIMIT),
-                            "120",
-                            str(go),
-                        ],
-                        cwd=REPO_ROOT,
-                        env=_machine(tmp_path, name, lock_url),
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+            env = _machine(tmp_path, name, lock_url)
+            processes.append(
+                crash_batch.start(prompts_file, storage, settings_block, LIMIT, 120, log_path, go=go, env=env)
+            )
         deadline = time.monotonic() + 60
         while not all("ready" in p.read_text(errors="replace") for p in logs):
             assert all(p.poll() is None for p in processes), [p.read_text()[-2000:] for p in logs]
