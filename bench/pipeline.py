@@ -4,8 +4,9 @@ the generated image) under the global limit K, against the bound of the dependen
 Each row's steps follow each other (each needs the one before), the rows share K slots; the
 simple bound is ceil(N/K)·3·L. The sandbox answers after ``--latency`` s and refuses more than K
 in flight (a child process: its CPU is not the client's); images go to a local folder; a warm-up
-row runs first (not timed). Last line: ``pipeline_over_ideal`` (wall / bound), ``pipeline_s``,
-``ideal_s``, ``api_calls``.
+row runs first (not timed). The table adds the share of slot time a request held, and the CPU per
+call of this process, of the Prefect server with its database and of the sandbox. Last line:
+``pipeline_over_ideal`` (wall / bound), ``pipeline_s``, ``ideal_s``, ``api_calls``.
 
 Usage: ``python bench/pipeline.py [--n 100] [--k 16] [--latency 1.0]``
 """
@@ -57,6 +58,17 @@ def _run(manifest: Path, **kwargs: Any) -> tuple[float, Any]:
     return asyncio.run(go())
 
 
+def _busy(log: list[dict[str, Any]], k: int) -> float:
+    """The share of the K slots' time, from the first request to the last answer, that a request
+    held (1.0: never a slot idle)."""
+    if not log:
+        return 0.0
+    start = min(r["started"] for r in log)
+    end = max(r["finished"] for r in log)
+    held = sum(r["finished"] - r["started"] for r in log)
+    return held / (k * (end - start)) if end > start else 0.0
+
+
 def main() -> int:
     p = common.parser(__doc__.split("\n\n")[0], n=100, k=16, latency=1.0)
     args = p.parse_args()
@@ -77,16 +89,32 @@ def main() -> int:
         _run(_manifest(stack.root / "warm.csv", "warm-up", 1), **kwargs)  # not timed
 
         sb.reset()
-        with common.profiled(args.profile):
+        sandbox0 = common.cpu_seconds([sb.pid])
+        with common.profiled(args.profile), common.CpuMeter(stack) as cpu:
             wall, result = _run(_manifest(stack.root / "rows.csv", "bench", n), **kwargs)
+        sandbox_cpu = common.cpu_seconds([sb.pid]) - sandbox0
         calls = sb.stats()["requests"]
+        busy = _busy(sb.requests(), k)
         common.check(
             getattr(result, "stored", -1) == n, f"stored {getattr(result, 'stored', -1)} of {n}", problems
         )
         common.check(calls == 3 * n, f"{calls} API calls for {3 * n} steps", problems)
         ideal = math.ceil(n / k) * 3 * latency
+        per_call = 1000 / max(calls, 1)
         rows = [
-            {"N": n, "steps": 3, "K": k, "L s": latency, "wall s": wall, "ideal s": ideal, "API calls": calls}
+            {
+                "N": n,
+                "steps": 3,
+                "K": k,
+                "L s": latency,
+                "wall s": wall,
+                "ideal s": ideal,
+                "API calls": calls,
+                "slots busy": busy,
+                "CPU ms/call: flow": cpu.plugin * per_call,
+                "server+db": cpu.server * per_call,
+                "sandbox": sandbox_cpu * per_call,
+            }
         ]
         common.report(
             f"pipeline: N={n} rows x 3 steps, K={k}, L={latency:g} s, Prefect server on {stack.database}",

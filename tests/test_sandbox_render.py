@@ -7,10 +7,11 @@ import argparse
 import httpx
 import pytest
 
-from prefect_gpt_image.api.images import probe_image
+from prefect_gpt_image.api.images import InputImage, probe_image
 from prefect_gpt_image.sandbox import SandboxServer
 from prefect_gpt_image.sandbox.cli import add_arguments, config_from_args
 from prefect_gpt_image.sandbox.render import Renderer, RenderSpec
+from tests.support.images import png_bytes
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
@@ -23,6 +24,22 @@ def test_template_results_are_distinct_valid_images(fmt: str) -> None:
     for result in results:
         info = probe_image(result.data)
         assert (info.format, info.width, info.height) == (fmt, 1024, 640)
+
+
+def test_template_edits_differ_by_input_and_keep_the_size() -> None:
+    renderer = Renderer("template")
+    inputs = [
+        InputImage.from_bytes(png_bytes((256, 256), colour=colour), f"in{i}.png")
+        for i, colour in enumerate(["red", "blue"])
+    ]
+    results = [
+        renderer(RenderSpec(prompt="same edit", width=512, height=512, inputs=(image,))) for image in inputs
+    ]
+    drawn = renderer(RenderSpec(prompt="same edit", width=512, height=512))
+    assert len({r.sha256 for r in [*results, drawn]}) == 3  # each input its own result
+    again = renderer(RenderSpec(prompt="same edit", width=512, height=512, inputs=(inputs[0],)))
+    assert again.sha256 == results[0].sha256
+    assert (probe_image(results[1].data).width, probe_image(results[1].data).height) == (512, 512)
 
 
 def test_texture_makes_files_as_large_as_real_ones() -> None:

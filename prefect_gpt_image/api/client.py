@@ -252,7 +252,7 @@ class AsyncImagesClient:
             if request.mask is not None:
                 m = request.mask
                 files.append(("mask", (m.filename, m.data, m.content_type)))
-            return self._http.build_request(
+            built = self._http.build_request(
                 "POST",
                 url,
                 data=request.form_fields(),
@@ -260,6 +260,10 @@ class AsyncImagesClient:
                 headers=headers,
                 timeout=timeout,
             )
+            # One buffer, sent in one write (streamed, each field's headers and value is a write
+            # of its own under a cancel scope: a few milliseconds of event loop per edit).
+            built.read()
+            return built
         return self._http.build_request(
             "POST", url, json=request.wire_fields(), headers=headers, timeout=timeout
         )

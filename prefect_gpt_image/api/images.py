@@ -110,9 +110,10 @@ class InputImage:
         return CONTENT_TYPES[self.format]
 
     @classmethod
-    def from_bytes(cls, data: bytes, filename: str | None = None) -> InputImage:
-        """Decode and describe ``data``; raise ``ValueError`` with the reason if it is no image."""
-        info = probe_image(data)
+    def from_bytes(cls, data: bytes, filename: str | None = None, *, decode: bool = True) -> InputImage:
+        """Check and describe ``data``; raise ``ValueError`` with the reason if it is no image
+        (``decode=False``: a PNG is checked by its CRCs, see :func:`probe_image`)."""
+        info = probe_image(data, decode=decode)
         name = filename or f"image.{info.format}"
         return cls(
             filename=os.path.basename(name),
@@ -125,8 +126,11 @@ class InputImage:
         )
 
 
-def load_input_image(source: ImageSource, *, max_bytes: int = MAX_INPUT_BYTES) -> InputImage:
-    """Read ``source`` (path, bytes or binary file object) into a checked :class:`InputImage`.
+def load_input_image(
+    source: ImageSource, *, max_bytes: int = MAX_INPUT_BYTES, decode: bool = True
+) -> InputImage:
+    """Read ``source`` (path, bytes or binary file object) into a checked :class:`InputImage`
+    (``decode``: see :meth:`InputImage.from_bytes`).
 
     Raises ``ValueError`` naming what is wrong: unreadable, too large, or not a valid image.
     """
@@ -160,4 +164,4 @@ def load_input_image(source: ImageSource, *, max_bytes: int = MAX_INPUT_BYTES) -
         raise ValueError(f"{len(data)} bytes; must be under {max_bytes} bytes")
     if not data:
         raise ValueError("empty file")
-    return InputImage.from_bytes(data, filename)
+    return InputImage.from_bytes(data, filename, decode=decode)

@@ -16,18 +16,14 @@ artifacts (the table lists every row's image).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
-import time
 from collections import Counter
-from functools import partial
 from typing import Any, Literal
-from uuid import UUID, uuid4
+from uuid import uuid4
 
-import anyio
 from prefect import flow, get_run_logger
-from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact, aupdate_progress_artifact
+from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
@@ -41,18 +37,17 @@ from prefect_gpt_image.storage.base import IMAGES_FOLDER
 from prefect_gpt_image.tasks import ImageRef
 from prefect_gpt_image.tasks.cache import CACHE_FOLDER, cache_key, read_record, record_name
 from prefect_gpt_image.tasks.concurrency import (
-    ensure_limit,
     hold_slots,
     release_idle_leases,
-    slots_in_use,
 )
 from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.pipeline import batch_rows, run_image_call, with_links
-from prefect_gpt_image.tasks.retry import collect_maybe_billed, with_retries
+from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
+from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
+from .rows import Progress, run_workers
 from .templates import template_columns
 
 __all__ = ["BatchResult", "RowResult", "batch_generate"]
@@ -194,7 +189,7 @@ async def batch_generate(
             ),
             lookups.any_miss(),
         )
-        progress = _Progress(total, progress_id)
+        progress = Progress(total, progress_id)
         progress.done = len(results)
         queue: asyncio.Queue[tuple[int, BatchRow, dict[str, Any]]] = asyncio.Queue()
         for item in todo:
@@ -231,7 +226,7 @@ async def batch_generate(
                 logger=logger,
             ):
                 with batch_rows():
-                    await _run_workers(worker, rows_at_once, settings, logger)
+                    await run_workers(worker, rows_at_once, settings, logger)
         else:  # every row is in the store: no task run, no concurrency slot
             await worker()
     finally:
@@ -315,18 +310,12 @@ async def _run_row(
     server more CPU per row than the rest of the row; the table artifact lists every row)."""
     with collect_maybe_billed() as lost:
         try:
-            made = await with_retries(
-                partial(
-                    run_image_call,
-                    request,
-                    variant=row.variant if row.variant is not None else variant,
-                    refresh_cache=False,
-                    credentials=credentials,
-                    settings=settings,
-                    store=store,
-                    on_partial=None,
-                ),
-                logger=get_run_logger(),
+            made = await run_row_call(
+                request,
+                variant=row.variant if row.variant is not None else variant,
+                credentials=credentials,
+                settings=settings,
+                store=store,
                 what=f"Batch row {number}",
             )
         except Exception as exc:  # one bad row must not sink the batch: record it and go on
@@ -415,81 +404,6 @@ def _write_report(store: ImageStore, key: str, rows: list[RowResult]) -> str:
     writer.writerows(_table_row(r) for r in rows)
     store.put_bytes(key, out.getvalue().encode(), "text/csv")
     return store.link_for(key)
-
-
-async def _run_workers(worker: Any, count: int, settings: Any, logger: Any) -> None:
-    """Run ``count`` workers: the first wave (as many as the limit has slots) one after another,
-    each once the one before holds its slot, then the others. Starting a Prefect task run costs
-    the event loop some milliseconds; started all at once, every row would wait for all the
-    others to start before its paid call goes out, and rows beyond the limit only wait anyway."""
-    if count <= 1:
-        await worker()
-        return
-    name = settings.concurrency_limit_name
-    slots = (await ensure_limit(name, settings.concurrency_limit, logger=logger)).limit
-    first = min(count, max(1, slots))
-    running: list[asyncio.Future[None]] = []
-    try:
-        await _start_first_wave(worker, first, name, running)
-        running.extend(asyncio.ensure_future(worker()) for _ in range(count - first))
-        await asyncio.gather(*running)
-    except BaseException:
-        for task in running:
-            task.cancel()
-        # Rows whose images are paid for finish storing them before the cancellation goes on.
-        with anyio.CancelScope(shield=True):
-            while not all(task.done() for task in running):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait(running)
-        raise
-
-
-async def _start_first_wave(worker: Any, first: int, name: str, running: list[asyncio.Future[None]]) -> None:
-    """Start ``first`` workers into ``running``, each once the one before holds a slot of ``name``."""
-    loop = asyncio.get_running_loop()
-    for index in range(first):
-        running.append(asyncio.ensure_future(worker()))
-        if index + 1 == first:
-            break
-        # Until this row holds its slot (or any row ended, or the limit is busy elsewhere).
-        deadline = loop.time() + _FIRST_WAVE_WAIT / first
-        while (
-            slots_in_use(name) <= index
-            and not any(task.done() for task in running)
-            and loop.time() < deadline
-        ):
-            await asyncio.sleep(0.001)
-
-
-class _Progress:
-    """A progress artifact that moves as rows land, updated at most once a second, in the
-    background (a row never waits for the update)."""
-
-    def __init__(self, total: int, artifact_id: UUID) -> None:
-        self.total, self.artifact_id, self.done = total, artifact_id, 0
-        self._last = time.monotonic()
-        self._update: asyncio.Task[None] | None = None
-
-    def advance(self) -> None:
-        self.done += 1
-        busy = self._update is not None and not self._update.done()
-        if not busy and time.monotonic() - self._last >= _PROGRESS_INTERVAL:
-            self._last = time.monotonic()
-            self._update = asyncio.ensure_future(self._send())
-
-    async def finish(self) -> None:
-        if self._update is not None:
-            await asyncio.gather(self._update, return_exceptions=True)
-        self._last = time.monotonic()
-        await self._send(best_effort=False)
-
-    async def _send(self, best_effort: bool = True) -> None:
-        percent = 100.0 * self.done / self.total if self.total else 100.0
-        try:
-            await aupdate_progress_artifact(self.artifact_id, percent)
-        except Exception:
-            if not best_effort:
-                raise
 
 
 class _StoreLookups:

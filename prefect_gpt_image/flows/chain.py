@@ -33,14 +33,15 @@ from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
 from prefect_gpt_image.tasks.cache import cache_key, read_record
 from prefect_gpt_image.tasks.concurrency import hold_slots
+from prefect_gpt_image.tasks.images import edit_request, generate_request
 from prefect_gpt_image.tasks.inputs import read_input
-from prefect_gpt_image.tasks.pipeline import batch_rows, with_links
+from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
-from .batch import _Progress
 from .masks import MaskRegion, build_mask
 from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
+from .rows import Progress, run_workers
 from .templates import fill_template
 
 __all__ = [
@@ -338,7 +339,7 @@ def _prepare_step(
     fields = {**shared, **(step.options.fields() if step.options is not None else {})}
     settings = ctx.settings
     if isinstance(step, GenerateStep):
-        request = GenerateRequest.build(prompt=prompt, **{**settings.request_defaults(), **fields})
+        request = generate_request(prompt, settings, **fields)
         return _Call(
             name, step, prompt, fields, [], dims=request.dimensions, known=True, cached=_lookup(request, ctx)
         )
@@ -377,11 +378,8 @@ def _prepare_step(
     # What is not known yet (an output still to make) is checked with a stand-in of its size.
     stand_in_dims = dims or ((mask.width, mask.height) if mask is not None else (1024, 1024))
     stand_in = InputImage("pending.png", b"", "png", stand_in_dims[0], stand_in_dims[1], False, "0" * 64)
-    edit = EditRequest.build(
-        prompt=prompt,
-        images=tuple(image if image is not None else stand_in for image in images),
-        mask=mask,
-        **{**settings.request_defaults(moderation=False), **fields},
+    edit = edit_request(
+        prompt, [image if image is not None else stand_in for image in images], mask, settings, **fields
     )
     size_known = isinstance(step, BlendStep) or "size" in fields
     call.dims = edit.dimensions if size_known else None
@@ -414,7 +412,7 @@ class _Runtime:
     settings: GptImageSettings
     store: ImageStore
     variant: int
-    serve_hits: bool
+    batch: bool
     errors: dict[tuple[int, str], BaseException] = field(default_factory=dict)
 
 
@@ -433,17 +431,18 @@ async def run_chains(
     """Make every valid row's chain (``max_parallel`` rows at once; unset: twice the settings'
     concurrency limit); the results row after row, and the error of each failed or invalid step.
 
-    ``batch`` serves the steps found in the plan straight from the store (no task run) and keeps
-    the calls' own artifacts off (the batch's table lists them)."""
-    rt = _Runtime(credentials, settings, store, variant, serve_hits=batch)
+    ``batch`` makes each step as the image call itself, without a task run of its own, serves the
+    steps found in the plan straight from the store and keeps the calls' own artifacts off (the
+    batch's table lists them); else each step is its task's run (``image_pipeline``)."""
+    rt = _Runtime(credentials, settings, store, variant, batch=batch)
     results: dict[int, list[StepResult]] = {}
     total = sum(max(1, len(item.calls)) for item in prepared)
-    progress: _Progress | None = None
+    progress: Progress | None = None
     if progress_key is not None:
         artifact = await acreate_progress_artifact(
             0.0, key=progress_key, description=f"gpt-image: {len(prepared)} rows, {total} steps"
         )
-        progress = _Progress(total, artifact)
+        progress = Progress(total, artifact)
     queue: asyncio.Queue[_Row] = asyncio.Queue()
     for item in prepared:
         if item.invalid_step is not None:
@@ -463,7 +462,8 @@ async def run_chains(
             results[item.row.number] = await _run_row(item, rt, progress, logger)
 
     rows_at_once = max(1, min(queue.qsize(), max_parallel or 2 * settings.concurrency_limit))
-    if batch:
+    must_run = any(call.cached is None for item in prepared for call in item.calls)
+    if batch and must_run:
         # A finished call's concurrency slot goes to the next call of this batch without a round
         # trip to the server (the slots are released when the batch ends).
         async with hold_slots(
@@ -473,7 +473,9 @@ async def run_chains(
             logger=logger,
         ):
             with batch_rows():
-                await asyncio.gather(*(worker() for _ in range(rows_at_once)))
+                await run_workers(worker, rows_at_once, settings, logger)
+    elif batch:  # every step is in the store: no concurrency slot
+        await worker()
     else:
         await asyncio.gather(*(worker() for _ in range(rows_at_once)))
     if progress is not None:
@@ -495,7 +497,7 @@ def _invalid(item: _Row) -> StepResult:
     )
 
 
-async def _run_row(item: _Row, rt: _Runtime, progress: _Progress | None, logger: Any) -> list[StepResult]:
+async def _run_row(item: _Row, rt: _Runtime, progress: Progress | None, logger: Any) -> list[StepResult]:
     outputs: dict[str, ImageRef] = {}
     done: list[StepResult] = []
     failed: str | None = None
@@ -522,12 +524,12 @@ async def _run_step(
     call: _Call, result: StepResult, outputs: dict[str, ImageRef], rt: _Runtime, logger: Any
 ) -> str | None:
     """Serve or make ``call``, filling in ``result``; why the row's later steps are skipped, or None."""
-    if rt.serve_hits and call.cached is not None:
+    if rt.batch and call.cached is not None:
         refs, result.cached, lost = with_links(rt.store, call.cached, logger), True, []
     else:
         with collect_maybe_billed() as lost:
             try:
-                refs = await _make(call, outputs, rt)
+                refs = await _make(call, outputs, rt, f"Row {result.row}, step {call.name}")
             except Exception as exc:  # a failed step fails its row only
                 rt.errors[(result.row, call.name)] = exc
                 request_id = exc.request_id if isinstance(exc, GptImageError) else None
@@ -552,26 +554,18 @@ def _source(call: _Call, outputs: Mapping[str, ImageRef]) -> str:
     return made.uri if made is not None else f"step {first.step}"
 
 
-async def _make(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime) -> list[ImageRef]:
-    """Make (or find) one step's images with its task."""
-    common: dict[str, Any] = {
-        "variant": rt.variant,
-        "credentials": quote(rt.credentials),
-        "settings": quote(rt.settings),
-        "storage": quote(rt.store),
-    }
-    step = call.step
-    if isinstance(step, GenerateStep):
-        made: list[ImageRef] = await generate_image.aio(call.prompt, **call.fields, **common)
-        return made
+def _arguments(
+    call: _Call, outputs: Mapping[str, ImageRef]
+) -> tuple[list[ImageRef | str], str | bytes | None, dict[str, Any]]:
+    """A step's input images (the edited one first), its mask and its request fields, now that
+    the outputs it names are made."""
     images: list[ImageRef | str] = [
         outputs[inp.step] if inp.step is not None else str(inp.uri) for inp in call.inputs
     ]
-    first = images[0]
     fields = dict(call.fields)
-    if isinstance(step, BlendStep):
-        made = await blend_images.aio(call.prompt, images, **fields, **common)
-        return made
+    if not isinstance(call.step, EditStep):
+        return images, None, fields
+    first = images[0]
     dims = (first.width, first.height) if isinstance(first, ImageRef) else None
     if dims is None and call.inputs[0].header is not None:
         dims = (call.inputs[0].header.width, call.inputs[0].header.height)
@@ -582,8 +576,53 @@ async def _make(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime) -> l
     mask: str | bytes | None = call.mask_uri
     if mask is None and call.region is not None and dims is not None:
         mask = build_mask(dims[0], dims[1], call.region)
-    made = await edit_image.aio(call.prompt, first, mask, references=images[1:], **fields, **common)
-    return made
+    return images, mask, fields
+
+
+async def _make(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime, what: str) -> list[ImageRef]:
+    """Make (or find) one step's images: in a batch the image call itself (no task run per step,
+    see :func:`~prefect_gpt_image.tasks.pipeline.run_row_call`), else with the step's task."""
+    if rt.batch:
+        request = await asyncio.to_thread(_request, call, outputs, rt)
+        made = await run_row_call(
+            request,
+            variant=rt.variant,
+            credentials=rt.credentials,
+            settings=rt.settings,
+            store=rt.store,
+            what=what,
+        )
+        return made.refs
+    images, mask, fields = _arguments(call, outputs)
+    common: dict[str, Any] = {
+        "variant": rt.variant,
+        "credentials": quote(rt.credentials),
+        "settings": quote(rt.settings),
+        "storage": quote(rt.store),
+    }
+    step = call.step
+    refs: list[ImageRef]
+    if isinstance(step, GenerateStep):
+        refs = await generate_image.aio(call.prompt, **fields, **common)
+    elif isinstance(step, BlendStep):
+        refs = await blend_images.aio(call.prompt, images, **fields, **common)
+    else:
+        refs = await edit_image.aio(call.prompt, images[0], mask, references=images[1:], **fields, **common)
+    return refs
+
+
+def _request(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime) -> GenerateRequest | EditRequest:
+    """The request of a step whose inputs are made, as its task would build it (reads the inputs
+    and builds the mask: blocking)."""
+    images, mask, fields = _arguments(call, outputs)
+    if isinstance(call.step, GenerateStep):
+        return generate_request(call.prompt, rt.settings, **fields)
+    labels = [f"{call.name}.image"] + [f"{call.name}.references[{i}]" for i in range(len(images) - 1)]
+    loaded = [read_input(image, rt.store, what=label) for image, label in zip(images, labels, strict=True)]
+    mask_image = None
+    if mask is not None:
+        mask_image = read_input(mask, rt.store, what=f"{call.name}.mask", max_bytes=MAX_MASK_BYTES)
+    return edit_request(call.prompt, loaded, mask_image, rt.settings, **fields)
 
 
 # -- artifacts -----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ image) so a user can say "edit this box" instead of drawing one.
 from __future__ import annotations
 
 import io
+from functools import lru_cache
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -55,9 +56,17 @@ class MaskRegion(BaseModel):
 
 
 def build_mask(width: int, height: int, region: MaskRegion) -> bytes:
-    """An RGBA PNG of ``width`` x ``height``: opaque outside ``region``, alpha 0 inside it."""
+    """An RGBA PNG of ``width`` x ``height``: opaque outside ``region``, alpha 0 inside it.
+
+    The same box at the same size gives the same bytes, made once (a batch applying one region
+    to many images of a few sizes encodes a few masks, not one per image)."""
+    return _mask_png(width, height, region.pixels(width, height))
+
+
+@lru_cache(maxsize=64)
+def _mask_png(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
     mask = Image.new("RGBA", (width, height), (0, 0, 0, 255))
-    mask.paste((0, 0, 0, 0), region.pixels(width, height))
+    mask.paste((0, 0, 0, 0), box)
     buf = io.BytesIO()
-    mask.save(buf, "PNG", optimize=True)
+    mask.save(buf, "PNG")
     return buf.getvalue()

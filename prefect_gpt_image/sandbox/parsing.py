@@ -177,20 +177,23 @@ def _build_edit(
     mask_part: tuple[str | None, bytes] | None,
     fields: dict[str, str],
 ) -> EditRequest:
-    """Decode the uploads and validate the edit (CPU-bound: runs in a worker thread)."""
+    """Check the uploads and validate the edit (CPU-bound: runs in a worker thread). A PNG is
+    checked by its integrity data (every chunk's CRC, through IEND), JPEG and WebP are decoded:
+    decoding every PNG's pixels cost the sandbox more CPU per edit than the client spends, on
+    the same cores in tests and benchmarks, and catches no more truncated or corrupt uploads."""
     images: list[InputImage] = []
     for i, (name, data) in enumerate(image_parts):
         if len(data) >= MAX_INPUT_BYTES:
             raise _invalid("image", f"image {i} is too large: must be under 50 MB", "invalid_image_file")
         try:
-            images.append(InputImage.from_bytes(data, name))
+            images.append(InputImage.from_bytes(data, name, decode=False))
         except ValueError as exc:
             raise _invalid("image", f"image {i} ({name}): {exc}", "invalid_image_file") from None
     mask: InputImage | None = None
     if mask_part is not None:
         name, data = mask_part
         try:
-            mask = InputImage.from_bytes(data, name)
+            mask = InputImage.from_bytes(data, name, decode=False)
         except ValueError as exc:
             raise _invalid("mask", f"mask ({name}): {exc}", "invalid_image_file") from None
         if mask.format != "png" or not mask.has_alpha:

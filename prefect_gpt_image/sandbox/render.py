@@ -8,8 +8,11 @@ Two cheaper or more realistic variants, for benchmarks (see :class:`Renderer`):
 
 * ``template``: one image per size and format is drawn once; each request gets a copy made
   unique (and still deterministic) by a metadata chunk naming its spec (PNG ``tEXt``, JPEG
-  ``COM``), so thousands of distinct results cost a memory copy each, not a drawing. WebP has no
-  such cheap chunk and is drawn as usual.
+  ``COM``), so thousands of distinct results cost a memory copy each, not a drawing. Edits get
+  the same copies (the spec names their inputs' and mask's sha256, so each input still gives its
+  own result), but their pixels do not show the input: for benchmarks, where decoding, painting
+  and encoding every edit would spend the client's cores on what the real API does on its own
+  machines. WebP has no such cheap chunk and is drawn as usual.
 * ``texture``: photo-like grain, so files are about as large as real results (PNG about 1.4 MB at
   1024x1024 and 11 MB at 3840x2160, instead of a few tens of kilobytes).
 """
@@ -110,8 +113,8 @@ def render(spec: RenderSpec, *, texture: bool = False) -> Rendered:
 
 class Renderer:
     """Makes the :class:`Rendered` result of a spec: ``draw`` renders every image (the default),
-    ``template`` copies one pre-rendered image per size and format and makes the copy unique
-    with a metadata chunk naming the spec; ``texture`` adds realistic grain. Thread-safe."""
+    ``template`` copies one pre-rendered image per size and format (edits too) and makes the copy
+    unique with a metadata chunk naming the spec; ``texture`` adds realistic grain. Thread-safe."""
 
     def __init__(self, mode: str = "draw", *, texture: bool = False) -> None:
         """A renderer in ``mode`` (``draw`` or ``template``)."""
@@ -124,7 +127,7 @@ class Renderer:
 
     def __call__(self, spec: RenderSpec) -> Rendered:
         """The result for ``spec``."""
-        if self.mode == "draw" or spec.inputs or spec.format == "webp":
+        if self.mode == "draw" or spec.format == "webp":
             return render(spec, texture=self.texture)
         base = self._template(spec)
         marker = hashlib.sha256(repr(spec.key()).encode()).hexdigest().encode()

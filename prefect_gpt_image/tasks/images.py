@@ -43,7 +43,14 @@ from .pipeline import CallResult, in_batch, run_image_call
 from .refs import ImageRef
 from .retry import RETRIES, RETRY_DELAYS, retry_condition
 
-__all__ = ["StorageOption", "blend_images", "edit_image", "generate_image"]
+__all__ = [
+    "StorageOption",
+    "blend_images",
+    "edit_image",
+    "edit_request",
+    "generate_image",
+    "generate_request",
+]
 
 StorageOption = GptImageStorage | ImageStore | S3Bucket | str | os.PathLike[str] | None
 """Where images go: a :class:`GptImageStorage` block, an ImageStore, an S3Bucket block, a local
@@ -95,6 +102,25 @@ def _fields(settings: GptImageSettings, *, moderation_allowed: bool, **given: An
     fields = settings.request_defaults(moderation=moderation_allowed)
     fields.update({name: value for name, value in given.items() if value is not None})
     return fields
+
+
+def generate_request(prompt: str, settings: GptImageSettings, **options: Any) -> GenerateRequest:
+    """The request :func:`generate_image` sends for ``prompt`` and ``options`` (unset ones, None,
+    from ``settings``); RequestValidationError before anything is paid."""
+    return GenerateRequest.build(prompt=prompt, **_fields(settings, moderation_allowed=True, **options))
+
+
+def edit_request(
+    prompt: str,
+    images: Sequence[InputImage],
+    mask: InputImage | None,
+    settings: GptImageSettings,
+    **options: Any,
+) -> EditRequest:
+    """The request :func:`edit_image` and :func:`blend_images` send for the read ``images`` (the
+    edited one first) and ``mask``; RequestValidationError before anything is paid."""
+    fields = _fields(settings, moderation_allowed=False, **options)
+    return EditRequest.build(prompt=prompt, images=tuple(images), mask=mask, **fields)
 
 
 async def _read_inputs(
@@ -160,23 +186,20 @@ async def generate_image(
     """
     settings = settings or GptImageSettings()
     store = _store(storage)
-    request = GenerateRequest.build(
-        prompt=prompt,
-        **_fields(
-            settings,
-            moderation_allowed=True,
-            n=n,
-            size=size,
-            quality=quality,
-            output_format=output_format,
-            output_compression=output_compression,
-            background=background,
-            moderation=moderation,
-            model=model,
-            stream=stream or None,
-            partial_images=partial_images,
-            user=user,
-        ),
+    request = generate_request(
+        prompt,
+        settings,
+        n=n,
+        size=size,
+        quality=quality,
+        output_format=output_format,
+        output_compression=output_compression,
+        background=background,
+        moderation=moderation,
+        model=model,
+        stream=stream or None,
+        partial_images=partial_images,
+        user=user,
     )
     return await _call(request, variant, refresh_cache, credentials, settings, store, on_partial)
 
@@ -219,12 +242,7 @@ async def _edit(
     settings = settings or GptImageSettings()
     store = _store(storage)
     loaded, mask_image = await _read_inputs(images, mask, store)
-    request = EditRequest.build(
-        prompt=prompt,
-        images=loaded,
-        mask=mask_image,
-        **_fields(settings, moderation_allowed=False, **options),
-    )
+    request = edit_request(prompt, loaded, mask_image, settings, **options)
     return await _call(request, variant, refresh_cache, credentials, settings, store, on_partial)
 
 

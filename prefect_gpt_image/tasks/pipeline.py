@@ -61,9 +61,9 @@ from .concurrency import api_slot
 from .errors import CacheLockTimeoutError, ImagesLostError, ImagesSpooledError, ImageStorageError
 from .locks import get_lock_manager
 from .refs import ImageRef
-from .retry import allow_outcome_unknown_retry, note_maybe_billed
+from .retry import allow_outcome_unknown_retry, note_maybe_billed, with_retries
 
-__all__ = ["CallResult", "batch_rows", "in_batch", "run_image_call", "with_links"]
+__all__ = ["CallResult", "batch_rows", "in_batch", "run_image_call", "run_row_call", "with_links"]
 
 _T = TypeVar("_T")
 _fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
@@ -205,6 +205,35 @@ async def run_image_call(
                 "made the same images",
                 key[:16],
             )
+
+
+async def run_row_call(
+    request: GenerateRequest | EditRequest,
+    *,
+    variant: int,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+    what: str,
+) -> CallResult:
+    """:func:`run_image_call` for a row (or a row's step) of a batch: the image tasks' guarantees
+    and their retries (:func:`~.retry.with_retries`), without a Prefect task run of its own (one
+    cost the flow process and the Prefect server more CPU than the rest of the call; the batch's
+    table lists every call). ``what`` names the row in the retry warnings."""
+    return await with_retries(
+        partial(
+            run_image_call,
+            request,
+            variant=variant,
+            refresh_cache=False,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            on_partial=None,
+        ),
+        logger=_logger(),
+        what=what,
+    )
 
 
 async def _finish_once_answered(

@@ -8,6 +8,7 @@ finds the key, the settings and the bucket in the blocks alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections import Counter
 from pathlib import PurePosixPath
@@ -33,6 +34,8 @@ from .conftest import (
     FinishedRun,
     deployment_specs,
     flow_name_of,
+    start_run,
+    wait_for_runs,
 )
 
 _IMAGE_KEY = re.compile(r"/images/([0-9a-f]{64})\.(png|jpeg|webp)$")
@@ -55,6 +58,13 @@ def _artifacts(stack: E2EStack, run: FinishedRun) -> list[Any]:
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
         )
+
+
+def _table(stack: E2EStack, run: FinishedRun, key: str) -> list[dict[str, Any]]:
+    """The rows of run ``run``'s table artifact ``key``."""
+    (table,) = [a for a in _artifacts(stack, run) if a.key == key and a.type == "table"]
+    rows: list[dict[str, Any]] = json.loads(table.data) if isinstance(table.data, str) else table.data
+    return rows
 
 
 def _run_logs(stack: E2EStack, run: FinishedRun) -> str:
@@ -162,3 +172,48 @@ def test_worker_runs_pipeline_and_nightly_into_the_bucket(e2e_stack: E2EStack, e
         assert logs, "the run wrote no logs"
         assert e2e_stack.api_key not in logs
     assert e2e_stack.api_key not in e2e_stack.worker_log.read_text(errors="replace")
+
+
+def test_worker_runs_backgrounds_and_catalogue(e2e_stack: E2EStack, e2e_runs: E2ERuns) -> None:
+    """The batch deployments run on the worker as shipped: ``backgrounds`` edits every photo under
+    an S3 prefix (one paid edit each, the output linked to its source), ``catalogue`` runs the
+    shipped manifest's chains (a generation, a box edit with its mask, a blend with two images per
+    row); the sandbox billed exactly those calls, and the table artifacts list every step."""
+    from tests.support.images import png_bytes
+
+    del e2e_runs  # the first runs' requests are in the ledger before these
+    s3 = e2e_stack.s3.client()
+    photos = {f"photos/incoming/{name}.png": png_bytes((1024, 1024), name) for name in ("teal", "salmon")}
+    for key, body in photos.items():
+        s3.put_object(Bucket=e2e_stack.bucket, Key=key, Body=body, ContentType="image/png")
+    seen = len(e2e_stack.sandbox.ledger.requests)
+    runs = [
+        start_run(e2e_stack, "backgrounds", {"images": f"s3://{e2e_stack.bucket}/photos/incoming/"}),
+        start_run(e2e_stack, "catalogue"),
+    ]
+    backgrounds, catalogue = wait_for_runs(e2e_stack, runs)
+    for run in (backgrounds, catalogue):
+        assert run.state_type == "COMPLETED", f"{run.state_message}\n{e2e_stack.log_tail()}"
+
+    spec = deployment_specs()["catalogue"]
+    rows = len((REPO_ROOT / spec["parameters"]["manifest"]).read_text().strip().splitlines()) - 1
+    assert rows >= 2
+    requests = e2e_stack.sandbox.ledger.requests[seen:]
+    assert all(r["status"] == 200 for r in requests), [r["status"] for r in requests]
+    by_endpoint = Counter(r["endpoint"].rsplit("/", 1)[-1] for r in requests)
+    # backgrounds: one edit per photo; catalogue: per row a generation, a box edit and a blend
+    assert by_endpoint == {"generations": rows, "edits": len(photos) + 2 * rows}, by_endpoint
+    edits = [r for r in requests if r["endpoint"].endswith("/edits")]
+    sources = {hashlib.sha256(body).hexdigest() for body in photos.values()}
+    photo_edits = [r for r in edits if r["files"][0]["sha256"] in sources]
+    assert {r["files"][0]["sha256"] for r in photo_edits} == sources and len(photo_edits) == len(photos)
+    chain_edits = [r for r in edits if r not in photo_edits]
+    masked = [r for r in chain_edits if [f["field"] for f in r["files"]][-1] == "mask"]
+    blends = [r for r in chain_edits if [f["field"] for f in r["files"]] == ["image[]", "image[]"]]
+    assert len(masked) == len(blends) == rows, [[f["field"] for f in r["files"]] for r in chain_edits]
+
+    edited = _table(e2e_stack, backgrounds, "gpt-image-batch-edit")
+    assert {row["source"] for row in edited} == {f"s3://{e2e_stack.bucket}/{key}" for key in photos}
+    assert all(row["status"] == "stored" and row["image"] for row in edited)
+    chained = _table(e2e_stack, catalogue, "gpt-image-batch-pipeline")
+    assert len(chained) == 3 * rows and all(row["status"] == "stored" for row in chained)
