@@ -229,8 +229,10 @@ class _SharedClient:
             if self._users == 0 and self._opened is not None:
                 opened, self._opened = self._opened, None
                 context = opened.result() if opened.done() and not opened.exception() else None
-                if context is not None:
-                    await context.client.__aexit__(None, None, None)
+                if context is not None:  # closed after the last engine's run is settled, not before
+                    closing = asyncio.ensure_future(context.client.__aexit__(None, None, None))
+                    _closing.add(closing)
+                    closing.add_done_callback(_closing.discard)
 
 
 async def _open_client() -> AsyncClientContext | None:
@@ -244,6 +246,8 @@ async def _open_client() -> AsyncClientContext | None:
 
 
 _clients: dict[str, _SharedClient] = {}
+_closing: set[asyncio.Future[Any]] = set()
+"""Clients being closed (a reference keeps each closing task alive until it is done)."""
 
 
 def _shared_client(api_url: str) -> AbstractAsyncContextManager[None]:
