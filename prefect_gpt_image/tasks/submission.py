@@ -10,7 +10,8 @@ all contending for the interpreter (measured on 200 mapped calls: 58 ms of CPU p
 with one Prefect API client shared by the engines there, and keeps what the runner gives: a
 future per run, its cancel event, and a flow that waits for its submitted runs when it ends (one
 waiting thread per ``.map``/``.submit`` call, in the runner's pool). A mapped fan-out is made
-whole, then started at once. A call whose parameters hold futures (or that waits for others), and
+whole, then started one call at a time until the calls in progress fill their places in front of
+the limit (each once the one before came for its API slot), then the rest at once. A call whose parameters hold futures (or that waits for others), and
 every call under a bounded pool (``max_workers``) or another task runner, goes the runner's own
 way (``fallback``): the async engine would block the shared loop waiting for futures.
 """
@@ -40,6 +41,8 @@ from prefect.task_engine import run_task_async
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import RUNNING_ASYNC_FLAG, RUNNING_IN_RUN_SYNC_LOOP_FLAG
 from pydantic import BaseModel
+
+from .concurrency.admission import progress
 
 __all__ = ["Admission", "SharedLoopSubmitter"]
 
@@ -127,7 +130,10 @@ class SharedLoopSubmitter:
             runner.start()  # type: ignore[no-untyped-call]
         loop = runner.loop
         assert loop is not None
-        loop.call_soon_threadsafe(_create_tasks, loop, starts)
+        if self._admission is not None and len(starts) > 1:
+            loop.call_soon_threadsafe(_start_first_wave, loop, starts)
+        else:
+            loop.call_soon_threadsafe(_create_tasks, loop, starts)
         executor = self._runner._executor
         if executor is not None:
             executor.submit(concurrent.futures.wait, [start.future for start in starts])
@@ -150,6 +156,33 @@ def _create_tasks(loop: asyncio.AbstractEventLoop, starts: list[_Start]) -> None
             continue
         task = loop.create_task(_as_run_sync(start.engine), context=start.context)
         task.add_done_callback(functools.partial(_settle, start.future))
+
+
+def _start_first_wave(loop: asyncio.AbstractEventLoop, starts: list[_Start]) -> None:
+    """(On the shared loop.) Start ``starts`` one after another, each once the one before came
+    for its API slot (or ended, or :data:`_NEXT_AFTER` passed), until one has to wait to be
+    admitted: then the others at once. Started together, the first paid request of a fan-out
+    waited for every admitted call's task run to start (the first wave's 32 under a limit of 16)."""
+    starter = loop.create_task(_first_wave(loop, starts))
+    _starting.add(starter)
+    starter.add_done_callback(_starting.discard)
+
+
+async def _first_wave(loop: asyncio.AbstractEventLoop, starts: list[_Start]) -> None:
+    for index, start in enumerate(starts):
+        arrivals, queued = progress()
+        _create_tasks(loop, [start])
+        if index + 1 == len(starts):
+            return
+        deadline = loop.time() + _NEXT_AFTER
+        while True:
+            now_arrived, now_queued = progress()
+            if now_queued > queued or start.future.done():  # the places are full, or a cache hit
+                _create_tasks(loop, starts[index + 1 :])
+                return
+            if now_arrived > arrivals or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.001)
 
 
 def _settle(future: concurrent.futures.Future[State[Any]], task: asyncio.Task[State[Any]]) -> None:
@@ -245,6 +278,9 @@ async def _open_client() -> AsyncClientContext | None:
     return context
 
 
+_NEXT_AFTER = 0.05
+"""Seconds the first wave waits at most for a call to come for its API slot before the next starts."""
+_starting: set[asyncio.Task[None]] = set()
 _clients: dict[str, _SharedClient] = {}
 _closing: set[asyncio.Future[Any]] = set()
 """Clients being closed (a reference keeps each closing task alive until it is done)."""

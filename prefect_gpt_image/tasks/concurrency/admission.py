@@ -30,7 +30,7 @@ from prefect.settings import PREFECT_API_URL
 from .gate import SlotGate
 from .limits import _gates, _registry_lock, _server_key
 
-__all__ = ["ADMISSION_FACTOR", "EPHEMERAL_ADVICE", "admitted", "arrived", "on_the_way"]
+__all__ = ["ADMISSION_FACTOR", "EPHEMERAL_ADVICE", "admitted", "arrived", "on_the_way", "progress"]
 
 ADMISSION_FACTOR = 2
 """Task runs in progress per slot of the limit (calls that hit the cache or the spool hold no
@@ -42,6 +42,8 @@ _on_the_way: dict[tuple[str, str], int] = {}
 _CALL: ContextVar[list[Any] | None] = ContextVar("prefect_gpt_image_admitted_call", default=None)
 """The current call's admission: [limit key, still on its way to the API slot]."""
 _lock = threading.Lock()
+_counts = [0, 0]
+"""Admitted calls of this process that came for their API slot, and calls that waited to be admitted."""
 
 
 def _gate(name: str, slots: int) -> SlotGate:
@@ -74,6 +76,15 @@ def arrived(key: tuple[str, str]) -> None:
         token[1] = False
         with _lock:
             _on_the_way[key] -= 1
+            _counts[0] += 1
+
+
+def progress() -> tuple[int, int]:
+    """(calls of this process, admitted, that came for their API slot; calls that had to wait to
+    be admitted), both counted since the process started: a starter of many calls reads them to
+    start each once the one before is through its pre-call work, until the places are full."""
+    with _lock:
+        return _counts[0], _counts[1]
 
 
 @asynccontextmanager
@@ -82,6 +93,8 @@ async def admitted(name: str, slots: int) -> AsyncIterator[None]:
     until the server's value is known)."""
     gate = _gate(name, slots)
     if gate.held >= gate.capacity:
+        with _lock:
+            _counts[1] += 1
         _advise_a_server(gate)
     async with gate.slot():
         key = _server_key(name)
