@@ -11,9 +11,10 @@ with one Prefect API client shared by the engines there, and keeps what the runn
 future per run, its cancel event, and a flow that waits for its submitted runs when it ends (one
 waiting thread per ``.map``/``.submit`` call, in the runner's pool). A mapped fan-out is made
 whole, then started one call at a time until the calls in progress fill their places in front of
-the limit (each once the one before came for its API slot), then the rest at once. A call whose parameters hold futures (or that waits for others), and
-every call under a bounded pool (``max_workers``) or another task runner, goes the runner's own
-way (``fallback``): the async engine would block the shared loop waiting for futures.
+the limit (each once the one before came for its API slot), then the rest at once. A call whose
+parameters hold futures (or that waits for others), and every call under a bounded pool
+(``max_workers``) or another task runner, goes the runner's own way (``fallback``): the async
+engine would block the shared loop waiting for futures.
 """
 
 from __future__ import annotations
