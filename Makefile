@@ -18,8 +18,10 @@ install: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/prefect-gpt-image demo
 
+# Two processes, a test file each at a time (each with its own Prefect server and stacks: the
+# tests wait on servers and latencies far more than they compute).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The benchmarks of bench/README.md, one after another (about 15 minutes on 2 cores; scale.py,
 # 1,000 to 10,000 rows and a rerun, about 6 of them on a quiet machine).
