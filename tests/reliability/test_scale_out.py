@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -30,7 +29,7 @@ from prefect_gpt_image.local_s3 import LocalS3Server
 from tests.support.prefect import use_postgres
 
 from .conftest import CANARY_KEY, REPO_ROOT, bucket_objects, fast_settings, s3_storage_block
-from .workers import child_env
+from .workers import create_pool, start_worker
 
 LIMIT = 3
 """The global concurrency limit shared by every worker."""
@@ -65,7 +64,8 @@ class Cluster:
         for path in [*self.worker_logs, self.server.log_path]:
             with contextlib.suppress(OSError):
                 parts.append(
-                    f"--- {path.name} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-40:])
+                    f"--- {path.parent.name}/{path.name} ---\n"
+                    + "\n".join(path.read_text(errors="replace").splitlines()[-40:])
                 )
         return "\n".join(parts).replace(CANARY_KEY, "***")
 
@@ -79,62 +79,17 @@ def cluster() -> Iterator[Cluster]:
         server.start()
         assert server.database == "postgresql" and server.postgres is not None
 
-        pool = "gpt-image-scale"
         cli_home = root / "cli-home"
         cli_home.mkdir()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "--no-prompt",
-                "work-pool",
-                "create",
-                pool,
-                "--type",
-                "process",
-            ],
-            env=child_env(server, cli_home),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        pool = create_pool(server, cli_home)
         lock_dir = root / "shared-locks"  # one lock service for both "machines" (see README)
         worker_logs: list[Path] = []
         for i in (1, 2):
-            worker_home = root / f"worker-{i}"
-            worker_home.mkdir()
-            worker_logs.append(root / f"worker-{i}.log")
-            with worker_logs[-1].open("wb") as log:
-                worker = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "prefect",
-                        "worker",
-                        "start",
-                        "--pool",
-                        pool,
-                        "--type",
-                        "process",
-                        "--limit",
-                        "1",
-                        "--name",
-                        f"worker-{i}",
-                    ],
-                    env=child_env(
-                        server,
-                        worker_home,
-                        GPT_IMAGE_LOCK_DIR=str(lock_dir),
-                        GPT_IMAGE_SPOOL=str(worker_home / "spool"),
-                    ),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=worker_home,
-                    start_new_session=True,
-                )
-            workers.append(worker)
+            worker = start_worker(
+                server, pool, root / f"worker-{i}", args=("--limit", "1"), GPT_IMAGE_LOCK_DIR=str(lock_dir)
+            )
+            workers.append(worker.process)
+            worker_logs.append(worker.log_path)
         yield Cluster(server, root, pool, workers, worker_logs, lock_dir)
     finally:
         for worker in reversed(workers):

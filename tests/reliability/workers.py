@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,11 @@ def create_pool(server: LocalPrefectServer, home: Path) -> str:
     return pool
 
 
-def start_worker(server: LocalPrefectServer, pool: str, home: Path, **extra: str) -> Worker:
-    """A process worker on ``pool`` with its own ``home`` (spool and locks in it unless given)."""
+def start_worker(
+    server: LocalPrefectServer, pool: str, home: Path, *, args: Sequence[str] = (), **extra: str
+) -> Worker:
+    """A process worker on ``pool`` with its own ``home`` (spool and locks in it unless given in
+    ``extra``, its environment); ``args``: more ``prefect worker start`` options (``--limit 1``)."""
     home.mkdir(parents=True, exist_ok=True)
     extra = {
         "GPT_IMAGE_SPOOL": str(home / "spool"),
@@ -95,6 +99,7 @@ def start_worker(server: LocalPrefectServer, pool: str, home: Path, **extra: str
                 "process",
                 "--name",
                 unique("worker"),
+                *args,
             ],
             env=child_env(server, home, **extra),
             stdin=subprocess.DEVNULL,
