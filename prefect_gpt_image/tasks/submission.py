@@ -43,7 +43,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import RUNNING_ASYNC_FLAG, RUNNING_IN_RUN_SYNC_LOOP_FLAG
 from pydantic import BaseModel
 
-from .concurrency.admission import progress
+from .concurrency.admission import progress, started_together
 
 __all__ = ["Admission", "SharedLoopSubmitter"]
 
@@ -119,6 +119,8 @@ class SharedLoopSubmitter:
             futures = TaskRunner.map(self, task, parameters, wait_for)  # type: ignore[arg-type]
         finally:
             held, self._held = self._held, None
+            for start in held:  # their first slots are then asked for in one lease
+                started_together(start.context, len(held))
             if held:
                 self._start(held)
         return futures

@@ -13,6 +13,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.tasks import ImageRef, bounded_task_runner, generate_image
+from prefect_gpt_image.tasks.concurrency.leases import _LeaseService
 from tests.support.sandbox import ledger
 
 from .conftest import CANARY_KEY
@@ -106,3 +107,41 @@ def test_bounded_task_runner_size() -> None:
     assert workers(bounded_task_runner()) == 8
     assert workers(bounded_task_runner(settings=GptImageSettings(concurrency_limit=10))) == 20
     assert workers(bounded_task_runner(3)) == 3
+
+
+def test_a_mapped_fan_out_asks_the_server_once_for_its_first_wave(
+    make_sandbox: Any,
+    settings: GptImageSettings,
+    local_storage: GptImageStorage,
+    limit_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``.map`` in a sync flow: the first wave's slots come in one lease (one round trip, not one
+    per call queued on the server's limit row), handed from call to call, all back at the end."""
+    sandbox = make_sandbox(latency=0.2)
+    credentials = GptImageCredentials(api_key=CANARY_KEY, base_url=sandbox.base_url)
+    asked: list[int] = []
+    grant = _LeaseService._grant
+
+    async def spy(self: _LeaseService, client: Any, name: str, duration: float, slots: int) -> Any:
+        if name == limit_name:
+            asked.append(slots)
+        return await grant(self, client, name, duration, slots)
+
+    monkeypatch.setattr(_LeaseService, "_grant", spy)
+
+    @flow
+    def fan_out() -> list[list[ImageRef]]:
+        futures = generate_image.map(
+            [f"heron number {i}" for i in range(10)],
+            credentials=unmapped(credentials),
+            settings=unmapped(settings),
+            storage=unmapped(local_storage),
+        )
+        return [future.result() for future in futures]
+
+    assert len(fan_out()) == 10
+    stats = ledger(sandbox)["stats"]
+    assert stats["billed_images"] == 10 and stats["max_in_flight"] <= 4
+    assert asked == [4]
+    assert _limit(limit_name).active_slots == 0

@@ -1,9 +1,11 @@
 """Leases of the global concurrency limit (``tasks/concurrency/``), on a real Prefect server:
-hand-off between calls of one process, early release, slots held for a batch, cancellation."""
+hand-off between calls of one process, early release, slots held for a batch, a fan-out's first
+wave in one lease, cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_gpt_image.tasks.concurrency import api_slot, hold_slots, release_idle_leases
+from prefect_gpt_image.tasks.concurrency.admission import admitted, demand, started_together
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
 
@@ -173,3 +176,54 @@ def test_a_prefetch_that_does_not_fit_is_skipped() -> None:
 async def _call(name: str, slots: int) -> None:
     async with api_slot(name, slots):
         await asyncio.sleep(0.02)
+
+
+async def _fan_out(name: str, slots: int, calls: int, grants: list[Any], peak: list[int]) -> None:
+    """``calls`` calls at once, each admitted as an image task's call is, recording the server
+    lease each call's slot belongs to and the most in flight."""
+    in_flight = [0]
+
+    async def call() -> None:
+        async with admitted(name, slots), api_slot(name, slots) as slot:
+            grants.append(slot._lease.grant if slot._lease is not None else None)
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+            await asyncio.sleep(0.05)
+            in_flight[0] -= 1
+
+    await asyncio.gather(*(call() for _ in range(calls)))
+
+
+def test_a_fan_outs_first_wave_takes_its_slots_in_one_lease_and_gives_it_back_at_once() -> None:
+    name = _name()
+    grants: list[Any] = []
+    peak = [0]
+    asyncio.run(_fan_out(name, 4, 12, grants, peak))
+    assert peak == [4]
+    assert len(grants) == 12
+    assert len({id(grant) for grant in grants}) == 1  # one server lease, handed from call to call
+    assert grants[0].slots == 4
+    assert _active(name) == 0  # the last call gave back the whole lease, not after the idle time
+
+
+def test_a_first_wave_that_does_not_fit_in_one_lease_takes_a_slot_each() -> None:
+    name = _name()
+    grants: list[Any] = []
+    peak = [0]
+
+    async def main() -> int:
+        async with api_slot(name, 3):  # one of the three slots is busy: a lease of 3 cannot fit
+            await _fan_out(name, 3, 6, grants, peak)
+        return await asyncio.to_thread(_active, name)
+
+    assert asyncio.run(main()) == 0
+    assert peak == [2]
+    assert len(grants) == 6 and all(grant.slots == 1 for grant in grants)
+
+
+def test_a_call_started_with_others_counts_them_in_its_demand() -> None:
+    key = ("http://example.invalid/api", _name())
+    context = contextvars.copy_context()
+    started_together(context, 7)
+    assert context.run(demand, key) == 7
+    assert demand(key) == 1  # a call of its own

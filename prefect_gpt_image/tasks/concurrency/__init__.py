@@ -26,7 +26,9 @@ API client per server; it acquires leases (``increment-with-lease``), renews eve
 from a single loop, and releases them. A finished call hands its slot straight to the next call
 of this process waiting at the gate (or, inside :func:`hold_slots`, keeps it a moment for the
 next one), so a busy process makes no server round trip per call at all; a batch takes its
-first slots in one lease, ahead of its first calls (``hold_slots(prefetch=...)``). A call gives
+first slots in one lease, ahead of its first calls (``hold_slots(prefetch=...)``), and so does
+the first wave of calls a process starts together (``asyncio.gather``, ``.map``: the first call
+asks for as many slots as there are calls coming, see :func:`.admission.demand`). A call gives
 its slot back as soon as the API answered (:meth:`ApiSlot.release`): downloading and storing
 need no API capacity. The guarantee is unchanged: every paid call in flight holds a slot of a
 live lease of the server's limit, so the limit is never exceeded across processes; slots not in

@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from typing import Any
 
 from prefect.exceptions import MissingContextError
@@ -30,7 +30,16 @@ from prefect.settings import PREFECT_API_URL
 from .gate import SlotGate
 from .limits import _gates, _registry_lock, _server_key
 
-__all__ = ["ADMISSION_FACTOR", "EPHEMERAL_ADVICE", "admitted", "arrived", "on_the_way", "progress"]
+__all__ = [
+    "ADMISSION_FACTOR",
+    "EPHEMERAL_ADVICE",
+    "admitted",
+    "arrived",
+    "demand",
+    "on_the_way",
+    "progress",
+    "started_together",
+]
 
 ADMISSION_FACTOR = 2
 """Task runs in progress per slot of the limit (calls that hit the cache or the spool hold no
@@ -41,6 +50,8 @@ _admissions: dict[tuple[str, str], SlotGate] = {}
 _on_the_way: dict[tuple[str, str], int] = {}
 _CALL: ContextVar[list[Any] | None] = ContextVar("prefect_gpt_image_admitted_call", default=None)
 """The current call's admission: [limit key, still on its way to the API slot]."""
+_FAN_OUT: ContextVar[int] = ContextVar("prefect_gpt_image_fan_out", default=1)
+"""How many calls were started together with the current one (:func:`started_together`)."""
 _lock = threading.Lock()
 _counts = [0, 0]
 """Admitted calls of this process that came for their API slot, and calls that waited to be admitted."""
@@ -77,6 +88,23 @@ def arrived(key: tuple[str, str]) -> None:
         with _lock:
             _on_the_way[key] -= 1
             _counts[0] += 1
+
+
+def started_together(context: Context, count: int) -> None:
+    """Note in ``context`` (a call's, before it starts) that it is one of ``count`` calls started
+    together (a ``.map``), which its first wave starts one by one: :func:`demand` counts them."""
+    context.run(_FAN_OUT.set, count)
+
+
+def demand(key: tuple[str, str]) -> int:
+    """How many calls of this process want a slot of limit ``key`` (server, name) soon, the
+    current one (which has come for its slot) included: those admitted and on their way, those
+    waiting to be admitted, or the size of the fan-out it was started with, whichever is more."""
+    with _lock:
+        coming = _on_the_way.get(key, 0)
+        gate = _admissions.get(key)
+    waiting = gate.waiting if gate is not None else 0
+    return max(_FAN_OUT.get(), 1 + coming + waiting)
 
 
 def progress() -> tuple[int, int]:

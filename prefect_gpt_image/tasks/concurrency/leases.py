@@ -160,13 +160,17 @@ class _LeaseService:
     # -- acquire, park, release ------------------------------------------------------------------
 
     async def acquire(
-        self, name: str, duration: float, *, reuse_parked: bool = True, wait: bool = True
+        self, name: str, duration: float, *, reuse_parked: bool = True, wait: bool = True, want: int = 1
     ) -> _Lease:
         """A lease of one slot of ``name``.
 
         With ``reuse_parked`` (a call's acquisition), a lease parked by this process is taken
         first, and while a prefetch of this limit is under way the call waits for its lease
         instead of asking the server. Otherwise (a prefetch) a new lease is always asked for.
+        ``want`` > 1 (this call and the calls of this process right behind it): while this
+        process holds no lease of the limit, ask once for that many slots in one lease (one round
+        trip for a fan-out's first wave, instead of one each, queued on the server's limit row),
+        parked for those calls; if they are not all free, ask for one as usual.
         While the limit is full the server is polled (without ``wait``: :class:`_LimitBusy` at
         once), waking early when this process parks a lease of the limit.
         """
@@ -182,6 +186,10 @@ class _LeaseService:
                 if self._prefetching.get(key, 0) > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(signal.wait(), MAX_POLL_SECONDS)
+                    continue
+                if want > 1 and not self._holds(key):
+                    await self.prefetch(name, duration, want)
+                    want = 1  # taken from the parked ones next, or (not all free) asked for alone
                     continue
             try:
                 return (await self._grant(client, name, duration, 1))[0]
@@ -242,6 +250,11 @@ class _LeaseService:
             self._prefetching[key] -= 1
             self._wake(key)  # calls waiting for this prefetch look again
 
+    def _holds(self, key: tuple[str, str]) -> bool:
+        """Whether this process holds a lease of limit ``key`` (in use or parked)."""
+        with self._lock:
+            return any(grant.key == key for grant in self._grants.values())
+
     def park(self, lease: _Lease) -> None:
         """Keep ``lease`` (no call uses it now) for the next call; released if unused for
         :data:`IDLE_LEASE_SECONDS`. Callable from any thread."""
@@ -285,15 +298,30 @@ class _LeaseService:
                 self.submit(self.release(lease))
         return found
 
-    async def release(self, lease: _Lease) -> None:
+    def others_in_use(self, lease: _Lease) -> bool:
+        """Whether other slots of ``lease``'s server lease are in use by calls (not parked):
+        giving ``lease`` back alone would free nothing on the server until they are back."""
+        grant = lease.grant
+        with self._lock:
+            parked = sum(1 for other in self._parked.get(lease.key, ()) if other.grant is grant)
+            return grant.held - parked > 1
+
+    async def release(self, lease: _Lease, *, with_parked: bool = False) -> None:
         """Give the slot ``lease`` back; its server lease goes when none of its slots is held
-        (errors are logged: the server lease then expires)."""
+        (errors are logged: the server lease then expires). ``with_parked``: the parked slots
+        of the same server lease go back with it (none in use: the server lease goes now)."""
         grant = lease.grant
         with self._lock:
             if lease.released:
                 return
             lease.released = True
             grant.held -= 1
+            if with_parked and lease.key in self._parked:
+                parked = self._parked[lease.key]
+                for other in [other for other in parked if other.grant is grant]:
+                    parked.remove(other)
+                    other.released, other.parked = True, None
+                    grant.held -= 1
             last = grant.held == 0 and self._grants.pop(grant.id, None) is not None
         if last:
             await self._release_id(grant.id)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
 
 from . import leases
-from .admission import arrived, on_the_way
+from .admission import arrived, demand, on_the_way
 from .gate import SlotGate
 from .leases import _Lease, _LimitNotFound, _service_for, _services
 from .limits import _forget_limit, _registry_lock, _server_key, ensure_limit, gate_for
@@ -39,9 +39,10 @@ class ApiSlot:
 
     async def release(self) -> None:
         """Give the slot back now (later calls do nothing). The lease goes to the next call of
-        this process waiting at the gate, or is kept for a batch (:func:`hold_slots`) or for a call
-        of this process on its way to the gate (:func:`~.admission.on_the_way`), or is released
-        on the server."""
+        this process waiting at the gate, or is kept for a batch (:func:`hold_slots`), for a call
+        of this process on its way to the gate (:func:`~.admission.on_the_way`) or while other
+        slots of its server lease are in use, or is released on the server (with the parked
+        slots of its server lease)."""
         if self._released:
             return
         self._released = True
@@ -49,10 +50,13 @@ class ApiSlot:
         try:
             if lease is not None:
                 service = lease.service
-                if self._gate.waiting or _holding(lease.key) or on_the_way(lease.key):
+                # A slot of a lease of several (a fan-out's first wave) frees nothing on the
+                # server while the others are in use: it is kept until the last comes back.
+                keep = self._gate.waiting or _holding(lease.key) or on_the_way(lease.key)
+                if keep or service.others_in_use(lease):
                     service.park(lease)
                 else:
-                    await _shielded(service.submit(service.release(lease)))
+                    await _shielded(service.submit(service.release(lease, with_parked=True)))
         finally:
             self._gate.release()
 
@@ -80,7 +84,8 @@ async def api_slot(
     await gate.acquire_async()
     try:
         duration = leases.lease_seconds() if lease_seconds is None else lease_seconds
-        lease = await _take_lease(name, slots, duration, logger) if info.active else None
+        want = min(info.limit, demand(_server_key(name)))
+        lease = await _take_lease(name, slots, duration, logger, want=want) if info.active else None
     except BaseException:
         gate.release()
         raise
@@ -95,14 +100,16 @@ async def api_slot(
         await slot.release()
 
 
-async def _take_lease(name: str, slots: int, lease_seconds: float, logger: Any) -> _Lease:
-    """A lease of one slot of ``name``: a parked one of this process, else a new one."""
+async def _take_lease(name: str, slots: int, lease_seconds: float, logger: Any, *, want: int = 1) -> _Lease:
+    """A lease of one slot of ``name``: a parked one of this process, else a new one (``want``:
+    the calls of this process that want one soon, this one included; see
+    :meth:`~.leases._LeaseService.acquire`)."""
     service = _service_for(name)
     parked = service.unpark(_server_key(name))
     if parked is not None:
         return parked
     try:
-        return await _shielded(service.submit(service.acquire(name, lease_seconds)))
+        return await _shielded(service.submit(service.acquire(name, lease_seconds, want=want)))
     except _LimitNotFound:
         # Deleted since it was read: make it again (as for a first call), then try once more.
         _forget_limit(name)
