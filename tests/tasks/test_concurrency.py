@@ -26,6 +26,29 @@ def _limit(name: str) -> Any:
         return client.read_global_concurrency_limit_by_name(name)
 
 
+def _mapped_flow(
+    subject: str,
+    count: int,
+    credentials: GptImageCredentials,
+    settings: GptImageSettings,
+    storage: GptImageStorage,
+    task_runner: Any = None,
+) -> Any:
+    """A user's sync flow mapping ``generate_image`` over ``count`` prompts about ``subject``."""
+
+    @flow(task_runner=task_runner)
+    def mapped() -> list[list[ImageRef]]:
+        futures = generate_image.map(
+            [f"{subject} number {i}" for i in range(count)],
+            credentials=unmapped(credentials),
+            settings=unmapped(settings),
+            storage=unmapped(storage),
+        )
+        return [future.result() for future in futures]
+
+    return mapped
+
+
 def test_twenty_calls_under_a_missing_limit_of_four(
     make_sandbox: Any, settings: GptImageSettings, local_storage: GptImageStorage, limit_name: str
 ) -> None:
@@ -66,16 +89,9 @@ def test_an_existing_limit_keeps_its_value_in_a_sync_flow(
     sandbox = make_sandbox(latency=0.2)
     credentials = GptImageCredentials(api_key=CANARY_KEY, base_url=sandbox.base_url)
 
-    @flow(task_runner=bounded_task_runner(settings=settings))
-    def batch() -> list[list[ImageRef]]:
-        futures = generate_image.map(
-            [f"cat number {i}" for i in range(8)],
-            credentials=unmapped(credentials),
-            settings=unmapped(settings),
-            storage=unmapped(local_storage),
-        )
-        return [future.result() for future in futures]
-
+    batch = _mapped_flow(
+        "cat", 8, credentials, settings, local_storage, bounded_task_runner(settings=settings)
+    )
     assert len(batch()) == 8
     stats = ledger(sandbox)["stats"]
     assert stats["billed_images"] == 8 and stats["max_in_flight"] <= 2
@@ -130,16 +146,7 @@ def test_a_mapped_fan_out_asks_the_server_once_for_its_first_wave(
 
     monkeypatch.setattr(_LeaseService, "_grant", spy)
 
-    @flow
-    def fan_out() -> list[list[ImageRef]]:
-        futures = generate_image.map(
-            [f"heron number {i}" for i in range(10)],
-            credentials=unmapped(credentials),
-            settings=unmapped(settings),
-            storage=unmapped(local_storage),
-        )
-        return [future.result() for future in futures]
-
+    fan_out = _mapped_flow("heron", 10, credentials, settings, local_storage)
     assert len(fan_out()) == 10
     stats = ledger(sandbox)["stats"]
     assert stats["billed_images"] == 10 and stats["max_in_flight"] <= 4
