@@ -8,13 +8,13 @@ all contending for the interpreter (measured on 200 mapped calls: 58 ms of CPU p
 
 :class:`SharedLoopSubmitter` starts the task's async engine on the one run-sync loop instead,
 with one Prefect API client shared by the engines there, and keeps what the runner gives: a
-future per run, its cancel event, and a flow that waits for its submitted runs when it ends (one
-waiting thread per ``.map``/``.submit`` call, in the runner's pool). A mapped fan-out is made
-whole, then started one call at a time until the calls in progress fill their places in front of
-the limit (each once the one before came for its API slot), then the rest at once. A call whose
-parameters hold futures (or that waits for others), and every call under a bounded pool
-(``max_workers``) or another task runner, goes the runner's own way (``fallback``): the async
-engine would block the shared loop waiting for futures.
+future per run, its cancel event (:class:`_CancelEvent`), and a flow that waits for its
+submitted runs when it ends (one waiting thread per ``.map``/``.submit`` call, in the runner's
+pool). A mapped fan-out is made whole, then started one call at a time until the calls in
+progress fill their places in front of the limit (each once the one before came for its API
+slot), then the rest at once. A call whose parameters hold futures (or that waits for others),
+and every call under a bounded pool (``max_workers``) or another task runner, goes the runner's
+own way (``fallback``): the async engine would block the shared loop waiting for futures.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class SharedLoopSubmitter:
         if wait_for or self._runner._executor is None or _holds_futures(parameters.values()):
             return self._runner.submit(self._fallback, parameters, wait_for, dependencies)
         task_run_id = uuid7()
-        cancel_event = threading.Event()
+        cancel_event = _CancelEvent()
         self._runner._cancel_events[task_run_id] = cancel_event
         api_url = str(PREFECT_API_URL.value() or "ephemeral")
         engine = _engine(task, task_run_id, parameters, dependencies, cancel_event, self._admission, api_url)
@@ -140,6 +140,21 @@ class SharedLoopSubmitter:
         executor = self._runner._executor
         if executor is not None:
             executor.submit(concurrent.futures.wait, [start.future for start in starts])
+
+
+class _CancelEvent(threading.Event):
+    """A submitted run's cancel event, which the task runner sets when the flow run ends (every
+    one, in its ``__exit__``); the engine checks it as the run starts.
+
+    With Prefect's own unbounded pool every submitted run has started by then. Ours may still be
+    waiting for their place in front of the limit (a ``.map`` of more calls than that), and a
+    flow whose body returned without reading them would have them end ``Crashed`` instead of
+    waiting for them as it does for the rest. So it is set only while an exception is being
+    handled (the flow run stopped by SIGTERM, Ctrl-C or a crash): then no new paid call starts."""
+
+    def set(self) -> None:
+        if sys.exc_info()[1] is not None:
+            super().set()
 
 
 @dataclass

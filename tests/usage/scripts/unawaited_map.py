@@ -7,11 +7,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_gpt_image.tasks import generate_image
 
+PROMPTS = ["a paper boat", "a glass of lemonade"] + [f"a paper crane, number {i}" for i in range(8)]
+
 
 @flow
 def fire_and_forget() -> None:
-    # no .result(): the flow still waits for its mapped calls before it ends
-    generate_image.map(["a paper boat", "a glass of lemonade"], size="1024x1024", quality="low")
+    # no .result(): the flow still waits for its mapped calls before it ends, also for those
+    # that start after its body returned (10 calls: 8 in front of the default limit of 4 at once)
+    generate_image.map(PROMPTS, size="1024x1024", quality="low")
 
 
 @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
