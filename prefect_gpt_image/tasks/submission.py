@@ -150,7 +150,8 @@ class _CancelEvent(threading.Event):
     waiting for their place in front of the limit (a ``.map`` of more calls than that), and a
     flow whose body returned without reading them would have them end ``Crashed`` instead of
     waiting for them as it does for the rest. So it is set only while an exception is being
-    handled (the flow run stopped by SIGTERM, Ctrl-C or a crash): then no new paid call starts."""
+    handled (the flow run stopped by SIGTERM, Ctrl-C or a crash): then no new paid call starts.
+    A flow run called inside a caller's ``except`` block counts as stopped: Prefect's way."""
 
     def set(self) -> None:
         if sys.exc_info()[1] is not None:

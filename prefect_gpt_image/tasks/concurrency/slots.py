@@ -84,8 +84,7 @@ async def api_slot(
     await gate.acquire_async()
     try:
         duration = leases.lease_seconds() if lease_seconds is None else lease_seconds
-        want = min(info.limit, demand(_server_key(name)))
-        lease = await _take_lease(name, slots, duration, logger, want=want) if info.active else None
+        lease = await _take_lease(name, slots, duration, logger, info.limit) if info.active else None
     except BaseException:
         gate.release()
         raise
@@ -100,14 +99,16 @@ async def api_slot(
         await slot.release()
 
 
-async def _take_lease(name: str, slots: int, lease_seconds: float, logger: Any, *, want: int = 1) -> _Lease:
-    """A lease of one slot of ``name``: a parked one of this process, else a new one (``want``:
-    the calls of this process that want one soon, this one included; see
-    :meth:`~.leases._LeaseService.acquire`)."""
+async def _take_lease(name: str, slots: int, lease_seconds: float, logger: Any, limit: int) -> _Lease:
+    """A lease of one slot of ``name``: a parked one of this process, else a new one, asked for
+    together with the calls of this process that want one soon (up to ``limit``, the limit's
+    slots; see :func:`~.admission.demand` and :meth:`~.leases._LeaseService.acquire`)."""
     service = _service_for(name)
-    parked = service.unpark(_server_key(name))
+    key = _server_key(name)
+    parked = service.unpark(key)
     if parked is not None:
         return parked
+    want = min(limit, demand(key))
     try:
         return await _shielded(service.submit(service.acquire(name, lease_seconds, want=want)))
     except _LimitNotFound:
