@@ -43,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output-format", default=None, choices=["png", "jpeg", "webp"])
     p.add_argument("--out", default="gpt-image-output", help="folder to write the images to")
     p.add_argument("--api-key", default=None, help="default: $GPT_IMAGE_API_KEY or $OPENAI_API_KEY")
-    p.add_argument("--base-url", default=None, help="default: $GPT_IMAGE_BASE_URL or the Crazyrouter URL")
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="default: the key's own pair: $GPT_IMAGE_BASE_URL or the gateway for "
+        "$GPT_IMAGE_API_KEY, $OPENAI_BASE_URL or OpenAI's API for $OPENAI_API_KEY",
+    )
     p.add_argument("--sandbox", action="store_true", help="start a local sandbox and call it (offline)")
     p.set_defaults(run=_generate)
 

@@ -4,12 +4,13 @@ This layer does not import Prefect, so it can be used (and tested) on its own.
 """
 
 from .client import AsyncImagesClient, ImagesClient, PartialCallback, RetryEvent
-from .config import DEFAULT_BASE_URL, ClientConfig, RetryPolicy, Timeouts
+from .config import DEFAULT_BASE_URL, OPENAI_BASE_URL, ClientConfig, RetryPolicy, Timeouts
 from .errors import (
     APIConnectionError,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     ConnectionFailedError,
     DownloadError,
     GptImageError,
@@ -39,12 +40,14 @@ from .models import (
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "OPENAI_BASE_URL",
     "APIConnectionError",
     "APIStatusError",
     "AsyncImagesClient",
     "AuthenticationError",
     "BadRequestError",
     "ClientConfig",
+    "ConfigurationError",
     "ConnectionFailedError",
     "DownloadError",
     "EditRequest",

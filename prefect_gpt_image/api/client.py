@@ -99,7 +99,8 @@ class AsyncImagesClient:
     """Async client for ``POST /images/generations`` and ``POST /images/edits``.
 
     Configure with keyword arguments or a :class:`ClientConfig`; without a key it reads
-    ``GPT_IMAGE_API_KEY`` / ``GPT_IMAGE_BASE_URL`` (else ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``).
+    ``GPT_IMAGE_API_KEY`` / ``GPT_IMAGE_BASE_URL``, else ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``,
+    each key sent only to its own pair's URL (:func:`~prefect_gpt_image.api.config.resolve_key`).
     Use as ``async with AsyncImagesClient() as client: images = await client.generate("a cat")``.
     """
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from time import time
@@ -11,15 +13,23 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from .errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MEDIA_HOSTS",
+    "OPENAI_BASE_URL",
     "ClientConfig",
     "RetryPolicy",
     "Timeouts",
+    "is_loopback_host",
+    "resolve_key",
 ]
 
 DEFAULT_BASE_URL = "https://cn.crazyrouter.com/v1"
+"""The gateway: where ``GPT_IMAGE_API_KEY`` goes unless ``GPT_IMAGE_BASE_URL`` says otherwise."""
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+"""OpenAI's own API: where ``OPENAI_API_KEY`` goes unless ``OPENAI_BASE_URL`` says otherwise."""
 DEFAULT_MEDIA_HOSTS: tuple[str, ...] = ("media.crazyrouter.com",)
 """Hosts result URLs may point to, besides the base URL's own host (contract §4)."""
 
@@ -120,6 +130,7 @@ class ClientConfig:
         if not isinstance(self.api_key, SecretStr):
             object.__setattr__(self, "api_key", SecretStr(str(self.api_key)))
         object.__setattr__(self, "base_url", normalize_base_url(self.base_url))
+        check_key_transport(self.base_url)
 
     @property
     def media_hosts(self) -> frozenset[str]:
@@ -133,20 +144,114 @@ class ClientConfig:
 
     @classmethod
     def from_env(cls, **overrides: object) -> ClientConfig:
-        """Read ``GPT_IMAGE_API_KEY`` / ``GPT_IMAGE_BASE_URL`` (else ``OPENAI_API_KEY`` /
-        ``OPENAI_BASE_URL``); explicit ``overrides`` that are not None win.
-        """
+        """The configuration with the key and base URL of :func:`resolve_key` (explicit
+        ``api_key`` / ``base_url``, else the environment's pairs); other ``overrides`` that are
+        not None replace the defaults."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "api_key" not in given:
-            key = os.environ.get("GPT_IMAGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
-            if not key:
-                raise ValueError("no API key: pass api_key or set GPT_IMAGE_API_KEY (or OPENAI_API_KEY)")
-            given["api_key"] = SecretStr(key)
-        if "base_url" not in given:
-            url = os.environ.get("GPT_IMAGE_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
-            if url:
-                given["base_url"] = url
-        return cls(**given)  # type: ignore[arg-type]
+        key, url = resolve_key(given.pop("api_key", None), given.pop("base_url", None), os.environ)
+        return cls(api_key=key, base_url=url, **given)  # type: ignore[arg-type]
+
+
+def resolve_key(
+    api_key: object | None, base_url: object | None, env: Mapping[str, str]
+) -> tuple[SecretStr, str]:
+    """The API key and the base URL it is sent to; a key only ever goes to its own pair's host.
+
+    Two pairs: ``GPT_IMAGE_API_KEY`` with ``GPT_IMAGE_BASE_URL`` (default the gateway,
+    :data:`DEFAULT_BASE_URL`) and ``OPENAI_API_KEY`` with ``OPENAI_BASE_URL`` (default OpenAI's
+    :data:`OPENAI_BASE_URL`). The rules, in order:
+
+    - ``api_key`` and ``base_url`` both given: the caller paired them; used as given.
+    - ``api_key`` alone: it goes where the environment pairs that same key (the value of
+      ``OPENAI_API_KEY``: OpenAI's pair), else to ``GPT_IMAGE_BASE_URL`` or the gateway, as the
+      plugin's own key.
+    - ``base_url`` alone: ``OPENAI_API_KEY`` if it is OpenAI's pair's host, else
+      ``GPT_IMAGE_API_KEY``; an ``OPENAI_API_KEY`` is never sent to another host.
+    - neither: ``GPT_IMAGE_API_KEY`` set, the GPT pair; else ``OPENAI_API_KEY``, the OpenAI pair,
+      unless ``GPT_IMAGE_BASE_URL`` is set (another host): refused rather than send it there.
+
+    Raises :class:`ConfigurationError` (nothing sent) when no key is found or the only key
+    belongs to another host, naming both pairs and how to fix it.
+    """
+    gpt_key, gpt_url = _env(env, "GPT_IMAGE_API_KEY"), _env(env, "GPT_IMAGE_BASE_URL")
+    openai_key = _env(env, "OPENAI_API_KEY")
+    openai_url = normalize_base_url(_env(env, "OPENAI_BASE_URL") or OPENAI_BASE_URL)
+    if api_key is not None:
+        secret = api_key if isinstance(api_key, SecretStr) else SecretStr(str(api_key))
+        if base_url is not None:
+            return secret, str(base_url)
+        value = secret.get_secret_value()
+        if value == openai_key and value != gpt_key:
+            return secret, openai_url
+        return secret, gpt_url or DEFAULT_BASE_URL
+    if base_url is not None:
+        url = str(base_url)
+        if openai_key and _origin(url) == _origin(openai_url):
+            return SecretStr(openai_key), url
+        if gpt_key:
+            return SecretStr(gpt_key), url
+        if openai_key:
+            raise ConfigurationError(_elsewhere("the base URL given", url, openai_url))
+        raise ConfigurationError(NO_KEY)
+    if gpt_key:
+        return SecretStr(gpt_key), gpt_url or DEFAULT_BASE_URL
+    if openai_key:
+        if gpt_url and _origin(gpt_url) != _origin(openai_url):
+            raise ConfigurationError(_elsewhere("GPT_IMAGE_BASE_URL", gpt_url, openai_url))
+        return SecretStr(openai_key), openai_url
+    raise ConfigurationError(NO_KEY)
+
+
+NO_KEY = (
+    "no API key: set GPT_IMAGE_API_KEY (sent to GPT_IMAGE_BASE_URL, default the gateway "
+    f"{DEFAULT_BASE_URL}) or OPENAI_API_KEY (sent to OPENAI_BASE_URL, default OpenAI's "
+    f"{OPENAI_BASE_URL}), or pass api_key= (or a GptImageCredentials block). To try without a "
+    "key, run the offline sandbox: `prefect-gpt-image sandbox --port 8099`, then "
+    "GPT_IMAGE_BASE_URL=http://127.0.0.1:8099/v1 GPT_IMAGE_API_KEY=sk-anything"
+)
+"""The message of the configuration error when no key is found anywhere."""
+
+
+def _elsewhere(what: str, url: str, openai_url: str) -> str:
+    host = urlsplit(url.strip()).hostname or url
+    return (
+        f"{what} ({host}) has no key of its own: OPENAI_API_KEY is only sent to OPENAI_BASE_URL "
+        f"({openai_url}), never to another host. Set GPT_IMAGE_API_KEY to the key for {host}, "
+        "or unset GPT_IMAGE_BASE_URL to call OpenAI with OPENAI_API_KEY, or pass api_key and "
+        "base_url together"
+    )
+
+
+def _env(env: Mapping[str, str], name: str) -> str | None:
+    value = (env.get(name) or "").strip()
+    return value or None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url.strip())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host name) is this machine: ``localhost`` or a loopback address."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_key_transport(url: str) -> None:
+    """Refuse a base URL that would carry the key over plain http to a host that is not loopback
+    (a :class:`ConfigurationError`, before any request)."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+        raise ConfigurationError(
+            f"refusing to send the API key over plain http to {parts.hostname}: use an https base "
+            "URL (plain http is only allowed on loopback: 127.0.0.1, ::1, localhost)"
+        )
 
 
 def normalize_base_url(url: str) -> str:

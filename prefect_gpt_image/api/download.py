@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from .config import ClientConfig
+from .config import ClientConfig, is_loopback_host
 from .errors import DownloadError, UnsafeURLError
 from .images import ImageFormat, probe_image
 
@@ -58,7 +58,7 @@ def check_url(url: str, allowed_hosts: frozenset[str]) -> None:
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    loopback = host == "localhost" or (address is not None and address.is_loopback)
+    loopback = is_loopback_host(host)
     if parts.scheme == "http" and not loopback:
         raise UnsafeURLError(f"plain http is only allowed on loopback, not {host}", url=url)
     if (

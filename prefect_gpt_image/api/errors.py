@@ -1,6 +1,8 @@
 """Every exception the gpt-image-2 client raises, in one hierarchy.
 
     GptImageError                      base of everything below
+    ├── ConfigurationError             no key, a key paired with the other service's URL, or a key
+    │                                  over plain http to a non-loopback host: nothing was sent
     ├── RequestValidationError         refused before any HTTP request (nothing was paid)
     ├── APIStatusError                 the API answered with an error status or error event
     │   ├── BadRequestError            400: bad parameters or input images
@@ -21,6 +23,10 @@
     └── DownloadError                  a result URL could not be fetched or is not a valid image
         └── UnsafeURLError             a result URL points off the allowlist
 
+Defined above this layer, on the same base: ``BatchFailedError``
+(:mod:`prefect_gpt_image.tasks.errors`), what a batch flow or ``image_pipeline`` called without
+``return_state=True`` raises when rows failed, with the run's result attached.
+
 Each error carries the request id the gateway assigned (``X-Oneapi-Request-Id``, ``x-request-id``
 or the `` (request id: ...)`` suffix of the message) so a failure can be traced on the vendor side.
 Messages never contain the API key: the client redacts it before an error is built.
@@ -37,6 +43,7 @@ __all__ = [
     "APIStatusError",
     "AuthenticationError",
     "BadRequestError",
+    "ConfigurationError",
     "ConnectionFailedError",
     "DownloadError",
     "GptImageError",
@@ -80,6 +87,16 @@ class GptImageError(Exception):
         if self.request_id and self.request_id not in self.message:
             return f"{self.message} (request id: {self.request_id})"
         return self.message
+
+
+class ConfigurationError(GptImageError, ValueError):
+    """The client cannot be configured to send a request; nothing was sent.
+
+    Raised for: no API key anywhere; an ``OPENAI_API_KEY`` that would go to
+    ``GPT_IMAGE_BASE_URL`` (or another host than OpenAI's pair); a key that would travel over plain
+    http to a host that is not loopback. The message says how to fix it and never holds the key.
+    A ``ValueError`` too, as the missing-key error was before.
+    """
 
 
 class RequestValidationError(GptImageError, ValueError):

@@ -8,7 +8,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from pydantic import Field, SecretStr, field_validator
 
 from prefect_gpt_image.api import DEFAULT_BASE_URL, AsyncImagesClient, ClientConfig, ImagesClient
-from prefect_gpt_image.api.config import normalize_base_url
+from prefect_gpt_image.api.config import check_key_transport, normalize_base_url
 
 from ._meta import DOCUMENTATION_URL, LOGO_URL
 
@@ -23,6 +23,9 @@ class GptImageCredentials(CredentialsBlock):
 
     The key is a ``SecretStr``: the Prefect UI and API mask it, its ``repr`` never shows it, and
     nothing in this package writes it to a log, an artifact, a cache record or a manifest.
+    The block pairs its key with its base URL explicitly: the key goes to that URL only (the
+    gateway unless changed; for an OpenAI key set OpenAI's ``https://api.openai.com/v1``), and
+    never over plain http to a host that is not loopback.
 
     Example:
         Save once, then load in any flow::
@@ -49,14 +52,18 @@ class GptImageCredentials(CredentialsBlock):
     )
     base_url: str = Field(
         default=DEFAULT_BASE_URL,
-        description="The API's base URL, ending in /v1 (e.g. https://api.crazyrouter.com/v1).",
+        description="The API's base URL, ending in /v1, where this key (and only this key) is sent: "
+        "the gateway by default; https://api.openai.com/v1 for an OpenAI key. https only, "
+        "but for a local server (127.0.0.1, ::1, localhost).",
         title="Base URL",
     )
 
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        return normalize_base_url(value)
+        url = normalize_base_url(value)
+        check_key_transport(url)
+        return url
 
     def client_config(self, settings: GptImageSettings | None = None) -> ClientConfig:
         """The API client's configuration: this key and base URL, with the timeouts, retry
