@@ -1,6 +1,9 @@
 """Prefect flows: ``image_pipeline`` (generate → mask edit → reference blend), ``batch_generate``,
 ``batch_edit`` (one edit over many images) and ``batch_pipeline`` (a chain of steps per manifest row)."""
 
+from prefect_gpt_image.api.errors import ConfigurationError
+from prefect_gpt_image.tasks.errors import BatchFailedError
+
 from .batch import BatchResult, RowResult, batch_generate
 from .chain import ChainResult, StepResult
 from .edit import batch_edit
@@ -11,10 +14,12 @@ from .pipeline import PipelineResult, batch_pipeline, image_pipeline
 from .plan import PlannedCall, RunPlan
 
 __all__ = [
+    "BatchFailedError",
     "BatchResult",
     "BatchRow",
     "BlendStep",
     "ChainResult",
+    "ConfigurationError",
     "EditStep",
     "GenerateStep",
     "ImageOptions",

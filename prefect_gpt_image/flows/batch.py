@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections import Counter
 from typing import Any, Literal
 from uuid import uuid4
 
@@ -44,6 +43,7 @@ from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
+from .failures import FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
@@ -233,7 +233,7 @@ async def batch_generate(
         lookups.cancel()
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
-    table, description = await _table(result, total, store, logger)
+    table, description, report = await _table(result, total, store, logger)
     # The kept slots go back while the artifacts are written (three round trips at once).
     await asyncio.gather(
         release_idle_leases(settings.concurrency_limit_name),
@@ -245,9 +245,15 @@ async def batch_generate(
     if lost := sum(len(r.maybe_billed) for r in result.rows):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
     if result.failed:
-        reasons = Counter(r.error_type or r.status for r in result.rows if r.status != "stored")
-        why = ", ".join(f"{kind}: {count}" for kind, count in reasons.most_common())
-        return Failed(message=f"{result.failed} of {total} rows failed ({why}); {summary}", data=result)
+        failed = [
+            FailedRow(r.row, r.id, r.error_type or r.status, r.error)
+            for r in result.rows
+            if r.status != "stored"
+        ]
+        headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"
+        artifact = f"table artifact {BATCH_TABLE_KEY!r}"
+        message = failure_message(headline, failed, artifact=artifact, report=report)
+        return Failed(message=message, data=result)
     logger.info(summary)
     return Completed(message=summary, data=result)
 
@@ -367,14 +373,15 @@ def _table_row(r: RowResult) -> dict[str, Any]:
 
 async def _table(
     result: BatchResult, total: int, store: ImageStore, logger: Any
-) -> tuple[list[dict[str, Any]], str]:
-    """The table artifact's rows and description. Up to :data:`TABLE_ROWS` rows it lists every
-    row; a larger batch lists its failed and invalid rows first, then stored ones up to that
-    many, and its full table goes to the store as a CSV report linked from the description (the
-    UI renders a table of 10,000 rows slowly, and the server stores it as one JSON value)."""
+) -> tuple[list[dict[str, Any]], str, str | None]:
+    """The table artifact's rows and description, and the URI of the CSV report if one was
+    written. Up to :data:`TABLE_ROWS` rows it lists every row; a larger batch lists its failed
+    and invalid rows first, then stored ones up to that many, and its full table goes to the
+    store as a CSV report linked from the description (the UI renders a table of 10,000 rows
+    slowly, and the server stores it as one JSON value)."""
     description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
     if len(result.rows) <= TABLE_ROWS:
-        return [_table_row(r) for r in result.rows], description
+        return [_table_row(r) for r in result.rows], description, None
     failed = [r for r in result.rows if r.status != "stored"]
     shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
     table = [_table_row(r) for r in shown]
@@ -383,10 +390,11 @@ async def _table(
         link = await asyncio.to_thread(_write_report, store, key, result.rows)
     except Exception as exc:  # the table still lists the failures
         logger.warning("Writing the batch's CSV report failed: %s", exc)
-        return table, f"{description}; {len(shown)} of {total} rows shown (failed first)"
+        return table, f"{description}; {len(shown)} of {total} rows shown (failed first)", None
     return (
         table,
         f"{description}; {len(shown)} of {total} rows shown (failed first); every row: [CSV]({link})",
+        store.uri_for(key),
     )
 
 

@@ -13,7 +13,6 @@ a rerun pays only for the steps never stored (every step is a cached call).
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +37,7 @@ from prefect_gpt_image.tasks.inputs import read_input
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
+from .failures import FailedRow, failure_counts, failure_message
 from .masks import MaskRegion, build_mask
 from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
@@ -50,6 +50,7 @@ __all__ = [
     "StepResult",
     "chain_markdown",
     "edit_size",
+    "failed_steps",
     "plan_chains",
     "publish_chain_markdown",
     "publish_chain_table",
@@ -484,6 +485,15 @@ async def run_chains(
     return ChainResult(steps=ordered), rt.errors
 
 
+def failed_steps(result: ChainResult) -> list[FailedRow]:
+    """The failed and invalid steps of ``result`` (a skipped step is counted in its row)."""
+    return [
+        FailedRow(s.row, s.id, s.error_type or s.status, s.error, step=s.step)
+        for s in result.steps
+        if s.status in ("failed", "invalid")
+    ]
+
+
 def _invalid(item: _Row) -> StepResult:
     return StepResult(
         row=item.row.number,
@@ -741,8 +751,9 @@ async def run_batch(
     if lost := sum(len(s.maybe_billed) for s in result.steps):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
     if result.failed:
-        reasons = Counter(s.error_type or s.status for s in result.steps if s.status in ("failed", "invalid"))
-        why = ", ".join(f"{kind}: {count}" for kind, count in reasons.most_common())
-        return Failed(message=f"{result.failed} of {total} rows failed ({why}); {summary}", data=result)
+        failed = failed_steps(result)
+        headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"
+        message = failure_message(headline, failed, artifact=f"table artifact {key!r}")
+        return Failed(message=message, data=result)
     logger.info(summary)
     return Completed(message=summary, data=result)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.storage import ImageStore, resolve_store
+from prefect_gpt_image.tasks.pipeline import client_config
 
 from .masks import MaskRegion
 
@@ -161,11 +162,16 @@ def _non_empty(value: str, kind: str) -> str:
 async def load_blocks(
     settings_block: str | None, credentials_block: str | None, storage: str | None
 ) -> tuple[GptImageSettings, GptImageCredentials | None, ImageStore]:
-    """What every flow starts with: its settings, credentials and store, from the parameters."""
+    """What every flow starts with: its settings, credentials and store, from the parameters.
+
+    The key is resolved here, once: a missing key (or one that may not go to the base URL) fails
+    the run with :class:`~prefect_gpt_image.api.ConfigurationError` before any row is read or
+    planned, rather than every row failing with it."""
     # Three independent reads from the Prefect API: at once.
     settings, credentials, store = await asyncio.gather(
         load_settings(settings_block), load_credentials(credentials_block), load_storage(storage)
     )
+    client_config(credentials, settings)
     return settings, credentials, store
 
 

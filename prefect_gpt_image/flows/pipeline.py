@@ -8,24 +8,26 @@ input of every step is checked before the first paid call.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 
-from prefect_gpt_image.tasks import ImageRef
+from prefect_gpt_image.tasks import BatchFailedError, ImageRef
 from prefect_gpt_image.tasks.dispatch import sync_or_async
 
 from .chain import (
     ChainResult,
     ChainRow,
+    failed_steps,
     plan_chains,
     publish_chain_markdown,
     run_batch,
     run_chains,
     step_names,
 )
+from .failures import failure_counts, failure_message
 from .manifest import read_records
 from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep, load_blocks
 from .plan import RunPlan, enforce_budget, has_budget
@@ -105,7 +107,7 @@ async def image_pipeline(
         logger=logger,
     )
     if errors:
-        raise next(iter(errors.values()))
+        await _fail(result, next(iter(errors.values())), prompt)
     made = [step.images for step in result.steps]
     pipeline = PipelineResult(generated=made[0])
     if edit is not None:
@@ -121,6 +123,29 @@ async def image_pipeline(
         description=f"gpt-image pipeline: {prompt[:120]}",
     )
     return pipeline
+
+
+async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoReturn:
+    """End a failed ``image_pipeline``: the chain's markdown artifact (the steps stored before the
+    failure and why it failed), then :class:`BatchFailedError` with the chain attached, from the
+    step's own error."""
+    failed = failed_steps(result)
+    if not failed:
+        raise error
+    await publish_chain_markdown(
+        result,
+        key=PIPELINE_ARTIFACT_KEY,
+        title="gpt-image pipeline",
+        description=f"gpt-image pipeline (failed): {prompt[:120]}",
+    )
+    stored = sum(s.status == "stored" for s in result.steps)
+    headline = (
+        f"the pipeline failed at step {failed[0].step!r} ({failure_counts(failed)}); "
+        f"{stored} of {len(result.steps)} step(s) stored"
+    )
+    artifact = f"markdown artifact {PIPELINE_ARTIFACT_KEY!r}"
+    message = failure_message(headline, failed, artifact=artifact, what="every step")
+    raise BatchFailedError(message, result=result) from error
 
 
 @sync_or_async

@@ -9,6 +9,7 @@ when storage fails, enforce per-run budgets and publish artifacts.
 from .cache import read_manifest
 from .clients import aclose_clients
 from .errors import (
+    BatchFailedError,
     BudgetExceededError,
     CacheLockTimeoutError,
     ImagesLostError,
@@ -25,6 +26,7 @@ from .retry import is_safe_to_retry, retry_condition
 from .runner import bounded_task_runner
 
 __all__ = [
+    "BatchFailedError",
     "BudgetExceededError",
     "CacheLockTimeoutError",
     "ImageInput",

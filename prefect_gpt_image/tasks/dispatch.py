@@ -30,6 +30,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import get_call_parameters
 from pydantic import BaseModel
 
+from .errors import BatchFailedError
 from .submission import Admission, SharedLoopSubmitter
 
 __all__ = ["Admission", "SyncOrAsyncFlow", "SyncOrAsyncTask", "sync_or_async"]
@@ -162,7 +163,29 @@ async def _result_of_own_state(awaitable: Coroutine[Any, Any, Any]) -> Any:
 
 
 class SyncOrAsyncFlow(_Dispatch[P, R], Flow[P, Coroutine[Any, Any, R]]):
-    """A Prefect flow written async that a script or a sync flow calls like a sync flow."""
+    """A Prefect flow written async that a script or a sync flow calls like a sync flow.
+
+    A batch flow ends ``Failed`` with its result as the state's data when rows failed (so the
+    UI, a deployment and ``return_state=True`` callers see every row). Prefect cannot raise such
+    a state (``TypeError: Unexpected result for failed state``, with the whole result's repr), so
+    a call without ``return_state`` raises :class:`BatchFailedError` instead: the state's message
+    (a few lines) and the result attached."""
+
+    def _awaitable(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
+        if kwargs.get("return_state"):
+            return super()._awaitable(*args, **kwargs)
+        return _result_of_flow_state(super()._awaitable(*args, **{**kwargs, "return_state": True}))
+
+
+async def _result_of_flow_state(awaitable: Coroutine[Any, Any, Any]) -> Any:
+    """The result of the flow run's final state; :class:`BatchFailedError` for a ``Failed`` state
+    whose data is a result (a model), not an exception."""
+    state: State[Any] = await awaitable
+    if state.is_failed():
+        data = await state.aresult(raise_on_failure=False)
+        if isinstance(data, BaseModel):
+            raise BatchFailedError(state.message or "the run failed", result=data)
+    return await state.aresult()
 
 
 @overload

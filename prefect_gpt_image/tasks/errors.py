@@ -8,14 +8,22 @@
     │   └── ImagesSpooledError     paid images were kept in the local spool; a rerun stores them
     └── ImagesLostError            paid images could be neither stored nor spooled
 
+    GptImageError (prefect_gpt_image.api.errors)
+    └── BatchFailedError           rows of a batch flow (or a step of image_pipeline) failed; the
+                                   run's result is attached
+
 Which errors Prefect may retry is decided in :mod:`prefect_gpt_image.tasks.retry`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from prefect_gpt_image.api.errors import GptImageError
 
 __all__ = [
+    "BatchFailedError",
     "BudgetExceededError",
     "CacheLockTimeoutError",
     "ImageStorageError",
@@ -79,3 +87,19 @@ class ImagesLostError(ImageTaskError):
     The message names the request id and the images' SHA-256. Not retried: a retry would pay
     again.
     """
+
+
+class BatchFailedError(GptImageError):
+    """Rows of a batch flow, or a step of ``image_pipeline``, failed: what the flow raises when
+    called without ``return_state=True`` (with it, the returned state is ``Failed`` as before).
+
+    The message is a few lines whatever the batch's size: the counts by error type, the first
+    failed rows (number, id, error) and where the run's table artifact and CSV report are.
+    ``result`` is the run's result, so the stored rows can still be used: a ``BatchResult``
+    (``batch_generate``) or a ``ChainResult`` (``batch_edit``, ``batch_pipeline``,
+    ``image_pipeline``). It pickles with its result (Prefect persists a failed run's exception).
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result

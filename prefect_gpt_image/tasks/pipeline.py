@@ -63,7 +63,15 @@ from .locks import get_lock_manager
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, note_maybe_billed, with_retries
 
-__all__ = ["CallResult", "batch_rows", "in_batch", "run_image_call", "run_row_call", "with_links"]
+__all__ = [
+    "CallResult",
+    "batch_rows",
+    "client_config",
+    "in_batch",
+    "run_image_call",
+    "run_row_call",
+    "with_links",
+]
 
 _T = TypeVar("_T")
 _fallback_logger = logging.getLogger("prefect_gpt_image.tasks")
@@ -128,7 +136,10 @@ def _parents(request: GenerateRequest | EditRequest) -> tuple[str, ...]:
     return tuple(shas)
 
 
-def _client_config(credentials: GptImageCredentials | None, settings: GptImageSettings) -> ClientConfig:
+def client_config(credentials: GptImageCredentials | None, settings: GptImageSettings) -> ClientConfig:
+    """The API client's configuration: the credentials block's key and base URL, else the
+    environment's (see :func:`~prefect_gpt_image.api.config.resolve_key`), with the settings'
+    timeouts, retries and media hosts; :class:`ConfigurationError` when no key may be used."""
     if credentials is not None:
         return credentials.client_config(settings)
     return settings.configure(ClientConfig.from_env())
@@ -335,7 +346,7 @@ async def _locked_call(
     async def pay_and_store() -> list[ImageRef]:
         images: list[GeneratedImage] | None = None
         try:
-            config = _client_config(credentials, settings)
+            config = client_config(credentials, settings)
             client = await shared_client(config)
 
             def on_retry(event: RetryEvent) -> None:

@@ -329,3 +329,44 @@ def test_batch_pipeline_killed_mid_run_then_rerun_pays_only_the_missing_steps(
     assert _usable_records(slow_usage) == 18
     blends = [r for r in slow.ledger.requests if r["fields"].get("prompt") == "add the brand frame"]
     assert blends and all(len(_parts(r, "image[]")) == 2 for r in blends)
+
+
+def test_a_failed_batch_raises_a_short_error_with_the_stored_rows(usage: Usage) -> None:
+    rows = 120
+    run = usage.run("failed_batch.py", str(rows))
+    out = run.result()
+    sandbox = usage.sandbox
+    # the batch: every other row refused by moderation (sent, not billed), one refused before
+    # sending, the others stored; the message stays a few lines at any size
+    message = out["batch_message"]
+    statuses = Counter(out["statuses"])
+    assert statuses == {"stored": rows // 2 - 1, "failed": rows // 2, "invalid": 1}, statuses
+    assert len(message) < 2000 and len(message.splitlines()) <= 10, message
+    assert message.startswith(
+        f"{rows // 2 + 1} of {rows} rows failed (ModerationError: {rows // 2}, invalid: 1)"
+    )
+    assert (
+        "row 2: ModerationError: HTTP 400" in message
+        and "row 3: invalid: prompt must not be empty" in message
+    )
+    assert f"... and {rows // 2 + 1 - 5} more" in message
+    assert "table artifact 'gpt-image-batch' of flow run '" in message
+    assert "BatchResult(" not in message and "Unexpected result" not in run.stderr
+    # what exc.result holds is what was billed, once each, and stored
+    stored = out["stored"]
+    assert len(stored) == rows // 2 - 1
+    batch_entries = [e for e in sandbox.ledger.entries if e["endpoint"].endswith("/generations")]
+    billed = Counter(image["sha256"] for e in batch_entries for image in e["images"])
+    assert set(stored.values()) <= set(billed) and all(billed[sha] == 1 for sha in stored.values())
+    _assert_stored(usage, list(stored.values()), run)
+
+    # the pipeline: the generated image is stored and billed once, the edit refused
+    (generate, generated_status, generated), (edit, edit_status, _) = out["pipeline_steps"]
+    assert (generate, generated_status, edit, edit_status) == ("generate", "stored", "edit", "failed")
+    assert billed[generated] == 1 and sandbox.ledger.billed_images == len(stored) + 1
+    _assert_stored(usage, [generated], run)
+    pipeline = out["pipeline_message"]
+    assert pipeline.startswith(
+        "the pipeline failed at step 'edit' (ModerationError: 1); 1 of 2 step(s) stored"
+    )
+    assert "row 1, step edit: ModerationError: HTTP 400" in pipeline and len(pipeline) < 2000
