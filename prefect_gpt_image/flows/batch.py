@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+from collections.abc import Iterator
 from typing import Any, Literal
 from uuid import uuid4
 
@@ -43,7 +44,7 @@ from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
-from .failures import FailedRow, failure_counts, failure_message
+from .failures import Counted, FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
@@ -104,6 +105,11 @@ class BatchResult(BaseModel):
     def cost(self) -> float:
         """Estimated cost of every stored image."""
         return sum(ref.cost for r in self.rows for ref in r.images)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Counts, not every row: a repr (in a log, a traceback, Prefect's messages) stays one
+        line at 10,000 rows."""
+        yield "rows", Counted(len(self.rows), self.stored, self.failed)
 
 
 @sync_or_async

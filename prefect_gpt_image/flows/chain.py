@@ -13,7 +13,7 @@ a rerun pays only for the steps never stored (every step is a cached call).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -37,7 +37,7 @@ from prefect_gpt_image.tasks.inputs import read_input
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
-from .failures import FailedRow, failure_counts, failure_message
+from .failures import Counted, FailedRow, failure_counts, failure_message
 from .masks import MaskRegion, build_mask
 from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
@@ -128,6 +128,10 @@ class ChainResult(BaseModel):
     def cost(self) -> float:
         """Estimated USD paid in this run."""
         return sum(s.cost for s in self.steps)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Counts, not every step: a repr stays one line at any size."""
+        yield "steps", Counted(len(self.rows()), self.stored, self.failed, steps=len(self.steps))
 
     def final(self, row: int) -> ImageRef | None:
         """The last image row ``row`` made, if its chain completed."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from prefect.runtime import flow_run
 
-__all__ = ["FailedRow", "failure_counts", "failure_message"]
+__all__ = ["Counted", "FailedRow", "failure_counts", "failure_message"]
 
 ROWS_SHOWN = 5
 """Failed rows the message names; the others are counted."""
@@ -32,6 +32,20 @@ class FailedRow:
     """The error's type, or ``invalid`` for a row refused before any call."""
     error: str | None
     step: str | None = None
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What a batch result's repr shows instead of its rows: how many, stored and failed."""
+
+    rows: int
+    stored: int
+    failed: int
+    steps: int | None = None
+
+    def __repr__(self) -> str:
+        steps = f" ({self.steps} steps)" if self.steps is not None else ""
+        return f"<{self.rows} rows{steps}: {self.stored} stored, {self.failed} failed>"
 
 
 def failure_counts(failed: Sequence[FailedRow]) -> str:

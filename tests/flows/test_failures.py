@@ -21,6 +21,7 @@ from prefect_gpt_image.flows import (
     ChainResult,
     ConfigurationError,
     RowResult,
+    StepResult,
     batch_edit,
     batch_generate,
     batch_pipeline,
@@ -156,6 +157,21 @@ def test_the_error_pickles_with_its_result_and_survives_persisted_results(local:
     ]
     assert str(read_back).startswith("the pipeline failed at step 'edit' (ModerationError: 1)")
     assert billed_images(sandbox) == 1
+
+
+def test_a_large_result_has_a_one_line_repr() -> None:
+    from prefect.states import Failed
+
+    rows = [RowResult(row=i, prompt="a kite " * 50, status="failed", error="x" * 300) for i in range(10_000)]
+    result = BatchResult(rows=rows)
+    assert repr(result) == "BatchResult(rows=<10000 rows: 0 stored, 10000 failed>)"
+    steps = [StepResult(row=1, step="generate", kind="generate", status="stored")]
+    steps += [StepResult(row=2, step=name, kind="edit", status="failed") for name in ("a", "b")]
+    assert repr(ChainResult(steps=steps)) == "ChainResult(steps=<2 rows (3 steps): 1 stored, 1 failed>)"
+    # where Prefect itself resolves such a state (a deployment's engine), its error stays short
+    with pytest.raises(TypeError, match="cannot be resolved") as caught:
+        Failed(data=result).result()
+    assert len(str(caught.value)) < 300
 
 
 @pytest.mark.parametrize(
