@@ -147,7 +147,8 @@ async def batch_generate(
             or cost per run, and fails before the first paid call if the plan exceeds a cap.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
-        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
+        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY,
+            else $OPENAI_API_KEY, each sent only to its own base URL.
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()

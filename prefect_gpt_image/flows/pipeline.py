@@ -73,7 +73,8 @@ async def image_pipeline(
         variant: Change it to get new images for the same inputs (part of the cache key).
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
-        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
+        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY,
+            else $OPENAI_API_KEY, each sent only to its own base URL.
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
@@ -180,7 +181,8 @@ async def batch_pipeline(
             report the calls to make and their estimated cost, paying nothing.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
-        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY.
+        credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY,
+            else $OPENAI_API_KEY, each sent only to its own base URL.
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
