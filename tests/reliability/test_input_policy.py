@@ -30,7 +30,7 @@ from prefect_gpt_image.tasks.inputs import read_input
 from tests.support.images import png_bytes
 from tests.support.sandbox import billed_images, sandbox_requests
 
-from .conftest import fast_settings
+from .conftest import REPO_ROOT, fast_settings
 
 IMAGE = png_bytes((64, 64), "teal")
 DEFAULT = InputPolicy.build(environ={})
@@ -458,3 +458,64 @@ def test_each_remote_input_is_fetched_once_per_run(
     )
     assert pipeline.is_completed(), pipeline.message
     assert target.hits == Counter({"/img.png": 1})
+
+
+# -- the shipped deployments ----------------------------------------------------------------------
+
+
+def _deployments_module(name: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"gpt_image_{name}", REPO_ROOT / "deployments" / f"{name}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_shipped_deployments_confine_inputs(no_opt_in: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every deployment of prefect.yaml runs with input roots and buckets set (the work pool's
+    environment, which serve.py applies too): the shipped manifests are readable, a file
+    elsewhere on the worker and a bucket not named are not."""
+    import yaml
+
+    config = yaml.safe_load((REPO_ROOT / "deployments" / "prefect.yaml").read_text())
+    for spec in config["deployments"]:
+        env = spec["work_pool"]["job_variables"]["env"]
+        assert env["GPT_IMAGE_INPUT_ROOTS"] and env["GPT_IMAGE_INPUT_BUCKETS"], spec["name"]
+    environment = _deployments_module("serve").job_environment()
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    policy = fast_settings().input_policy()  # a settings block's own values are replaced
+    store = LocalImageStore(REPO_ROOT / "gpt-image-output")
+    manifest = REPO_ROOT / "deployments" / "manifests" / "nightly.csv"
+    assert policy.check_path(manifest) == manifest
+    with pytest.raises(InputImageError, match="outside the folders"):
+        read_input(str(REPO_ROOT / "pyproject.toml"), store, what="images[0]", policy=policy)
+    with pytest.raises(InputImageError, match="not one inputs may be read from"):
+        read_input("s3://someone-elses-bucket/x.png", store, what="images[0]", policy=policy)
+
+
+def test_blocks_script_saves_settings_that_confine_inputs(no_opt_in: None, prefect_env: Path) -> None:
+    """A settings block saved by deployments/blocks.py confines local inputs to the shipped
+    manifests and ./inputs; --input-root and --input-bucket replace those."""
+    import uuid
+
+    from prefect_gpt_image.blocks import GptImageSettings
+
+    blocks = _deployments_module("blocks")
+    name = f"inputs-{uuid.uuid4().hex[:10]}"
+    blocks.save_blocks(name=name, api_key="sk-blocks", storage="./gpt-image-output")
+    settings = GptImageSettings.load(name)
+    assert settings.input_roots == list(blocks.DEFAULT_INPUT_ROOTS) and settings.input_buckets == []
+    policy = settings.input_policy()
+    store = LocalImageStore(REPO_ROOT / "gpt-image-output")
+    with pytest.raises(InputImageError, match="outside the folders"):
+        read_input(str(REPO_ROOT / "tests" / "x.png"), store, what="images[0]", policy=policy)
+    blocks.save_blocks(
+        name=name, api_key="sk-blocks", settings={"input_roots": ["/srv/images"], "input_buckets": ["photos"]}
+    )
+    settings = GptImageSettings.load(name)
+    assert (settings.input_roots, settings.input_buckets) == (["/srv/images"], ["photos"])
