@@ -53,7 +53,6 @@ MAX_REDIRECTS = 5
 """Redirect hops followed at most for one input URL (each one checked)."""
 
 _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -70,15 +69,12 @@ def address_kind(address: IPAddress) -> str | None:
     """Why ``address`` is no public address (``loopback``, ``private``, ``link-local``, ``shared``,
     ``unique-local``, ``unspecified``, ``multicast``, ``reserved``), or None when it is public.
 
-    An IPv6 address that carries an IPv4 one (IPv4-mapped ``::ffff:a.b.c.d``, NAT64
-    ``64:ff9b::a.b.c.d``, 6to4, Teredo) is judged by the IPv4 address too.
+    An IPv6 address that carries an IPv4 one (IPv4-mapped ``::ffff:a.b.c.d``, 6to4
+    ``2002:aabb:ccdd::``) is judged by the IPv4 address (NAT64 ``64:ff9b::/96`` and Teredo lie in
+    reserved and protocol ranges, refused as such).
     """
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address.teredo is not None:
-            embedded = address.teredo[1]
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None and (kind := address_kind(embedded)) is not None:
             return kind
     if address.is_unspecified:
@@ -182,8 +178,10 @@ def checked_addresses(url: str, policy: HostPolicy) -> list[IPAddress]:
     for address in addresses:
         if not policy.allows(host, address):
             how = "is" if literal is not None else f"resolves to {address}, which is"
+            kind = address_kind(address) or ""
+            article = "an" if kind == "unspecified" else "a"
             raise RefusedURLError(
-                f"{shown}: refused, host {host} {how} a {address_kind(address)} address; it was not "
+                f"{shown}: refused, host {host} {how} {article} {kind} address; it was not "
                 f"contacted (a private host can be allowed by name: setting allowed_private_hosts "
                 f"or ${ALLOW_PRIVATE_HOSTS_ENV})"
             )
