@@ -4,6 +4,7 @@ batch stays far below the memory a decoded bomb would take."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -100,3 +101,39 @@ def test_a_batch_over_bombs_refuses_them_and_stays_small(
         assert side in rows[row]["error"] and f"{MAX_INPUT_PIXELS:,} pixels" in rows[row]["error"]
     assert rows["2"]["status"] == rows["4"]["status"] == "stored"
     assert len(sandbox_requests(sandbox)) == 2 and billed_images(sandbox) == 2
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header (SOF0) is patched to declare ``width`` x ``height``."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, "JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def _webp_declaring(width: int, height: int) -> bytes:
+    """A small real lossless WebP whose VP8L header is patched to declare ``width`` x ``height``."""
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buf, "WEBP", lossless=True)
+    data = bytearray(buf.getvalue())
+    assert data[12:16] == b"VP8L"
+    bits = int.from_bytes(data[21:25], "little") & ~((1 << 28) - 1)
+    data[21:25] = (bits | (width - 1) | ((height - 1) << 14)).to_bytes(4, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "side"),
+    [
+        (_jpeg_declaring(12000, 12000), "12000x12000"),  # 144 Mpx: Pillow would decode it (432 MB)
+        (_webp_declaring(16000, 16000), "16000x16000"),
+    ],
+    ids=["jpeg", "webp"],
+)
+def test_jpeg_and_webp_headers_are_checked_before_decoding(data: bytes, side: str, tmp_path: Path) -> None:
+    store = LocalImageStore(tmp_path / "store")
+    with pytest.raises(InputImageError) as refused:
+        read_input(data, store, what="mask", policy=InputPolicy.build(environ={}))
+    assert str(refused.value).startswith("mask: ") and f"declares {side}" in str(refused.value)
