@@ -107,6 +107,15 @@ def no_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def sandbox(prefect_env: Path, make_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A sandbox the environment's key and base URL point at, on the session's Prefect server."""
+    server = make_sandbox()
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-input-policy")
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", server.base_url)
+    return server
+
+
+@pytest.fixture
 def store(tmp_path: Path) -> LocalImageStore:
     return LocalImageStore(tmp_path / "store")
 
@@ -332,11 +341,8 @@ def test_local_paths_stay_inside_the_input_roots(tmp_path: Path, store: LocalIma
 
 
 def test_batch_edit_folders_and_manifests_outside_the_roots_are_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_env: Path, make_sandbox: Any
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sandbox: Any
 ) -> None:
-    sandbox = make_sandbox()
-    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-input-policy")
-    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     inside, outside = tmp_path / "inputs", tmp_path / "private"
     inside.mkdir()
     outside.mkdir()
@@ -381,16 +387,8 @@ def test_s3_inputs_outside_the_allowed_buckets_are_refused(
 
 
 def test_a_refused_reference_fails_the_task_before_paying(
-    target: Counting,
-    no_opt_in: None,
-    prefect_env: Path,
-    make_sandbox: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    target: Counting, no_opt_in: None, sandbox: Any, tmp_path: Path
 ) -> None:
-    sandbox = make_sandbox()
-    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-input-policy")
-    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     url = f"http://127.0.0.1:{target.port}/img.png"
     kwargs: dict[str, Any] = {"references": [url], "storage": str(tmp_path / "store")}
     with pytest.raises(InputImageError, match=r"^images\[1\]: http://127\.0\.0\.1:\d+/img\.png: refused"):
@@ -402,16 +400,8 @@ def test_a_refused_reference_fails_the_task_before_paying(
 
 
 def test_a_batch_row_with_a_refused_input_is_invalid_and_the_others_run(
-    target: Counting,
-    no_opt_in: None,
-    prefect_env: Path,
-    make_sandbox: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    target: Counting, no_opt_in: None, sandbox: Any, tmp_path: Path
 ) -> None:
-    sandbox = make_sandbox()
-    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-input-policy")
-    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     good = [tmp_path / "a.png", tmp_path / "b.png"]
     for i, path in enumerate(good):
         path.write_bytes(png_bytes((64, 64), ("red", "blue")[i]))
@@ -431,15 +421,10 @@ def test_a_batch_row_with_a_refused_input_is_invalid_and_the_others_run(
     assert len(sandbox_requests(sandbox)) == 2 and billed_images(sandbox) == 2
 
 
-def test_each_remote_input_is_fetched_once_per_run(
-    target: Counting, prefect_env: Path, make_sandbox: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_each_remote_input_is_fetched_once_per_run(target: Counting, sandbox: Any, tmp_path: Path) -> None:
     """Three rows share a reference URL and each names its own image URL: the plan checks every
     input and the calls send them, yet each URL is fetched once (the session's opt-in allows
     127.0.0.1)."""
-    sandbox = make_sandbox()
-    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-input-policy")
-    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     base = f"http://127.0.0.1:{target.port}"
     images = [f"{base}/redirect?to=/img.png%3Fcolour={colour}" for colour in ("red", "green", "blue")]
     state = batch_edit(
