@@ -6,7 +6,10 @@ on the Prefect server that ``PREFECT_API_URL`` points at:
 * ``GptImageCredentials``: the API key, read from ``$GPT_IMAGE_API_KEY`` (never from the command
   line, so it stays out of shell history and process listings), and ``--base-url`` (replaced);
 * ``GptImageSettings``: defaults and policy (``--concurrency-limit``, ``--max-cost-per-run``; the
-  rest in the UI, which a later run of this script keeps);
+  rest in the UI, which a later run of this script keeps), and what a run may read: local inputs
+  only inside ``--input-root`` folders (a new block: :data:`DEFAULT_INPUT_ROOTS`, the shipped
+  manifests and ``./inputs``), ``s3://`` inputs only in the store's bucket and ``--input-bucket``
+  ones (whoever can start a deployment run from the UI names its inputs; see README, "Security");
 * ``GptImageStorage``: ``--s3-bucket-block NAME`` (a saved prefect-aws ``S3Bucket`` block, whose
   credentials and endpoint the workers then use) or ``--storage`` (a folder or ``s3://bucket/prefix``
   with boto3's standard credentials on the worker).
@@ -25,16 +28,21 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
 
 from prefect_gpt_image.api import DEFAULT_BASE_URL
 
-__all__ = ["DEFAULT_BLOCK_NAME", "main", "save_blocks"]
+__all__ = ["DEFAULT_BLOCK_NAME", "DEFAULT_INPUT_ROOTS", "main", "save_blocks"]
 
 DEFAULT_BLOCK_NAME = "gpt-image"
 """The block name the deployments use for credentials, settings and storage."""
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INPUT_ROOTS = (str(_REPO_ROOT / "deployments" / "manifests"), str(_REPO_ROOT / "inputs"))
+"""The folders local inputs of a new settings block may be in: the shipped manifests, and an
+``inputs`` folder beside them for your own images (absolute, so the workers need the same layout)."""
 
 B = TypeVar("B", bound=Block)
 
@@ -75,7 +83,13 @@ def save_blocks(
 
     current = _existing(GptImageSettings, name)
     if current is None or settings:
-        values = current.model_dump(exclude={"block_type_slug"}) if current is not None else {}
+        # A new block confines local inputs (a run from the UI names its own inputs); the store's
+        # bucket is the only bucket allowed unless input_buckets names more.
+        values = (
+            current.model_dump(exclude={"block_type_slug"})
+            if current is not None
+            else {"input_roots": list(DEFAULT_INPUT_ROOTS)}
+        )
         GptImageSettings.model_validate({**values, **(settings or {})}).save(name, overwrite=True)
 
     old = _existing(GptImageStorage, name)
@@ -126,6 +140,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--presign-ttl-seconds", type=int, help="presigned link lifetime (default 3600)")
     parser.add_argument("--concurrency-limit", type=int, help="slots of the 'gpt-image' limit (default 4)")
     parser.add_argument("--max-cost-per-run", type=float, help="USD budget per flow run (default: none)")
+    parser.add_argument(
+        "--input-root",
+        action="append",
+        help="a folder local inputs may be read from (repeat it; a new block: the shipped manifests "
+        "and ./inputs)",
+    )
+    parser.add_argument(
+        "--input-bucket",
+        action="append",
+        help="a bucket s3:// inputs may be read from besides the store's (repeat it; '*': any)",
+    )
     return parser
 
 
@@ -150,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key, value in (
                 ("concurrency_limit", args.concurrency_limit),
                 ("max_cost_per_run", args.max_cost_per_run),
+                ("input_roots", [str(Path(r).expanduser().resolve()) for r in args.input_root or []] or None),
+                ("input_buckets", args.input_bucket),
             )
             if value is not None
         },

@@ -2,7 +2,10 @@
 
 The deployments get the same names, parameters, tags and schedule as in ``deployments/prefect.yaml``
 (read from it, so the two never drift apart). Flow runs execute in this process, which must reach
-the Prefect server (``PREFECT_API_URL``) and find the blocks the parameters name.
+the Prefect server (``PREFECT_API_URL``) and find the blocks the parameters name. The work pool's
+environment in the yaml (what a run may read: ``GPT_IMAGE_INPUT_ROOTS``, ``GPT_IMAGE_INPUT_BUCKETS``)
+applies to this process too, unless the variable is already set; relative input roots are taken
+from the repo root.
 
 Example::
 
@@ -14,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from prefect.types.entrypoint import EntrypointType
 
 from prefect_gpt_image.flows import batch_edit, batch_generate, batch_pipeline, image_pipeline
 
-__all__ = ["PREFECT_YAML", "build_deployments", "main"]
+__all__ = ["PREFECT_YAML", "build_deployments", "job_environment", "main"]
 
 HERE = Path(__file__).resolve().parent
 PREFECT_YAML = HERE / "prefect.yaml"
@@ -73,8 +77,25 @@ def build_deployments(prefect_yaml: Path = PREFECT_YAML) -> list[RunnerDeploymen
     return deployments
 
 
+def job_environment(prefect_yaml: Path = PREFECT_YAML) -> dict[str, str]:
+    """The environment the yaml's work pool gives its flow runs (every deployment's, merged),
+    with relative ``GPT_IMAGE_INPUT_ROOTS`` made absolute (repo root based)."""
+    config = yaml.safe_load(prefect_yaml.read_text(encoding="utf-8"))
+    env: dict[str, str] = {}
+    for spec in config["deployments"]:
+        env.update((spec.get("work_pool") or {}).get("job_variables", {}).get("env") or {})
+    roots = env.get("GPT_IMAGE_INPUT_ROOTS")
+    if roots:
+        env["GPT_IMAGE_INPUT_ROOTS"] = ",".join(
+            str(HERE.parent / root.strip()) for root in roots.split(",") if root.strip()
+        )
+    return {name: str(value) for name, value in env.items()}
+
+
 def main() -> None:
-    """Serve the deployments until interrupted (Ctrl-C)."""
+    """Serve the deployments until interrupted (Ctrl-C), under the work pool's environment."""
+    for name, value in job_environment().items():
+        os.environ.setdefault(name, value)
     serve(*build_deployments())
 
 

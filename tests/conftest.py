@@ -17,8 +17,15 @@ for _name in (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
     "GPT_IMAGE_STORAGE",
+    "GPT_IMAGE_INPUT_ROOTS",
 ):
     os.environ.pop(_name, None)
+# The tests' own servers (the sandbox's media, local image servers) are on loopback, which input
+# URLs may not reach by default, and they read inputs from buckets of their own beside the store's:
+# the tests opt in, as a user with an internal image server or an inputs bucket would
+# (tests/reliability/test_input_policy.py takes the opt-ins away to test the defaults).
+os.environ["GPT_IMAGE_ALLOW_PRIVATE_HOSTS"] = "127.0.0.1,::1,localhost"
+os.environ["GPT_IMAGE_INPUT_BUCKETS"] = "*"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,6 +24,7 @@ import httpx
 from .config import ClientConfig, is_loopback_host
 from .errors import DownloadError, UnsafeURLError
 from .images import ImageFormat, probe_image
+from .netpolicy import address_kind
 
 __all__ = ["Downloaded", "check_url", "download_image", "verify_image", "verify_in_worker"]
 
@@ -48,7 +49,7 @@ class Downloaded:
 
 def check_url(url: str, allowed_hosts: frozenset[str]) -> None:
     """Refuse a result URL that is not https on an allowed host (plain http only on loopback),
-    or that names a private, link-local or reserved address.
+    or that names a non-public address (see :func:`~.netpolicy.address_kind`).
     """
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
@@ -61,11 +62,7 @@ def check_url(url: str, allowed_hosts: frozenset[str]) -> None:
     loopback = is_loopback_host(host)
     if parts.scheme == "http" and not loopback:
         raise UnsafeURLError(f"plain http is only allowed on loopback, not {host}", url=url)
-    if (
-        address is not None
-        and not loopback
-        and (address.is_private or address.is_link_local or address.is_reserved or address.is_multicast)
-    ):
+    if address is not None and not loopback and address_kind(address) is not None:
         raise UnsafeURLError(f"result URL points to a non-public address {host}", url=url)
     if host not in allowed_hosts:
         raise UnsafeURLError(

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from prefect_gpt_image.api import ClientConfig, RetryPolicy, Timeouts
 from prefect_gpt_image.api.config import DEFAULT_MEDIA_HOSTS
+from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.api.models import (
     DEFAULT_MODEL,
     Background,
@@ -143,6 +144,27 @@ class GptImageSettings(Block):
         description="Hosts result URLs may point to, besides the base URL's own host.",
     )
 
+    # -- what a run may read -----------------------------------------------------------------------
+    allowed_private_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names, addresses or networks (10.1.0.0/16) input URLs may reach although "
+        "they are not public, e.g. an internal image server. Unlisted, a URL whose host is or "
+        "resolves to a loopback, private, link-local (cloud metadata), shared or unique-local "
+        "address is refused. $GPT_IMAGE_ALLOW_PRIVATE_HOSTS on the worker replaces this list.",
+    )
+    input_roots: list[str] | None = Field(
+        default=None,
+        description="Folders local input paths, file:// URIs, manifests and folders to walk must be "
+        "inside (symlinks and .. resolved first); the store's own folder is always allowed. Unset: "
+        "anywhere the process can read; empty: no local file. Set it for deployments. "
+        "$GPT_IMAGE_INPUT_ROOTS (comma-separated) on the worker replaces it.",
+    )
+    input_buckets: list[str] = Field(
+        default_factory=list,
+        description="Buckets s3:// inputs, manifests and prefixes may name besides the store's own; "
+        "'*': any bucket. $GPT_IMAGE_INPUT_BUCKETS on the worker replaces it.",
+    )
+
     @field_validator("size")
     @classmethod
     def _check_size(cls, value: str) -> str:
@@ -184,6 +206,14 @@ class GptImageSettings(Block):
             timeouts=self.timeouts(),
             retry=self.retry_policy(),
             allowed_media_hosts=tuple(self.allowed_media_hosts),
+        )
+
+    def input_policy(self) -> InputPolicy:
+        """What a run may read (see :mod:`~prefect_gpt_image.api.inputpolicy`): these settings'
+        allowed private hosts, input roots and buckets, each replaced by its environment variable
+        when that is set."""
+        return InputPolicy.build(
+            private_hosts=self.allowed_private_hosts, roots=self.input_roots, buckets=self.input_buckets
         )
 
     def request_defaults(self, *, moderation: bool = True) -> dict[str, Any]:

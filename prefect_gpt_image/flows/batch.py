@@ -31,6 +31,7 @@ from prefect.states import Completed, Failed
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
+from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.storage.base import IMAGES_FOLDER
@@ -154,7 +155,7 @@ async def batch_generate(
     logger = get_run_logger()
     options = options or ImageOptions()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
-    parsed = _rows(prompts, manifest, store, prompt_template)
+    parsed = _rows(prompts, manifest, store, prompt_template, settings.input_policy())
     defaults = settings.request_defaults()
 
     results: dict[int, RowResult] = {}
@@ -287,7 +288,11 @@ async def _plan(
 
 
 def _rows(
-    prompts: list[str] | None, manifest: str | None, store: ImageStore, template: str | None
+    prompts: list[str] | None,
+    manifest: str | None,
+    store: ImageStore,
+    template: str | None,
+    policy: InputPolicy,
 ) -> list[tuple[int, BatchRow | str]]:
     if (prompts is None) == (manifest is None):
         raise ValueError("give either prompts or manifest (not both, not neither)")
@@ -302,7 +307,7 @@ def _rows(
     if template is not None:
         template_columns(template)  # a malformed template fails the run before anything is read
     out: list[tuple[int, BatchRow | str]] = []
-    records = read_records(manifest, store, require=None if template else "prompt")
+    records = read_records(manifest, store, policy=policy, require=None if template else "prompt")
     for index, (line, data) in enumerate(records, start=1):
         item = batch_row(index, data, template) if isinstance(data, dict) else (line, data)
         out.append((line, f"line {line}: {item[1]}") if isinstance(item, tuple) else (index, item))

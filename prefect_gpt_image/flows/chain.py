@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest, GptImageError
 from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
+from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.api.models import parse_size
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.storage import ImageStore
@@ -33,7 +34,7 @@ from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate
 from prefect_gpt_image.tasks.cache import cache_key, read_record
 from prefect_gpt_image.tasks.concurrency import hold_slots
 from prefect_gpt_image.tasks.images import edit_request, generate_request
-from prefect_gpt_image.tasks.inputs import read_input
+from prefect_gpt_image.tasks.inputs import InputCache, read_input, read_once, run_cache
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import collect_maybe_billed
 
@@ -197,6 +198,8 @@ class _Context:
     settings: GptImageSettings
     store: ImageStore
     lookup: bool
+    policy: InputPolicy
+    cache: InputCache | None  # the run's reads (the plan's threads do not inherit its context)
 
 
 def plan_chains(
@@ -213,7 +216,9 @@ def plan_chains(
     :func:`run_chains` makes. Blocking (reads inputs and the store): run it in a thread."""
     names = step_names(steps)
     lookup = lookup and not PREFECT_TASKS_REFRESH_CACHE.value()
-    ctx = _Context(steps, names, options, variant, settings, store, lookup)
+    ctx = _Context(
+        steps, names, options, variant, settings, store, lookup, settings.input_policy(), run_cache()
+    )
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=_PLAN_THREADS, thread_name_prefix="gpt-image-plan") as pool:
@@ -286,7 +291,7 @@ def _resolve(value: str, label: str, row: ChainRow, produced: Mapping[str, _Call
         if not value.strip():
             raise ValueError(f"{_where(row)}: {label}: the column is empty")
     uri = _text(value, row)
-    header = read_input(uri, ctx.store, what=label)
+    header = read_input(uri, ctx.store, what=label, policy=ctx.policy, cache=ctx.cache)
     return _Input(label, uri=uri, header=_header(header))
 
 
@@ -371,7 +376,14 @@ def _prepare_step(
                 value = str(row.columns[value] or "")
             call.mask_uri = _text(value, row)
             mask = _header(
-                read_input(call.mask_uri, ctx.store, what=f"{name}.mask_uri", max_bytes=MAX_MASK_BYTES)
+                read_input(
+                    call.mask_uri,
+                    ctx.store,
+                    what=f"{name}.mask_uri",
+                    policy=ctx.policy,
+                    max_bytes=MAX_MASK_BYTES,
+                    cache=ctx.cache,
+                )
             )
         elif step.region is not None:
             call.region = step.region
@@ -632,10 +644,16 @@ def _request(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime) -> Gene
     if isinstance(call.step, GenerateStep):
         return generate_request(call.prompt, rt.settings, **fields)
     labels = [f"{call.name}.image"] + [f"{call.name}.references[{i}]" for i in range(len(images) - 1)]
-    loaded = [read_input(image, rt.store, what=label) for image, label in zip(images, labels, strict=True)]
+    policy = rt.settings.input_policy()
+    loaded = [
+        read_input(image, rt.store, what=label, policy=policy)
+        for image, label in zip(images, labels, strict=True)
+    ]
     mask_image = None
     if mask is not None:
-        mask_image = read_input(mask, rt.store, what=f"{call.name}.mask", max_bytes=MAX_MASK_BYTES)
+        mask_image = read_input(
+            mask, rt.store, what=f"{call.name}.mask", policy=policy, max_bytes=MAX_MASK_BYTES
+        )
     return edit_request(call.prompt, loaded, mask_image, rt.settings, **fields)
 
 
@@ -719,26 +737,27 @@ async def run_batch(
     """A batch flow's body: plan every row (returned as is with ``plan_only``, checked against the
     budget otherwise), run the chains, publish the table (``key``), the progress (``key-progress``)
     and the first chains (``key-chains``); Failed when a row failed, naming why."""
-    plan, prepared = await asyncio.to_thread(
-        plan_chains, rows, steps, options=options, variant=variant, settings=settings, store=store
-    )
-    logger.info(plan.summary())
-    if plan_only:
-        await publish_plan(plan)
-        return Completed(message=plan.summary(), data=plan)
-    if has_budget(settings):
-        await enforce_budget(plan, settings)
-    result, _ = await run_chains(
-        prepared,
-        variant=variant,
-        credentials=credentials,
-        settings=settings,
-        store=store,
-        batch=True,
-        max_parallel=max_parallel,
-        progress_key=f"{key}-progress",
-        logger=logger,
-    )
+    with read_once():  # each remote input fetched once: the plan checks it, the call sends it
+        plan, prepared = await asyncio.to_thread(
+            plan_chains, rows, steps, options=options, variant=variant, settings=settings, store=store
+        )
+        logger.info(plan.summary())
+        if plan_only:
+            await publish_plan(plan)
+            return Completed(message=plan.summary(), data=plan)
+        if has_budget(settings):
+            await enforce_budget(plan, settings)
+        result, _ = await run_chains(
+            prepared,
+            variant=variant,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            batch=True,
+            max_parallel=max_parallel,
+            progress_key=f"{key}-progress",
+            logger=logger,
+        )
     made = sum(s.status == "stored" and not s.cached for s in result.steps)
     hits = sum(s.cached for s in result.steps)
     total = len(rows)

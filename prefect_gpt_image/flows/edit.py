@@ -80,7 +80,7 @@ async def batch_edit(
         references=references or [],
         options=options,
     )
-    sources = image_sources(images, store, column=image_column)
+    sources = image_sources(images, store, policy=settings.input_policy(), column=image_column)
     if not sources:
         raise ValueError(f"images: no png, jpeg or webp image found in {images!r}")
     templates = is_manifest(images)

@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.storage import ImageStore, S3ImageStore, resolve_store
+from prefect_gpt_image.tasks.inputs import local_input
 
 from .templates import TemplateError, fill_template
 
@@ -47,12 +49,26 @@ class BatchRow(BaseModel):
 
 
 def read_records(
-    location: str, store: ImageStore, *, require: str | None = "prompt"
+    location: str, store: ImageStore, *, policy: InputPolicy, require: str | None = "prompt"
 ) -> list[tuple[int, dict[str, Any] | str]]:
     """The rows of the manifest at ``location`` (see :func:`parse_records`); an ``s3://`` manifest
-    is read with ``store``'s client when it is in the store's bucket, else with boto3's defaults."""
+    is read with ``store``'s client when it is in the store's bucket, else with boto3's defaults.
+
+    ``policy`` says where a manifest may be: a local one inside its roots (symlinks and ``..``
+    resolved), an ``s3://`` one in the store's bucket or an allowed one; ValueError otherwise.
+    """
+    readable = location
+    try:
+        scheme = urlsplit(location).scheme
+        if scheme == "s3":
+            store_bucket = store.bucket if isinstance(store, S3ImageStore) else None
+            policy.check_bucket(urlsplit(location).netloc, store_bucket=store_bucket)
+        elif scheme in ("", "file"):
+            readable = str(local_input(location, store, policy))
+    except ValueError as exc:
+        raise ValueError(f"manifest: {exc}") from None
     return parse_records(
-        read_manifest_text(location, read_s3=_s3_reader(store)), name=location, require=require
+        read_manifest_text(readable, read_s3=_s3_reader(store)), name=location, require=require
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef
 from prefect_gpt_image.tasks.dispatch import sync_or_async
+from prefect_gpt_image.tasks.inputs import read_once
 
 from .chain import (
     ChainResult,
@@ -81,32 +82,33 @@ async def image_pipeline(
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
     steps: list[PipelineStep] = [GenerateStep(prompt=prompt)]
     steps += [step for step in (edit, blend) if step is not None]
-    # One row: every input of every step is checked before the first paid call, as in a batch.
-    plan, prepared = await asyncio.to_thread(
-        plan_chains,
-        [ChainRow(number=1, templates=False)],
-        steps,
-        options=options or ImageOptions(),
-        variant=variant,
-        settings=settings,
-        store=store,
-        lookup=has_budget(settings),
-    )
-    if prepared[0].error is not None:
-        raise prepared[0].error
-    if has_budget(settings):
-        await enforce_budget(plan, settings)
-    result, errors = await run_chains(
-        prepared,
-        variant=variant,
-        credentials=credentials,
-        settings=settings,
-        store=store,
-        batch=False,
-        max_parallel=1,
-        progress_key=None,
-        logger=logger,
-    )
+    with read_once():  # each remote input fetched once: the plan checks it, the call sends it
+        # One row: every input of every step is checked before the first paid call, as in a batch.
+        plan, prepared = await asyncio.to_thread(
+            plan_chains,
+            [ChainRow(number=1, templates=False)],
+            steps,
+            options=options or ImageOptions(),
+            variant=variant,
+            settings=settings,
+            store=store,
+            lookup=has_budget(settings),
+        )
+        if prepared[0].error is not None:
+            raise prepared[0].error
+        if has_budget(settings):
+            await enforce_budget(plan, settings)
+        result, errors = await run_chains(
+            prepared,
+            variant=variant,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            batch=False,
+            max_parallel=1,
+            progress_key=None,
+            logger=logger,
+        )
     if errors:
         await _fail(result, next(iter(errors.values())), prompt)
     made = [step.images for step in result.steps]
@@ -195,7 +197,9 @@ async def batch_pipeline(
             columns=data if isinstance(data, dict) else None,
             error=None if isinstance(data, dict) else f"line {line}: {data}",
         )
-        for index, (line, data) in enumerate(read_records(manifest, store, require=None), start=1)
+        for index, (line, data) in enumerate(
+            read_records(manifest, store, policy=settings.input_policy(), require=None), start=1
+        )
     ]
     logger.info("batch pipeline of %d row(s) x %d step(s)", len(rows), len(steps))
     return await run_batch(

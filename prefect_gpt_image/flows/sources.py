@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.storage import ImageStore, S3ImageStore
+from prefect_gpt_image.tasks.inputs import local_input
 
 from .manifest import read_records
 
@@ -33,22 +35,36 @@ class ImageSource:
         self.number, self.uri, self.columns, self.error = number, uri, columns, error
 
 
-def image_sources(images: str | list[str], store: ImageStore, *, column: str = "image") -> list[ImageSource]:
+def image_sources(
+    images: str | list[str], store: ImageStore, *, policy: InputPolicy, column: str = "image"
+) -> list[ImageSource]:
     """Every input image of ``images``: a list of URIs or paths, a folder, an ``s3://bucket/prefix/``,
     or a CSV/JSONL manifest whose ``column`` holds each row's image (the other columns fill the
     prompt template). A manifest row without the column is kept as an error; the store's own
-    images found under a folder or prefix are left out (a rerun does not edit its outputs)."""
+    images found under a folder or prefix are left out (a rerun does not edit its outputs).
+
+    ``policy`` says which folders, buckets and manifests may be named (ValueError otherwise);
+    each image found is checked again when its row reads it."""
     if isinstance(images, list):
         return [ImageSource(i, str(uri), {column: str(uri)}) for i, uri in enumerate(images, start=1)]
     location = images.strip()
     if not location:
         raise ValueError("images: give a folder, an s3://bucket/prefix/, a manifest or a list of URIs")
     if is_manifest(location):
-        return _from_manifest(location, store, column)
+        return _from_manifest(location, store, column, policy)
     if urlsplit(location).scheme == "s3":
+        store_bucket = store.bucket if isinstance(store, S3ImageStore) else None
+        try:
+            policy.check_bucket(urlsplit(location).netloc, store_bucket=store_bucket)
+        except ValueError as exc:
+            raise ValueError(f"images: {exc}") from None
         uris = _s3_images(location, store)
     else:
-        uris = _folder_images(Path(location).expanduser())
+        try:
+            folder = local_input(location, store, policy)
+        except ValueError as exc:
+            raise ValueError(f"images: {exc}") from None
+        uris = _folder_images(folder, shown=location)
     # The store's own images (earlier outputs, when the folder or prefix holds the store) are no inputs.
     outputs = store.uri_for(store.key("images")).rstrip("/") + "/"
     uris = [uri for uri in uris if not uri.startswith(outputs)]
@@ -60,9 +76,10 @@ def is_manifest(images: str | list[str]) -> bool:
     return isinstance(images, str) and images.strip().lower().endswith(_MANIFEST_SUFFIXES)
 
 
-def _from_manifest(location: str, store: ImageStore, column: str) -> list[ImageSource]:
+def _from_manifest(location: str, store: ImageStore, column: str, policy: InputPolicy) -> list[ImageSource]:
     out: list[ImageSource] = []
-    for number, (line, data) in enumerate(read_records(location, store, require=column), start=1):
+    records = read_records(location, store, policy=policy, require=column)
+    for number, (line, data) in enumerate(records, start=1):
         if isinstance(data, str):
             out.append(ImageSource(number, "", {}, f"line {line}: {data}"))
         elif not str(data.get(column) or "").strip():
@@ -72,11 +89,9 @@ def _from_manifest(location: str, store: ImageStore, column: str) -> list[ImageS
     return out
 
 
-def _folder_images(folder: Path) -> list[str]:
+def _folder_images(folder: Path, *, shown: str) -> list[str]:
     if not folder.is_dir():
-        raise ValueError(
-            f"images: {str(folder)!r} is no folder (give a folder, s3:// prefix, manifest or list)"
-        )
+        raise ValueError(f"images: {shown!r} is no folder (give a folder, s3:// prefix, manifest or list)")
     return sorted(
         str(p.resolve()) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )

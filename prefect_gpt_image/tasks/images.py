@@ -124,12 +124,18 @@ def edit_request(
 
 
 async def _read_inputs(
-    images: Sequence[ImageInput], mask: ImageInput | None, store: ImageStore
+    images: Sequence[ImageInput], mask: ImageInput | None, store: ImageStore, settings: GptImageSettings
 ) -> tuple[tuple[InputImage, ...], InputImage | None]:
+    policy = settings.input_policy()
+
     def read_all() -> tuple[tuple[InputImage, ...], InputImage | None]:
-        loaded = tuple(read_input(source, store, what=f"images[{i}]") for i, source in enumerate(images))
+        loaded = tuple(
+            read_input(source, store, what=f"images[{i}]", policy=policy) for i, source in enumerate(images)
+        )
         mask_image = (
-            read_input(mask, store, what="mask", max_bytes=MAX_MASK_BYTES) if mask is not None else None
+            read_input(mask, store, what="mask", policy=policy, max_bytes=MAX_MASK_BYTES)
+            if mask is not None
+            else None
         )
         return loaded, mask_image
 
@@ -241,7 +247,7 @@ async def _edit(
 ) -> list[ImageRef]:
     settings = settings or GptImageSettings()
     store = _store(storage)
-    loaded, mask_image = await _read_inputs(images, mask, store)
+    loaded, mask_image = await _read_inputs(images, mask, store, settings)
     request = edit_request(prompt, loaded, mask_image, settings, **options)
     return await _call(request, variant, refresh_cache, credentials, settings, store, on_partial)
 
