@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from prefect_gpt_image.flows import BatchResult, batch_generate
+from prefect_gpt_image.flows import BatchResult, ChainResult, batch_generate, batch_pipeline
 from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.sandbox import FaultConfig
 from prefect_gpt_image.sandbox.config import media_flake
@@ -225,4 +226,36 @@ def test_media_url_never_served_is_reported_billed_and_not_delivered(
     (table_row,) = [t for t in table_rows(state.state_details.flow_run_id) if t["status"] == "failed"]
     assert table_row["maybe_billed"] == faulted
     assert table_row["cost"] == pytest.approx(ledger_cost(sandbox, [faulted]), abs=1e-4)
+    assert "1 image(s) billed but not delivered" in (state.message or "")
+
+
+def test_pipeline_step_whose_url_is_never_served_is_billed_and_not_delivered(
+    make_sandbox: Any,
+    bucket: tuple[LocalS3Server, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    sandbox = make_sandbox()
+    sandbox.script_faults(["media_404"])
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("id,subject\na,a kite\nb,a canoe\n")
+    block = save_block(fast_settings(media_retry_seconds=0.5), "rel-faults")
+    state = batch_pipeline(
+        manifest=str(manifest),
+        steps=[{"kind": "generate", "prompt": "{subject} at dawn"}],
+        storage=bucket[2],
+        settings_block=block,
+        return_state=True,
+    )
+    result: ChainResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
+    (faulted,) = [e["request_id"] for e in sandbox.ledger.entries if e["fault"] == "media_404"]
+    assert state.is_failed()
+    assert_stored_equals_delivered(sandbox, bucket[:2], undelivered=[faulted])
+    assert_billed_once(sandbox, ["a kite at dawn", "a canoe at dawn"])
+    (step,) = [s for s in result.steps if s.status != "stored"]
+    assert step.request_id == faulted and step.maybe_billed == [faulted] and step.undelivered == {faulted: 1}
+    assert "billed but not delivered" in (step.error or "")
+    assert result.cost == pytest.approx(ledger_cost(sandbox))
     assert "1 image(s) billed but not delivered" in (state.message or "")
