@@ -51,7 +51,7 @@ class RetryPolicy:
     billed: it is retried only when ``retry_outcome_unknown`` is True.
 
     A result URL is fetched again, with the same backoff, for up to ``media_retry_seconds`` after
-    its first try when it fails in a way a CDN that has not caught up yet does (404 or 403, 408,
+    its first failure when it fails in a way a CDN that has not caught up yet does (404 or 403, 408,
     425, 429, 5xx, a reset or a body cut short): its image is already billed. Only then is the
     image given up (reported as billed and not delivered).
     """

@@ -126,12 +126,12 @@ async def download_image(
 
     A failure a fresh URL may recover from (see :data:`_RETRY_STATUSES`, a reset, a body cut
     short) is tried again with the retry policy's backoff for up to its ``media_retry_seconds``
-    after the first try; then the image is given up with a :class:`DownloadError`. A URL or a
-    redirect that is not allowed, an oversized or invalid body fails at once.
+    after the first failure (so a slow first try never eats the window); then the image is given
+    up with a :class:`DownloadError`. A URL or a redirect that is not allowed, an oversized or
+    invalid body fails at once.
     """
     policy = config.retry
-    started = time.monotonic()
-    deadline = started + policy.media_retry_seconds
+    first_failure: float | None = None
     attempt = 0
     while True:
         attempt += 1
@@ -141,10 +141,12 @@ async def download_image(
             )
         except _TransientDownload as exc:
             now = time.monotonic()
-            wait = min(policy.backoff(attempt), deadline - now)
+            if first_failure is None:
+                first_failure = now
+            wait = min(policy.backoff(attempt), first_failure + policy.media_retry_seconds - now)
             if wait <= 0:
                 raise DownloadError(
-                    f"result URL given up after {attempt} attempt(s) over {now - started:.1f} s "
+                    f"result URL given up after {attempt} attempt(s) over {now - first_failure:.1f} s "
                     f"(media_retry_seconds={policy.media_retry_seconds:g}), the last: {exc}",
                     url=_safe_url(url),
                     request_id=request_id,

@@ -221,5 +221,6 @@ class GptImageSettings(Block):
         ever."""
         t = self.timeouts()
         per_attempt = t.connect + max(t.read, t.stream_idle) + t.download
-        waits = self.max_total_retry_seconds + self.media_retry_seconds
+        # a result URL retried over its window, plus the attempt begun just before the window ends
+        waits = self.max_total_retry_seconds + self.media_retry_seconds + t.connect + t.download
         return self.max_attempts * per_attempt + waits + 60.0
