@@ -83,7 +83,8 @@ def billed_per_prompt(sandbox: Any) -> Counter[str]:
 
 
 def assert_billed_once(sandbox: Any, prompts: Iterable[str]) -> None:
-    """Each of ``prompts`` was billed exactly once, and nothing else was billed."""
+    """Each prompt was billed exactly as many times as it is listed in ``prompts`` (once, for a
+    list of distinct prompts), and nothing else was billed."""
     wanted = Counter(prompts)
     billed = billed_per_prompt(sandbox)
     wrong = {p: billed.get(p, 0) for p in set(wanted) | set(billed) if billed.get(p, 0) != wanted.get(p, 0)}
