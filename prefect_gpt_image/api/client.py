@@ -362,9 +362,12 @@ class AsyncImagesClient:
             await _call0(on_answered)
         item = ImageItem(url=completed.url, b64_json=completed.b64_json)
         declared = completed.output_format or request.format
-        image = await self._materialize_item(
-            item, 0, request, request_id, declared, completed.size, completed.usage
-        )
+        try:
+            image = await self._materialize_item(
+                item, 0, request, request_id, declared, completed.size, completed.usage
+            )
+        except DownloadError as exc:
+            raise _not_delivered(exc, [], 1, request_id) from None
         return [image]
 
     async def _materialize_response(
@@ -399,9 +402,7 @@ class AsyncImagesClient:
             first = errors[0]
             if not isinstance(first, DownloadError):
                 raise first
-            first.images = images
-            first.message += f" ({len(images)} of {len(results)} images were received)"
-            raise first
+            raise _not_delivered(first, images, len(results), request_id)
         return images
 
     async def _materialize_item(
@@ -538,6 +539,20 @@ async def _awaited(fn: Callable[[], Awaitable[T]]) -> T:
 
 async def _make_async_client(api_key: str | SecretStr | None, kwargs: dict[str, Any]) -> AsyncImagesClient:
     return AsyncImagesClient(api_key, **kwargs)
+
+
+def _not_delivered(
+    error: DownloadError, received: list[GeneratedImage], total: int, request_id: str | None
+) -> DownloadError:
+    """``error`` of an answered request, saying how many of its ``total`` images were billed but
+    not delivered (the ``received`` ones are attached, so a caller can still keep them)."""
+    error.images = received
+    error.undelivered = total - len(received)
+    error.message = (
+        f"{error.undelivered} of {total} image(s) billed but not delivered "
+        f"(request id {request_id or 'unknown'}): {error.message}"
+    )
+    return error
 
 
 async def _read_body(response: httpx.Response, request_id: str | None) -> bytes:

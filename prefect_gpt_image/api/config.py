@@ -59,6 +59,11 @@ class RetryPolicy:
     ``max_attempts`` attempts and ``max_total_seconds`` of waiting in all.
     A request that was sent but got no complete answer (timeout, dropped connection) may already be
     billed: it is retried only when ``retry_outcome_unknown`` is True.
+
+    A result URL is fetched again, with the same backoff, for up to ``media_retry_seconds`` after
+    its first failure when it fails in a way a CDN that has not caught up yet does (404 or 403, 408,
+    425, 429, 5xx, a reset or a body cut short): its image is already billed. Only then is the
+    image given up (reported as billed and not delivered).
     """
 
     max_attempts: int = 5
@@ -69,12 +74,15 @@ class RetryPolicy:
     max_total_seconds: float = 300.0
     retry_statuses: tuple[int, ...] = (429, 500, 502, 503)
     retry_outcome_unknown: bool = False
+    media_retry_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         if self.initial_backoff < 0 or self.max_backoff < 0 or self.max_total_seconds < 0:
             raise ValueError("backoff and total time must not be negative")
+        if self.media_retry_seconds < 0:
+            raise ValueError("media_retry_seconds must not be negative")
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""

@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ __all__ = ["Downloaded", "check_url", "download_image", "verify_image", "verify_
 log = logging.getLogger("prefect_gpt_image.api")
 
 _MAX_REDIRECTS = 3
-_RETRY_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+_RETRY_STATUSES = {403, 404, 408, 425, 429, 500, 502, 503, 504}
+"""Statuses of a fresh result URL worth another try: a CDN in front of object storage may miss
+(404, 403) or fail (5xx) for a short while right after the answer (contract §4)."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,16 @@ async def download_image(
     expected_size: tuple[int, int] | None,
     request_id: str | None,
 ) -> Downloaded:
-    """Fetch ``url`` with retries on transient failures, cap its size, and check the image."""
+    """Fetch ``url``, cap its size, and check the image.
+
+    A failure a fresh URL may recover from (see :data:`_RETRY_STATUSES`, a reset, a body cut
+    short) is tried again with the retry policy's backoff for up to its ``media_retry_seconds``
+    after the first failure (so a slow first try never eats the window); then the image is given
+    up with a :class:`DownloadError`. A URL or a redirect that is not allowed, an oversized or
+    invalid body fails at once.
+    """
     policy = config.retry
-    waited = 0.0
+    first_failure: float | None = None
     attempt = 0
     while True:
         attempt += 1
@@ -127,10 +137,14 @@ async def download_image(
                 http, url, config, expected_format=expected_format, expected_size=expected_size
             )
         except _TransientDownload as exc:
-            wait = policy.backoff(attempt)
-            if attempt >= policy.max_attempts or waited + wait > policy.max_total_seconds:
+            now = time.monotonic()
+            if first_failure is None:
+                first_failure = now
+            wait = min(policy.backoff(attempt), first_failure + policy.media_retry_seconds - now)
+            if wait <= 0:
                 raise DownloadError(
-                    f"download failed after {attempt} attempts: {exc}",
+                    f"result URL given up after {attempt} attempt(s) over {now - first_failure:.1f} s "
+                    f"(media_retry_seconds={policy.media_retry_seconds:g}), the last: {exc}",
                     url=_safe_url(url),
                     request_id=request_id,
                 ) from None
@@ -142,7 +156,6 @@ async def download_image(
                 wait,
                 request_id,
             )
-            waited += wait
             await asyncio.sleep(wait)
         except DownloadError as exc:
             exc.request_id = exc.request_id or request_id
@@ -150,7 +163,8 @@ async def download_image(
 
 
 class _TransientDownload(Exception):
-    """A download failure worth another try (5xx, 429, connection trouble)."""
+    """A download failure worth another try (404/403 while fresh, 5xx, 429, connection trouble,
+    a body cut short)."""
 
 
 async def _fetch_once(
@@ -178,8 +192,7 @@ async def _fetch_once(
                     raise _TransientDownload(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise DownloadError(
-                        f"result URL answered HTTP {response.status_code} (expired?)",
-                        url=_safe_url(current),
+                        f"result URL answered HTTP {response.status_code}", url=_safe_url(current)
                     )
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > config.max_download_bytes:

@@ -226,8 +226,9 @@ class InvalidResponseError(GptImageError):
 class DownloadError(GptImageError):
     """A result image could not be fetched, or its bytes are not the image they claim to be.
 
-    The images were generated (and billed); ``url`` says which one was lost, and ``images`` holds
-    the other images of the same answer that did arrive, so a caller can still keep them.
+    The images were generated (and billed); ``url`` says which one was lost, ``images`` holds
+    the other images of the same answer that did arrive, so a caller can still keep them, and
+    ``undelivered`` how many of the answer's images were billed but not delivered.
     """
 
     maybe_billed = True
@@ -236,6 +237,7 @@ class DownloadError(GptImageError):
         super().__init__(message, request_id=request_id)
         self.url = url
         self.images: list[Any] = []
+        self.undelivered = 0
 
 
 class UnsafeURLError(DownloadError):

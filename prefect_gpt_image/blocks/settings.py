@@ -102,6 +102,15 @@ class GptImageSettings(Block):
             "It may already have been billed: retrying can pay twice."
         ),
     )
+    media_retry_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a result URL that fails right after the answer (404 or 403 while fresh, 5xx, "
+            "reset, body cut short) is tried again before its image, already billed, is given up "
+            "and reported as billed but not delivered."
+        ),
+    )
 
     # -- concurrency and rate --------------------------------------------------------------------
     concurrency_limit_name: str = Field(
@@ -198,6 +207,7 @@ class GptImageSettings(Block):
             initial_backoff=self.initial_backoff_seconds,
             max_total_seconds=self.max_total_retry_seconds,
             retry_outcome_unknown=self.retry_outcome_unknown,
+            media_retry_seconds=self.media_retry_seconds,
         )
 
     def configure(self, config: ClientConfig) -> ClientConfig:
@@ -236,8 +246,11 @@ class GptImageSettings(Block):
 
     def call_deadline_seconds(self) -> float:
         """An upper bound of one paid call's duration under these settings: every attempt's
-        connect, read and download timeouts plus the retry waits. Locks taken for a call are
-        held at most this long, so a killed holder never blocks its key for ever."""
+        connect, read and download timeouts plus the retry waits and the media retry window. Locks
+        taken for a call are held at most this long, so a killed holder never blocks its key for
+        ever."""
         t = self.timeouts()
         per_attempt = t.connect + max(t.read, t.stream_idle) + t.download
-        return self.max_attempts * per_attempt + self.max_total_retry_seconds + 60.0
+        # a result URL retried over its window, plus the attempt begun just before the window ends
+        waits = self.max_total_retry_seconds + self.media_retry_seconds + t.connect + t.download
+        return self.max_attempts * per_attempt + waits + 60.0

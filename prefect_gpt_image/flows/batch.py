@@ -43,7 +43,7 @@ from prefect_gpt_image.tasks.concurrency import (
 )
 from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
-from prefect_gpt_image.tasks.retry import collect_maybe_billed
+from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
 
 from .failures import Counted, FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
@@ -83,8 +83,22 @@ class RowResult(BaseModel):
     maybe_billed: list[str] = Field(
         default_factory=list,
         description="Request ids of attempts that were sent and may have been billed but brought no "
-        "image, retried because the settings allow it (retry_outcome_unknown).",
+        "image, retried because the settings allow it (retry_outcome_unknown), and of answers whose "
+        "images were billed but not delivered (a result URL given up).",
     )
+    undelivered: dict[str, int] = Field(
+        default_factory=dict,
+        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
+        "delivered (a result URL given up), with how many images each lost.",
+    )
+    undelivered_cost: float = Field(
+        default=0.0, description="Estimated cost of those images: part of the batch's cost."
+    )
+
+    @property
+    def cost(self) -> float:
+        """Estimated cost of the row: its stored images and those billed but not delivered."""
+        return sum(ref.cost for ref in self.images) + self.undelivered_cost
 
 
 class BatchResult(BaseModel):
@@ -104,8 +118,8 @@ class BatchResult(BaseModel):
 
     @property
     def cost(self) -> float:
-        """Estimated cost of every stored image."""
-        return sum(ref.cost for r in self.rows for ref in r.images)
+        """Estimated cost of every stored image and every image billed but not delivered."""
+        return sum(r.cost for r in self.rows)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Counts, not every row: a repr (in a log, a traceback, Prefect's messages) stays one
@@ -250,7 +264,9 @@ async def batch_generate(
     )
     found = f"{lookups.hits} found in the store"
     summary = f"{result.stored} of {total} rows stored (${result.cost:.4f}; {found})"
-    if lost := sum(len(r.maybe_billed) for r in result.rows):
+    if undelivered := sum(n for r in result.rows for n in r.undelivered.values()):
+        summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
+    if lost := sum(rid not in r.undelivered for r in result.rows for rid in r.maybe_billed):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
     if result.failed:
         failed = [
@@ -346,15 +362,23 @@ async def _run_row(
                 error=str(exc),
                 error_type=type(exc).__name__,
                 request_id=request_id,
-                maybe_billed=[rid for rid in lost if rid != request_id],
+                maybe_billed=lost.besides(request_id),
+                undelivered=lost.undelivered,
+                undelivered_cost=lost.undelivered_images * settings.price_per_image,
             )
-    return _stored(number, row, made.refs, maybe_billed=lost)
+    return _stored(number, row, made.refs, maybe_billed=lost, price_per_image=settings.price_per_image)
 
 
 def _stored(
-    number: int, row: BatchRow, images: list[ImageRef], maybe_billed: list[str] | None = None
+    number: int,
+    row: BatchRow,
+    images: list[ImageRef],
+    maybe_billed: BilledAttempts | None = None,
+    price_per_image: float = 0.0,
 ) -> RowResult:
-    """The result of row ``number`` whose ``images`` are in the store (made now or cached)."""
+    """The result of row ``number`` whose ``images`` are in the store (made now or cached);
+    ``maybe_billed`` the attempts noted while making them (priced at ``price_per_image``)."""
+    lost = maybe_billed if maybe_billed is not None else BilledAttempts()
     return RowResult(
         row=number,
         id=row.id,
@@ -362,7 +386,9 @@ def _stored(
         status="stored",
         images=images,
         request_id=images[0].request_id,
-        maybe_billed=maybe_billed or [],
+        maybe_billed=list(lost),
+        undelivered=lost.undelivered,
+        undelivered_cost=lost.undelivered_images * price_per_image,
     )
 
 
@@ -378,7 +404,7 @@ def _table_row(r: RowResult) -> dict[str, Any]:
         "size": f"{first.width}x{first.height}" if first else "",
         "request_id": r.request_id or "",
         "maybe_billed": ", ".join(r.maybe_billed),
-        "cost": round(sum(ref.cost for ref in r.images), 4),
+        "cost": round(r.cost, 4),
         "error": (r.error or "")[:300],
     }
 

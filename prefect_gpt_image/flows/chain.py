@@ -36,7 +36,7 @@ from prefect_gpt_image.tasks.concurrency import hold_slots
 from prefect_gpt_image.tasks.images import edit_request, generate_request
 from prefect_gpt_image.tasks.inputs import InputCache, read_input, read_once, run_cache
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
-from prefect_gpt_image.tasks.retry import collect_maybe_billed
+from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
 
 from .failures import Counted, FailedRow, failure_counts, failure_message
 from .masks import MaskRegion, build_mask
@@ -96,11 +96,18 @@ class StepResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     maybe_billed: list[str] = Field(default_factory=list)
+    undelivered: dict[str, int] = Field(
+        default_factory=dict,
+        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
+        "delivered (a result URL given up), with how many images each lost.",
+    )
+    undelivered_cost: float = Field(0.0, description="Estimated USD of those images.")
 
     @property
     def cost(self) -> float:
-        """Estimated USD paid for this step in this run (0 for a cache hit)."""
-        return 0.0 if self.cached else sum(ref.cost for ref in self.images)
+        """Estimated USD paid for this step in this run (0 for a cache hit), images billed but
+        not delivered included."""
+        return (0.0 if self.cached else sum(ref.cost for ref in self.images)) + self.undelivered_cost
 
 
 class ChainResult(BaseModel):
@@ -551,7 +558,7 @@ async def _run_step(
 ) -> str | None:
     """Serve or make ``call``, filling in ``result``; why the row's later steps are skipped, or None."""
     if rt.batch and call.cached is not None:
-        refs, result.cached, lost = with_links(rt.store, call.cached, logger), True, []
+        refs, result.cached, lost = with_links(rt.store, call.cached, logger), True, BilledAttempts()
     else:
         with collect_maybe_billed() as lost:
             try:
@@ -562,12 +569,23 @@ async def _run_step(
                 logger.warning("row %d, step %s failed: %s", result.row, call.name, exc)
                 result.status, result.error, result.error_type = "failed", str(exc), type(exc).__name__
                 result.request_id = request_id
-                result.maybe_billed = [rid for rid in lost if rid != request_id]
+                _note_billed(result, lost, rt.settings, request_id)
                 return f"step {call.name!r} failed"
     outputs[call.name] = refs[0]
     result.status, result.error, result.images = "stored", None, refs
-    result.request_id, result.maybe_billed = refs[0].request_id, list(lost)
+    result.request_id = refs[0].request_id
+    _note_billed(result, lost, rt.settings, None)
     return None
+
+
+def _note_billed(
+    result: StepResult, lost: BilledAttempts, settings: GptImageSettings, request_id: str | None
+) -> None:
+    """Report in ``result`` the attempts ``lost`` noted (the failed call's own ``request_id`` only
+    when its images were billed but not delivered) and price the undelivered images."""
+    result.maybe_billed = lost.besides(request_id)
+    result.undelivered = dict(lost.undelivered)
+    result.undelivered_cost = lost.undelivered_images * settings.price_per_image
 
 
 def _source(call: _Call, outputs: Mapping[str, ImageRef]) -> str:
@@ -771,7 +789,9 @@ async def run_batch(
             result, key=f"{key}-chains", title=title, description=f"{title}: the first rows"
         ),
     )
-    if lost := sum(len(s.maybe_billed) for s in result.steps):
+    if undelivered := sum(n for s in result.steps for n in s.undelivered.values()):
+        summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
+    if lost := sum(rid not in s.undelivered for s in result.steps for rid in s.maybe_billed):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
     if result.failed:
         failed = failed_steps(result)

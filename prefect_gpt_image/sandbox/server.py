@@ -20,6 +20,7 @@ import uvicorn
 from .app import SandboxState, create_app
 from .config import FaultConfig, SandboxConfig
 from .ledger import Ledger
+from .media import MediaCount
 
 __all__ = ["SandboxServer"]
 
@@ -193,6 +194,11 @@ class SandboxServer:
         """Billing ledger and request log (thread-safe)."""
         return self.state.ledger
 
+    def media_counts(self) -> dict[str, MediaCount]:
+        """GET counts of every result URL by media name (as ``GET /sandbox/media`` serves them),
+        kept after the images expire."""
+        return self.state.media.counts()
+
     def script_faults(self, kinds: list[str] | tuple[str, ...]) -> list[str]:
         """Queue fault kinds (``"none"`` = no fault) for the next image requests, in order."""
         return self.state.faults.add_script(kinds)
@@ -202,7 +208,8 @@ class SandboxServer:
         self.state.set_faults(faults)
 
     def reset(self) -> None:
-        """Clear the ledger, request log, scripted faults and counters; re-seed the faults."""
+        """Clear the ledger, request log, scripted faults and counters (media GET counts too);
+        re-seed the faults."""
         self.state.reset()
 
     def __repr__(self) -> str:

@@ -42,6 +42,7 @@ from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect_gpt_image import __version__
 from prefect_gpt_image.api import (
     ClientConfig,
+    DownloadError,
     EditRequest,
     GeneratedImage,
     GenerateRequest,
@@ -61,7 +62,7 @@ from .concurrency import api_slot
 from .errors import CacheLockTimeoutError, ImagesLostError, ImagesSpooledError, ImageStorageError
 from .locks import get_lock_manager
 from .refs import ImageRef
-from .retry import allow_outcome_unknown_retry, note_maybe_billed, with_retries
+from .retry import allow_outcome_unknown_retry, note_maybe_billed, note_undelivered, with_retries
 
 __all__ = [
     "CallResult",
@@ -379,6 +380,8 @@ async def _locked_call(
                 if settings.retry_outcome_unknown:
                     allow_outcome_unknown_retry(exc)
                     note_maybe_billed(exc)
+                if isinstance(exc, DownloadError) and exc.undelivered:
+                    note_undelivered(exc, exc.undelivered)  # billed for sure: in the run's cost
             else:
                 reservation.cancel()
             logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)

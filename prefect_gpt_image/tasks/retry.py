@@ -17,7 +17,9 @@ unexpected. :func:`retry_condition` is a plain function because Prefect 3.8.8 si
 
 An attempt that may have been billed and was retried anyway (``retry_outcome_unknown``) is
 reported: the calls made inside :func:`collect_maybe_billed` note its request id there (the batch
-flow lists them per row), so what was paid for adds up.
+flow lists them per row), so what was paid for adds up. So is an answer whose images were billed
+but not delivered (a result URL given up): its request id and how many images it lost
+(:func:`note_undelivered`), retried or not.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from .errors import CacheLockTimeoutError, ImageStorageError
 __all__ = [
     "RETRIES",
     "RETRY_DELAYS",
+    "BilledAttempts",
     "allow_outcome_unknown_retry",
     "collect_maybe_billed",
     "is_safe_to_retry",
     "note_maybe_billed",
+    "note_undelivered",
     "retry_condition",
     "with_retries",
 ]
@@ -50,14 +54,37 @@ RETRY_DELAYS: tuple[float, ...] = (5.0, 30.0)
 T = TypeVar("T")
 
 _OPT_IN_ATTRIBUTE = "_prefect_gpt_image_retry_outcome_unknown"
-_MAYBE_BILLED: ContextVar[list[str] | None] = ContextVar("prefect_gpt_image_maybe_billed", default=None)
+
+
+class BilledAttempts(list[str]):
+    """Request ids of attempts that were (or may have been) billed and brought no stored image,
+    in the order noted; ``undelivered`` maps those whose images were billed but not delivered
+    (an answered request whose result URL was given up) to how many images each lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.undelivered: dict[str, int] = {}
+
+    def besides(self, request_id: str | None) -> list[str]:
+        """The ids to report for a call that failed with ``request_id``: all of them, except that
+        one when it is merely outcome-unknown (the call's own request id column shows it)."""
+        return [rid for rid in self if rid != request_id or rid in self.undelivered]
+
+    @property
+    def undelivered_images(self) -> int:
+        """Images billed but not delivered."""
+        return sum(self.undelivered.values())
+
+
+_MAYBE_BILLED: ContextVar[BilledAttempts | None] = ContextVar("prefect_gpt_image_maybe_billed", default=None)
 
 
 @contextmanager
-def collect_maybe_billed() -> Iterator[list[str]]:
+def collect_maybe_billed() -> Iterator[BilledAttempts]:
     """Collect the request ids of the attempts, of the image calls made inside the block, that were
-    sent, may have been billed, brought no image and were retried (``retry_outcome_unknown``)."""
-    found: list[str] = []
+    sent, may have been billed, brought no image and were retried (``retry_outcome_unknown``), and
+    of the answers whose images were billed but not delivered (:func:`note_undelivered`)."""
+    found = BilledAttempts()
     token = _MAYBE_BILLED.set(found)
     try:
         yield found
@@ -70,6 +97,17 @@ def note_maybe_billed(error: GptImageError) -> None:
     found = _MAYBE_BILLED.get()
     if found is not None:
         found.append(error.request_id or "unknown")
+
+
+def note_undelivered(error: GptImageError, images: int) -> None:
+    """Note that ``error``'s answer had ``images`` billed but not delivered, in the enclosing
+    :func:`collect_maybe_billed`, if any."""
+    found = _MAYBE_BILLED.get()
+    if found is not None:
+        rid = error.request_id or "unknown"
+        if rid not in found:
+            found.append(rid)
+        found.undelivered[rid] = found.undelivered.get(rid, 0) + images
 
 
 def allow_outcome_unknown_retry(error: BaseException) -> None:

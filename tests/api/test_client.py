@@ -38,10 +38,13 @@ from prefect_gpt_image.api import (
     UnsafeURLError,
 )
 from tests.support.images import decode, mask_bytes, png_bytes
+from tests.support.judge import media_gets
 from tests.support.sandbox import billed_images, sandbox_requests
 
 KEY = "sk-test-SECRET-4f1c9e2a77"
-FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05, jitter=0.0)
+FAST = RetryPolicy(
+    max_attempts=4, initial_backoff=0.01, max_backoff=0.05, jitter=0.0, media_retry_seconds=1.0
+)
 
 
 @pytest.fixture
@@ -369,11 +372,40 @@ def test_media_failing_once_is_downloaded_on_retry(sandbox: Any) -> None:
     assert len(sandbox_requests(sandbox)) == 1 and billed_images(sandbox) == 1
 
 
-def test_expired_media_raises_download_error(sandbox: Any) -> None:
+@pytest.mark.parametrize("mode", ["404", "403", "503", "reset", "truncated"])
+def test_media_failing_three_times_is_downloaded_within_the_window(sandbox: Any, mode: str) -> None:
+    sandbox.script_faults([f"media_flaky:{mode}:3"])
+    with client_for(sandbox) as client:
+        (image,) = client.generate("a cat")
+    (entry,) = sandbox.ledger.entries
+    assert image.sha256 == entry["images"][0]["sha256"] and image.request_id == entry["request_id"]
+    assert media_gets(sandbox) == {entry["request_id"]: 4}  # three failures, then the image
+    assert len(sandbox_requests(sandbox)) == 1 and billed_images(sandbox) == 1
+
+
+def test_media_never_served_in_the_window_is_billed_but_not_delivered(sandbox: Any) -> None:
     sandbox.script_faults(["media_404"])
-    with client_for(sandbox) as client, pytest.raises(DownloadError) as info:
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, media_retry_seconds=0.3)
+    with client_for(sandbox, retry=policy) as client, pytest.raises(DownloadError) as info:
         client.generate("a cat")
-    assert "404" in str(info.value) and info.value.request_id and info.value.url
+    (entry,) = sandbox.ledger.entries
+    rid = entry["request_id"]
+    assert info.value.request_id == rid and info.value.url and info.value.undelivered == 1
+    message = str(info.value)
+    assert f"1 of 1 image(s) billed but not delivered (request id {rid})" in message
+    assert "HTTP 404" in message and "media_retry_seconds=0.3" in message
+    assert media_gets(sandbox)[rid] >= 2  # fetched again before it was given up
+    assert len(sandbox_requests(sandbox)) == 1  # the paid request itself is never sent again
+
+
+def test_a_stream_whose_url_is_given_up_says_billed_but_not_delivered(make_sandbox: Any) -> None:
+    sandbox = make_sandbox(stream_completed_url=True)
+    sandbox.script_faults(["media_404"])
+    policy = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, media_retry_seconds=0.2)
+    with client_for(sandbox, retry=policy) as client, pytest.raises(DownloadError) as info:
+        client.generate("a cat", stream=True)
+    rid = sandbox.ledger.entries[0]["request_id"]
+    assert f"1 of 1 image(s) billed but not delivered (request id {rid})" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -392,6 +424,9 @@ def test_hostile_answers_refused(sandbox: Any, fault: str, error: type[Exception
     with client_for(sandbox) as client, pytest.raises(error, match=text):
         client.generate("a cat")
     assert len(sandbox_requests(sandbox)) == 1  # billed answers are never retried
+    # a refused URL is never fetched; a bad body or a refused redirect is not fetched again
+    gets = sum(media_gets(sandbox).values())
+    assert gets == (1 if fault.startswith("media_") else 0)
 
 
 def test_declared_size_is_checked(sandbox: Any) -> None:

@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import threading
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -61,6 +62,8 @@ class HostileServer:
         self.scenario = "file-url"
         self.requested_size = requested_size
         self.api_requests = 0
+        self.media_gets: Counter[str] = Counter()
+        """GETs of ``/media/...`` by the scenario the URL names."""
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -182,6 +185,8 @@ class HostileServer:
 
             def do_GET(self) -> None:
                 if self.path.startswith("/media/"):
+                    with server._lock:
+                        server.media_gets[self.path.rsplit("/", 1)[-1].removesuffix(".png")] += 1
                     server._media(self)
                 else:
                     _send(self, 404, "application/json", b"{}")

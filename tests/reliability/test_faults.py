@@ -1,13 +1,17 @@
-"""A batch of 200 against a sandbox that fails like the vendor: every image paid for is stored,
-every retry is accounted for, and a request that may have been billed is never retried silently.
+"""A batch of 200 against a sandbox that fails like the vendor: every image paid for is stored in
+the bucket, every retry is accounted for, and a request that may have been billed is never retried
+silently. Judged by the sandbox (its ledger, request log, prices and media GET counts) and by the
+bytes in the real S3 bucket (tests/support/judge.py), never by the plugin's own log of itself.
 
-Faults (seeded): 20% 429 without Retry-After, 5% each of 500/502/503, 2% media URLs that fail
-once; optionally 3% connections dropped after the request was sent (billed, answer lost).
+Faults (seeded): 20% 429 without Retry-After, 5% each of 500/502/503, media URLs that fail before
+they serve (2% once with 503, 2% three times with 404, 2% twice with 403, 1% twice each with a
+reset and a cut body); optionally 3% connections dropped after the request was sent (billed,
+answer lost). And a result URL that never serves within the media retry window: billed, not
+delivered, and said so.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -15,47 +19,69 @@ from typing import Any
 
 import pytest
 
-from prefect_gpt_image.flows import BatchResult, batch_generate
+from prefect_gpt_image.flows import BatchResult, ChainResult, batch_generate, batch_pipeline
+from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.sandbox import FaultConfig
-from prefect_gpt_image.storage import LocalImageStore
-from prefect_gpt_image.tasks import read_manifest
+from prefect_gpt_image.sandbox.config import media_flake
+from tests.support.judge import (
+    assert_billed_once,
+    assert_stored_equals_delivered,
+    ledger_cost,
+    media_gets,
+)
 
 from .conftest import (
     CANARY_KEY,
     api_logs,
     fast_settings,
-    image_files,
+    s3_storage_block,
     save_block,
     table_rows,
 )
 
+pytestmark = pytest.mark.usefixtures("rel_env")
+
 ROWS = 200
-FAULTS = {"429": 0.20, "500": 0.05, "502": 0.05, "503": 0.05, "media_fail_once": 0.02}
+MEDIA_FAULTS = {
+    "media_fail_once": 0.02,
+    "media_flaky:404:3": 0.02,
+    "media_flaky:403:2": 0.02,
+    "media_flaky:reset:2": 0.01,
+    "media_flaky:truncated:2": 0.01,
+}
+FAULTS = {"429": 0.20, "500": 0.05, "502": 0.05, "503": 0.05, **MEDIA_FAULTS}
 DROP = 0.03
 _RETRY_LINE = re.compile(r"gpt-image attempt (\d+) failed \(request id ([A-Za-z0-9_-]+)\)")
 _TASK_RETRY = re.compile(r"(Task run|Batch row \d+) failed with .* - Retry \d+/\d+ will start")
-_DOWNLOAD_RETRY = re.compile(r"download of \S+/media/([A-Za-z0-9]+)-\d+\.\w+ failed")
 
 
-def _run(prompts: list[str], storage: Path, settings_block: str) -> Any:
-    return batch_generate(
-        prompts=prompts, storage=str(storage), settings_block=settings_block, return_state=True
-    )
+@pytest.fixture
+def bucket(local_s3: LocalS3Server, s3_bucket: str) -> tuple[LocalS3Server, str, str]:
+    """The S3 bucket the batch stores into: (server, bucket, the storage block's slug)."""
+    slug = "gpt-image-storage/" + save_block(s3_storage_block(local_s3, s3_bucket), "rel-faults-store")
+    return local_s3, s3_bucket, slug
 
 
-@pytest.mark.parametrize(
-    "mode",
-    ["vendor-faults", "drops-default", "drops-opt-in"],
-)
+def _run(prompts: list[str], storage: str, **settings: Any) -> Any:
+    block = save_block(fast_settings(**settings), "rel-faults")
+    return batch_generate(prompts=prompts, storage=storage, settings_block=block, return_state=True)
+
+
+def _expected_gets(fault: str | None) -> int:
+    """GETs a delivered answer's result URL gets from a client that retries it: one, plus one for
+    every failure the URL's fault serves first."""
+    flake = media_flake(fault)
+    return 1 + (flake.times if flake is not None else 0)
+
+
+@pytest.mark.parametrize("mode", ["vendor-faults", "drops-default", "drops-opt-in"])
 def test_batch_of_200_under_faults(
     mode: str,
-    rel_env: Path,
     make_sandbox: Any,
-    tmp_path: Path,
+    bucket: tuple[LocalS3Server, str, str],
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="prefect_gpt_image.api")
+    server, name, storage = bucket
     probabilities = dict(FAULTS)
     if mode != "vendor-faults":
         probabilities["drop"] = DROP
@@ -63,54 +89,61 @@ def test_batch_of_200_under_faults(
     monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
     monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     opt_in = mode == "drops-opt-in"
+    prompts = [f"reliability row {i:03d}: a paper boat on a pond" for i in range(ROWS)]
     # 10 attempts: a row failing 10 times in a row at 35% is a 3e-5 event; no Prefect task retry
     # (5 s later) is then needed for the transient faults.
-    settings = fast_settings(max_attempts=10, retry_outcome_unknown=opt_in)
-    storage = tmp_path / "images"
-    prompts = [f"reliability row {i:03d}: a paper boat on a pond" for i in range(ROWS)]
-
-    state = _run(prompts, storage, save_block(settings, "rel-faults"))
+    state = _run(prompts, storage, max_attempts=10, retry_outcome_unknown=opt_in)
     result: BatchResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
     flow_run_id = state.state_details.flow_run_id
     entries = sandbox.ledger.entries
     requests = [r for r in sandbox.ledger.requests if r["endpoint"] == "/images/generations"]
-    store = LocalImageStore(storage)
-    stored = {p.stem: p.suffix[1:] for p in image_files(storage / "images")}
+    prompt_of = {r["request_id"]: r["fields"]["prompt"] for r in requests}
+    undelivered = {e["request_id"] for e in entries if not e["delivered"]}
 
-    # -- what was paid for is stored, or reported ---------------------------------------------
-    delivered = [e for e in entries if e["delivered"]]
-    undelivered = [e for e in entries if not e["delivered"]]
-    assert {e["fault"] for e in undelivered} <= {"drop"}
-    assert {img["sha256"] for e in delivered for img in e["images"]} <= set(stored)
-    assert all(read_manifest(store, sha, fmt) is not None for sha, fmt in stored.items())
-    outcome_unknown = [r for r in result.rows if r.error_type == "OutcomeUnknownError"]
-    billed = sandbox.ledger.billed_images
-    # the batch table reports every attempt that may have been billed without an image: a failed
-    # row (default) or, when such attempts are retried (opt-in), its maybe_billed column
+    # -- what was paid for is in the bucket (its bytes hashed), or reported ----------------------
+    assert {e["fault"] for e in entries if not e["delivered"]} <= {"drop"}
+    stored = assert_stored_equals_delivered(sandbox, (server, name))
     table = table_rows(flow_run_id)
     failed = {t["request_id"] for t in table if t["status"] == "failed"}
     retried_paid = {rid for t in table for rid in t["maybe_billed"].split(", ") if rid}
-    assert failed | retried_paid == {e["request_id"] for e in undelivered}
-    assert billed == len(stored) + len(failed) + len(retried_paid)  # the ledger and the table agree
+    assert failed | retried_paid == undelivered  # every paid answer without an image is named
+    assert sandbox.ledger.billed_images == len(stored) + len(undelivered)
+    assert {ref.sha256 for r in result.rows for ref in r.images} == set(stored)
+    # billed once per prompt, except where the settings allow paying twice (a dropped answer retried)
+    assert_billed_once(sandbox, prompts + ([prompt_of[rid] for rid in undelivered] if opt_in else []))
+    # the run's cost is what the ledger charged for what was delivered (at the ledger's prices)
+    delivered_ids = [e["request_id"] for e in entries if e["delivered"]]
+    assert result.cost == pytest.approx(ledger_cost(sandbox, delivered_ids))
     if mode == "drops-default":
         assert undelivered, "the seed should drop some connections"
-        assert {r.request_id for r in outcome_unknown} == failed and not retried_paid
+        outcome_unknown = {r.request_id for r in result.rows if r.error_type == "OutcomeUnknownError"}
+        assert outcome_unknown == failed == undelivered and not retried_paid
         assert all("may have been billed" in t["error"] for t in table if t["status"] == "failed")
         assert state.is_failed() and f"OutcomeUnknownError: {len(undelivered)}" in (state.message or "")
         assert result.stored == ROWS - len(undelivered) == len(stored)
     else:
         assert state.is_completed(), state.message
-        assert result.stored == ROWS == len(stored) and not outcome_unknown and not failed
-        if mode == "drops-opt-in":
+        assert result.stored == ROWS == len(stored) and not failed
+        if opt_in:
             assert undelivered, "the seed should drop some connections"
-            assert {rid for r in result.rows for rid in r.maybe_billed} == retried_paid
+            assert {rid for r in result.rows for rid in r.maybe_billed} == retried_paid == undelivered
             message = state.message or ""
             assert f"{len(retried_paid)} retried attempt(s) may also have been billed" in message
         else:
-            assert not undelivered and billed == ROWS
-    assert {ref.sha256 for r in result.rows for ref in r.images} == set(stored)
+            assert not undelivered and sandbox.ledger.billed_images == ROWS
 
-    # -- every request is a first attempt or a logged retry ------------------------------------
+    # -- every result URL was fetched exactly as often as it failed, plus once -------------------
+    gets = media_gets(sandbox)
+    faulted = Counter(e["fault"] for e in entries if e["fault"] in MEDIA_FAULTS)
+    assert set(faulted) == set(MEDIA_FAULTS), f"the seed should give every media fault: {faulted}"
+    wrong = {
+        e["request_id"]: (e["fault"], gets.get(e["request_id"], 0))
+        for e in entries
+        if gets.get(e["request_id"], 0) != (_expected_gets(e["fault"]) if e["delivered"] else 0)
+    }
+    assert not wrong, f"media GETs other than the URL's failures + 1 (request: (fault, GETs)): {wrong}"
+
+    # -- every API request is a first attempt or a logged retry ----------------------------------
     messages = [log["message"] for log in api_logs([flow_run_id])]
     retried = [m.group(2) for m in map(_RETRY_LINE.search, messages) if m]
     assert len(retried) == len(set(retried))
@@ -127,15 +160,102 @@ def test_batch_of_200_under_faults(
     assert transient == sum(by_id[rid]["status"] in (429, 500, 502, 503) for rid in retried)
     if mode == "drops-default":
         # a dropped request is never retried: not by the client, not by Prefect
-        assert not {e["request_id"] for e in undelivered} & set(retried)
+        assert not undelivered & set(retried)
         assert prefect_reruns == 0
-        for row in outcome_unknown:
-            last = [r for r in requests if r["fields"].get("prompt") == row.prompt][-1]
-            assert last["request_id"] == row.request_id
-    if mode == "drops-opt-in":
-        assert {e["request_id"] for e in undelivered} <= set(retried)
-    # each media URL that failed once was fetched again (logged by the client), and nothing else
-    media_once = {e["request_id"] for e in entries if e["fault"] == "media_fail_once"}
-    assert media_once, "the seed should make some media URLs fail once"
-    download_retries = [m.group(1) for m in map(_DOWNLOAD_RETRY.search, caplog.messages) if m]
-    assert sorted(download_retries) == sorted(media_once)
+        for row in result.rows:
+            if row.error_type == "OutcomeUnknownError":
+                last = [r for r in requests if r["fields"].get("prompt") == row.prompt][-1]
+                assert last["request_id"] == row.request_id
+    if opt_in:
+        assert undelivered <= set(retried)
+
+
+def _flaky_batch(
+    make_sandbox: Any,
+    bucket: tuple[LocalS3Server, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: str,
+    **settings: Any,
+) -> tuple[Any, Any, BatchResult, str, list[str]]:
+    """A batch of 3 rows whose first answer gets ``fault``: (sandbox, state, result, the faulted
+    request id, the prompts)."""
+    sandbox = make_sandbox()
+    sandbox.script_faults([fault])
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    prompts = [f"flaky media row {i}: a lighthouse at dusk" for i in range(3)]
+    state = _run(prompts, bucket[2], **settings)
+    result: BatchResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
+    (faulted,) = [e["request_id"] for e in sandbox.ledger.entries if e["fault"] == fault]
+    return sandbox, state, result, faulted, prompts
+
+
+def test_media_url_failing_three_times_is_stored_once_paid(
+    make_sandbox: Any, bucket: tuple[LocalS3Server, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox, state, result, faulted, prompts = _flaky_batch(
+        make_sandbox, bucket, monkeypatch, "media_flaky:404:3"
+    )
+    assert state.is_completed(), state.message
+    stored = assert_stored_equals_delivered(sandbox, bucket[:2])
+    assert len(stored) == 3
+    assert media_gets(sandbox)[faulted] == 4  # three 404s, then the image
+    assert_billed_once(sandbox, prompts)
+    assert result.cost == pytest.approx(ledger_cost(sandbox))
+    assert not [rid for r in result.rows for rid in r.maybe_billed]
+
+
+def test_media_url_never_served_is_reported_billed_and_not_delivered(
+    make_sandbox: Any, bucket: tuple[LocalS3Server, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox, state, result, faulted, prompts = _flaky_batch(
+        make_sandbox, bucket, monkeypatch, "media_404", media_retry_seconds=0.5
+    )
+    assert state.is_failed()
+    stored = assert_stored_equals_delivered(sandbox, bucket[:2], undelivered=[faulted])
+    assert len(stored) == 2
+    assert media_gets(sandbox)[faulted] > 1  # fetched again before it was given up
+    assert_billed_once(sandbox, prompts)  # given up, not paid for again
+    (row,) = [r for r in result.rows if r.status != "stored"]
+    assert row.status == "failed" and row.error_type == "DownloadError" and row.request_id == faulted
+    assert row.maybe_billed == [faulted] and row.undelivered == {faulted: 1}
+    assert f"1 of 1 image(s) billed but not delivered (request id {faulted})" in (row.error or "")
+    # the run's cost counts the lost image: all the ledger charged
+    assert result.cost == pytest.approx(ledger_cost(sandbox))
+    assert row.cost == pytest.approx(ledger_cost(sandbox, [faulted]))
+    (table_row,) = [t for t in table_rows(state.state_details.flow_run_id) if t["status"] == "failed"]
+    assert table_row["maybe_billed"] == faulted
+    assert table_row["cost"] == pytest.approx(ledger_cost(sandbox, [faulted]), abs=1e-4)
+    assert "1 image(s) billed but not delivered" in (state.message or "")
+
+
+def test_pipeline_step_whose_url_is_never_served_is_billed_and_not_delivered(
+    make_sandbox: Any,
+    bucket: tuple[LocalS3Server, str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    sandbox = make_sandbox()
+    sandbox.script_faults(["media_404"])
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("id,subject\na,a kite\nb,a canoe\n")
+    block = save_block(fast_settings(media_retry_seconds=0.5), "rel-faults")
+    state = batch_pipeline(
+        manifest=str(manifest),
+        steps=[{"kind": "generate", "prompt": "{subject} at dawn"}],
+        storage=bucket[2],
+        settings_block=block,
+        return_state=True,
+    )
+    result: ChainResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
+    (faulted,) = [e["request_id"] for e in sandbox.ledger.entries if e["fault"] == "media_404"]
+    assert state.is_failed()
+    assert_stored_equals_delivered(sandbox, bucket[:2], undelivered=[faulted])
+    assert_billed_once(sandbox, ["a kite at dawn", "a canoe at dawn"])
+    (step,) = [s for s in result.steps if s.status != "stored"]
+    assert step.request_id == faulted and step.maybe_billed == [faulted] and step.undelivered == {faulted: 1}
+    assert "billed but not delivered" in (step.error or "")
+    assert result.cost == pytest.approx(ledger_cost(sandbox))
+    assert "1 image(s) billed but not delivered" in (state.message or "")
