@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -13,9 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from prefect_gpt_image.local_prefect import free_port, stop_process
+from tests.support.ci import missing
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -23,10 +21,7 @@ REDIS_SERVER = shutil.which("redis-server")
 def require_redis() -> str:
     """The path of ``redis-server``; the test is skipped without it, and fails when ``CI=true``."""
     if REDIS_SERVER is None:
-        message = "needs Debian's redis-server (apt-get install -y redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("needs Debian's redis-server (apt-get install -y redis-server)")
     return REDIS_SERVER
 
 
