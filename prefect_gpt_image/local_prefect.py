@@ -243,6 +243,7 @@ class LocalPostgres(_Throwaway):
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / _PG_LOG_NAME
         self.port = port if port is not None else free_port()
+        self._choose_port = port is None  # until the first start: a port taken meanwhile is replaced
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _describe(self) -> str:
@@ -287,8 +288,20 @@ class LocalPostgres(_Throwaway):
             self._run(
                 initdb, "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"
             )
-        options = f"-p {self.port} -k {self.dir} {_PG_SETTINGS}"
-        self._run(pg_ctl, "-D", str(self.data_dir), "-o", options, "-l", str(self.log_path), "-w", "start")
+        for attempt in range(_PORT_ATTEMPTS):
+            options = f"-p {self.port} -k {self.dir} {_PG_SETTINGS}"
+            try:
+                self._run(
+                    pg_ctl, "-D", str(self.data_dir), "-o", options, "-l", str(self.log_path), "-w", "start"
+                )
+                break
+            except LocalPrefectError:
+                # A port taken between choosing and binding: choose again (first start only).
+                if self._choose_port and attempt < _PORT_ATTEMPTS - 1 and "already in use" in self.log_tail(20):
+                    self.port = free_port()
+                    continue
+                raise
+        self._choose_port = False  # a restart after stop() keeps the port clients know
         atexit.register(self.stop)
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -14,7 +15,7 @@ import httpx
 import pytest
 
 from prefect_gpt_image import local_prefect
-from prefect_gpt_image.local_prefect import LocalPrefectServer, pg_binary
+from prefect_gpt_image.local_prefect import LocalPostgres, LocalPrefectServer, pg_binary
 
 _CLIENT = """
 import json, sys
@@ -63,6 +64,26 @@ def test_postgres_binaries_are_found_where_debian_puts_them(
     # on PATH wins
     monkeypatch.setenv("PATH", str(tmp_path / "13" / "bin"))
     assert pg_binary("initdb") == str(tmp_path / "13" / "bin" / "initdb")
+
+
+@pytest.mark.usefixtures("needs_postgres")
+def test_postgres_whose_port_was_taken_meanwhile_starts_on_another() -> None:
+    """The port a cluster chose was free when chosen; another process bound it before PostgreSQL
+    did (held here, listening): the first start picks another port instead of failing (in
+    ``auto`` mode the Prefect server would silently fall back to SQLite)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        postgres = LocalPostgres()
+        postgres.port = port  # as if free_port() had returned it and it was taken since
+        try:
+            postgres.start()
+            assert postgres.pid is not None and postgres.port != port
+            assert "already in use" in postgres.log_tail(200)
+        finally:
+            postgres.close()
+    assert not postgres.dir.exists()
 
 
 def test_unknown_database_is_refused() -> None:
