@@ -297,7 +297,8 @@ class LocalPostgres(_Throwaway):
                 break
             except LocalPrefectError:
                 # A port taken between choosing and binding: choose again (first start only).
-                if self._choose_port and attempt < _PORT_ATTEMPTS - 1 and "already in use" in self.log_tail(20):
+                taken = "already in use" in self.log_tail(20)
+                if self._choose_port and taken and attempt < _PORT_ATTEMPTS - 1:
                     self.port = free_port()
                     continue
                 raise
