@@ -6,7 +6,9 @@ start`` in a subprocess on a free port of 127.0.0.1 with a temporary ``PREFECT_H
 the services the tests do not need turned off, stopped by its PID at the end; on a throwaway
 PostgreSQL cluster when ``initdb``/``pg_ctl`` and ``asyncpg`` are installed (under concurrent
 flows Prefect's SQLite database locks up), else SQLite. ``GPT_IMAGE_TEST_PREFECT_DB=sqlite``
-forces SQLite. Register with ``pytest_plugins = ["tests.support.prefect"]``.
+forces SQLite. A test that only means something on PostgreSQL uses the ``needs_postgres``
+fixture: skipped without it, failed under ``CI=true``. Register with
+``pytest_plugins = ["tests.support.prefect"]``.
 """
 
 from __future__ import annotations
