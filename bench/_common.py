@@ -11,7 +11,8 @@ port of 127.0.0.1, temporary ``PREFECT_HOME``, PostgreSQL when ``initdb``/``pg_c
 Prefect reads its settings from the environment when it is imported, so :func:`start_stack` runs
 before anything imports ``prefect``; the benchmarks import the plugin inside their functions.
 
-Output: :func:`report` prints a table, then a LAST line of ``name=value`` pairs.
+Output: :func:`report` prints a table, a MET/MISSED line per target (:func:`compare`), then a LAST
+line of ``name=value`` pairs; :func:`exit_code` makes a miss exit 1 under ``BENCH_STRICT=1``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from prefect_gpt_image.local_prefect import DatabaseChoice, LocalPrefectServer, free_port, stop_process
 
@@ -530,8 +531,15 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(title: str, command: Sequence[str], rows: Sequence[dict[str, Any]], last: dict[str, Any]) -> None:
-    """Print the title, machine, command and table, then the LAST line of ``name=value`` pairs."""
+def report(
+    title: str,
+    command: Sequence[str],
+    rows: Sequence[dict[str, Any]],
+    last: dict[str, Any],
+    verdicts: Sequence[Verdict] = (),
+) -> None:
+    """Print the title, machine, command and table, a MET/MISSED line per target (``verdicts``,
+    from :func:`compare`), then the LAST line of ``name=value`` pairs."""
     print()
     print(f"## {title}")
     print(f"machine: {machine()}")
@@ -539,6 +547,8 @@ def report(title: str, command: Sequence[str], rows: Sequence[dict[str, Any]], l
     print()
     print(table(rows))
     print()
+    for verdict in verdicts:
+        print(verdict)
     print(" ".join(f"{k}={_pair(v)}" for k, v in last.items()), flush=True)
 
 
@@ -546,6 +556,53 @@ def _pair(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if not math.isnan(value) else "nan"
     return str(value)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A figure against its target (bench/README.md): ``direction`` ``<=`` (at most) or ``>=``
+    (at least). A figure that was not measured (NaN) misses."""
+
+    name: str
+    value: float
+    target: float
+    direction: Literal["<=", ">="]
+
+    @property
+    def met(self) -> bool:
+        """Whether the figure meets its target."""
+        if math.isnan(self.value):
+            return False
+        return self.value <= self.target if self.direction == "<=" else self.value >= self.target
+
+    def __str__(self) -> str:
+        word = "MET" if self.met else "MISSED"
+        return f"{word}: {self.name} = {_pair(float(self.value))} (target {self.direction} {self.target:g})"
+
+
+def compare(name: str, value: float, target: float, direction: Literal["<=", ">="] = "<=") -> Verdict:
+    """``name``'s figure ``value`` against its ``target``; give the verdicts to :func:`report`
+    (a MET/MISSED line each) and :func:`exit_code` (``BENCH_STRICT=1``: a miss exits 1)."""
+    return Verdict(name, float(value), float(target), direction)
+
+
+def strict() -> bool:
+    """Whether ``BENCH_STRICT`` asks a missed target or a failed check to exit 1."""
+    return os.environ.get("BENCH_STRICT", "").strip().lower() in ("1", "true", "yes")
+
+
+def exit_code(problems: Sequence[str], verdicts: Sequence[Verdict] = ()) -> int:
+    """The benchmark's exit status: 0, or 1 under ``BENCH_STRICT=1`` when a check failed
+    (``problems``, from :func:`check`) or a target was missed (saying which, on stderr)."""
+    missed = [v for v in verdicts if not v.met]
+    if not (problems or missed):
+        return 0
+    summary = f"{len(missed)} target(s) missed, {len(problems)} check(s) failed"
+    if not strict():
+        print(f"{summary} (BENCH_STRICT=1 makes this exit 1)", file=sys.stderr)
+        return 0
+    print(f"BENCH_STRICT: {summary}: " + "; ".join([*map(str, missed), *problems]), file=sys.stderr)
+    return 1
 
 
 def check(condition: bool, message: str, problems: list[str]) -> None:

@@ -86,13 +86,15 @@ def main() -> int:
                 "stored": result.stored,
             }
         ]
+        verdicts = [common.compare("rss_growth_mb", growth, 150)]
         common.report(
             f"memory: {n} x {args.size} PNG into S3 (SeaweedFS), K={k}, Prefect server on {stack.database}",
             ["python", *sys.argv],
             rows,
             {"rss_growth_mb": growth, "peak_rss_mb": peak.peak, "idle_rss_mb": idle},
+            verdicts,
         )
-    return 0
+    return common.exit_code(problems, verdicts)
 
 
 if __name__ == "__main__":

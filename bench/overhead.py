@@ -131,6 +131,7 @@ def main() -> int:
             )
         overhead = common.median([a - b for a, b in zip(per_plugin, per_bare, strict=True)])
         check_ms = _check_cost()
+        verdicts = [common.compare("overhead_ms_per_image", overhead, 25)]
         common.report(
             f"overhead: N={n}, latency {args.latency:g} s, one worker, S3 (SeaweedFS), "
             f"Prefect server on {stack.database}",
@@ -142,8 +143,9 @@ def main() -> int:
                 "bare_ms_per_image": common.median(per_bare),
                 "check_ms_per_realistic_image": check_ms,
             },
+            verdicts,
         )
-    return 0
+    return common.exit_code(problems, verdicts)
 
 
 if __name__ == "__main__":

@@ -116,13 +116,15 @@ def main() -> int:
                 "sandbox": sandbox_cpu * per_call,
             }
         ]
+        verdicts = [common.compare("pipeline_over_ideal", wall / ideal, 1.15)]
         common.report(
             f"pipeline: N={n} rows x 3 steps, K={k}, L={latency:g} s, Prefect server on {stack.database}",
             ["python", *sys.argv],
             rows,
             {"pipeline_over_ideal": wall / ideal, "pipeline_s": wall, "ideal_s": ideal, "api_calls": calls},
+            verdicts,
         )
-    return 1 if problems else 0
+    return common.exit_code(problems, verdicts)
 
 
 if __name__ == "__main__":

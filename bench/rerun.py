@@ -74,6 +74,10 @@ def main() -> int:
                 }
             )
         rerun = common.median(reruns)
+        verdicts = [
+            common.compare("rerun_api_calls", rerun_calls, 0),
+            common.compare("rerun_over_first", rerun / first, 0.10),
+        ]
         common.report(
             f"rerun: N={n}, K={k}, L={latency:g} s, storage={args.storage}, "
             f"Prefect server on {stack.database}",
@@ -85,8 +89,9 @@ def main() -> int:
                 "first_s": first,
                 "rerun_s": rerun,
             },
+            verdicts,
         )
-    return 0
+    return common.exit_code(problems, verdicts)
 
 
 if __name__ == "__main__":

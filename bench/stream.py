@@ -130,6 +130,7 @@ def main() -> int:
                     "min ms": min(values) if values else float("nan"),
                 }
             )
+        verdicts = [common.compare("partial_delay_ms_median", common.median(first), 20)]
         common.report(
             f"stream: N={n} streamed calls, {args.partials} partials, K={k}, L={args.latency:g} s, "
             f"wall {wall:.1f} s, Prefect server on {stack.database}",
@@ -140,8 +141,9 @@ def main() -> int:
                 "partial_delay_ms_p90": rows[0]["p90 ms"],
                 "all_partials_delay_ms_median": common.median(every),
             },
+            verdicts,
         )
-    return 0
+    return common.exit_code(problems, verdicts)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Usage: ``python bench/throughput.py [--n 200] [--k 16] [--latency 1.0] [--repeat
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -199,6 +198,10 @@ def main() -> int:
                 if s3 is not None:
                     s3.__exit__(None, None, None)
         plugin, sdk = common.median(plugin_times), common.median(sdk_times)
+        verdicts = [
+            common.compare("plugin_over_ideal", plugin / ideal, 1.10),
+            common.compare("plugin_over_sdk", plugin / sdk, 1.05),
+        ]
         common.report(
             f"throughput: N={n}, K={k}, L={latency:g} s, storage={args.storage}, "
             f"Prefect server on {stack.database}",
@@ -211,10 +214,9 @@ def main() -> int:
                 "sdk_s": sdk,
                 "ideal_s": ideal,
             },
+            verdicts,
         )
-    if os.environ.get("BENCH_STRICT") and problems:
-        return 1
-    return 0
+    return common.exit_code(problems, verdicts)
 
 
 if __name__ == "__main__":

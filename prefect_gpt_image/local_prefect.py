@@ -6,10 +6,11 @@ The server runs as ``python -m prefect server start`` in a child process, on a f
 ``DO_NOT_TRACK=1``. It is stopped by its PID (its whole process group).
 
 Its database is a throwaway PostgreSQL cluster (:class:`LocalPostgres`, about 1 s to create) when
-PostgreSQL's ``initdb``/``pg_ctl`` and ``asyncpg`` are installed, else SQLite in the server's home,
-as Prefect defaults to. Reason: under concurrent flows Prefect's SQLite database locks up (its busy
-timeout is 60 s and clients back off on the resulting 503s): a 20-task batch took 13 s or 135 s at
-random on SQLite and 5-8 s on PostgreSQL.
+PostgreSQL's ``initdb``/``pg_ctl`` (on PATH or in Debian's ``/usr/lib/postgresql/<version>/bin``)
+and ``asyncpg`` are installed, else SQLite in the server's home, as Prefect defaults to. Reason:
+under concurrent flows Prefect's SQLite database locks up (its busy timeout is 60 s and clients
+back off on the resulting 503s): a 20-task batch took 13 s or 135 s at random on SQLite and 5-8 s
+on PostgreSQL.
 
 Nothing here imports Prefect: a script can start a server and put :meth:`LocalPrefectServer.env`
 into ``os.environ`` before it imports ``prefect``, which reads its settings when imported. (Only
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import http.client
 import importlib.util
 import inspect
@@ -51,6 +53,7 @@ __all__ = [
     "LocalPrefectServer",
     "drain_client_workers",
     "free_port",
+    "pg_binary",
     "postgres_available",
     "stop_process",
 ]
@@ -112,11 +115,32 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+_DEBIAN_PG_BIN = "/usr/lib/postgresql/*/bin"
+"""Where Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` (not on PATH there)."""
+
+
+def pg_binary(name: str) -> str | None:
+    """The path of PostgreSQL's ``name`` (``initdb``, ``pg_ctl``): on PATH, else in Debian's
+    ``/usr/lib/postgresql/<version>/bin`` (the newest version), else None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = [Path(d) / name for d in glob.glob(_DEBIAN_PG_BIN)]
+    runnable = [c for c in candidates if os.access(c, os.X_OK)]
+    if not runnable:
+        return None
+    return str(max(runnable, key=lambda c: _version_key(c.parent.parent.name)))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
+
+
 def postgres_available() -> bool:
-    """Whether :class:`LocalPostgres` can run here: ``initdb`` and ``pg_ctl`` on PATH, ``asyncpg``
-    (Prefect's PostgreSQL driver) installed and, as root, ``runuser`` and a ``postgres`` user
-    (PostgreSQL refuses to run as root)."""
-    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+    """Whether :class:`LocalPostgres` can run here: ``initdb`` and ``pg_ctl`` found (:func:`pg_binary`),
+    ``asyncpg`` (Prefect's PostgreSQL driver) installed and, as root, ``runuser`` and a ``postgres``
+    user (PostgreSQL refuses to run as root)."""
+    if not (pg_binary("initdb") and pg_binary("pg_ctl")):
         return False
     if os.geteuid() == 0:
         if not shutil.which("runuser"):
@@ -219,6 +243,7 @@ class LocalPostgres(_Throwaway):
         self.data_dir = self.dir / "data"
         self.log_path = self.dir / _PG_LOG_NAME
         self.port = port if port is not None else free_port()
+        self._choose_port = port is None  # until the first start: a port taken meanwhile is replaced
         self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _describe(self) -> str:
@@ -248,9 +273,11 @@ class LocalPostgres(_Throwaway):
         """Create the cluster (first time only) and start it; return once it accepts connections."""
         if self.running:
             return self
-        initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
         if not (initdb and pg_ctl):
-            raise LocalPrefectError("PostgreSQL's initdb and pg_ctl are not on PATH")
+            raise LocalPrefectError(
+                "PostgreSQL's initdb and pg_ctl are neither on PATH nor in /usr/lib/postgresql/*/bin"
+            )
         if self._as:
             try:
                 user = pwd.getpwnam("postgres")
@@ -261,14 +288,27 @@ class LocalPostgres(_Throwaway):
             self._run(
                 initdb, "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"
             )
-        options = f"-p {self.port} -k {self.dir} {_PG_SETTINGS}"
-        self._run(pg_ctl, "-D", str(self.data_dir), "-o", options, "-l", str(self.log_path), "-w", "start")
+        for attempt in range(_PORT_ATTEMPTS):
+            options = f"-p {self.port} -k {self.dir} {_PG_SETTINGS}"
+            try:
+                self._run(
+                    pg_ctl, "-D", str(self.data_dir), "-o", options, "-l", str(self.log_path), "-w", "start"
+                )
+                break
+            except LocalPrefectError:
+                # A port taken between choosing and binding: choose again (first start only).
+                taken = "already in use" in self.log_tail(20)
+                if self._choose_port and taken and attempt < _PORT_ATTEMPTS - 1:
+                    self.port = free_port()
+                    continue
+                raise
+        self._choose_port = False  # a restart after stop() keeps the port clients know
         atexit.register(self.stop)
         return self
 
     def stop(self) -> None:
         """Stop the cluster at once (``pg_ctl stop -m immediate``); its data is kept."""
-        pg_ctl = shutil.which("pg_ctl")
+        pg_ctl = pg_binary("pg_ctl")
         if pg_ctl and (self.data_dir / "postmaster.pid").exists():
             subprocess.run(  # noqa: S603 - fixed binary and flags, no shell
                 [*self._as, pg_ctl, "-D", str(self.data_dir), "-m", "immediate", "stop"],
@@ -422,7 +462,8 @@ class LocalPrefectServer(_Throwaway):
         if not postgres_available():
             if self.database_choice == "postgres":
                 raise LocalPrefectError(
-                    "PostgreSQL is not available: it needs initdb and pg_ctl on PATH and asyncpg "
+                    "PostgreSQL is not available: it needs initdb and pg_ctl (on PATH or in "
+                    "/usr/lib/postgresql/*/bin) and asyncpg "
                     "(as root also runuser and a 'postgres' user); use database='sqlite'"
                 )
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -13,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_gpt_image.local_prefect import LocalPrefectServer, postgres_available
+from prefect_gpt_image import local_prefect
+from prefect_gpt_image.local_prefect import LocalPostgres, LocalPrefectServer, pg_binary
 
 _CLIENT = """
 import json, sys
@@ -41,22 +43,60 @@ def test_import_leaves_prefect_unimported() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_postgres_binaries_are_found_where_debian_puts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian's ``postgresql`` installs ``initdb``/``pg_ctl`` in ``/usr/lib/postgresql/<version>/bin``,
+    not on PATH: they are found there (the newest version, compared as numbers), so CI's
+    PostgreSQL tests run on a fresh machine instead of falling back or being skipped."""
+    for version in ("9.6", "13", "15"):
+        bin_dir = tmp_path / version / "bin"
+        bin_dir.mkdir(parents=True)
+        for name in ("initdb", "pg_ctl"):
+            (bin_dir / name).write_text("#!/bin/sh\n")
+            (bin_dir / name).chmod(0o755)
+    (tmp_path / "16" / "bin").mkdir(parents=True)  # a version without the server binaries
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(local_prefect, "_DEBIAN_PG_BIN", str(tmp_path / "*" / "bin"))
+    assert pg_binary("initdb") == str(tmp_path / "15" / "bin" / "initdb")
+    assert pg_binary("pg_ctl") == str(tmp_path / "15" / "bin" / "pg_ctl")
+    assert pg_binary("postgres") is None
+    # on PATH wins
+    monkeypatch.setenv("PATH", str(tmp_path / "13" / "bin"))
+    assert pg_binary("initdb") == str(tmp_path / "13" / "bin" / "initdb")
+
+
+@pytest.mark.usefixtures("needs_postgres")
+def test_postgres_whose_port_was_taken_meanwhile_starts_on_another() -> None:
+    """The port a cluster chose was free when chosen; another process bound it before PostgreSQL
+    did (held here, listening): the first start picks another port instead of failing (in
+    ``auto`` mode the Prefect server would silently fall back to SQLite)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        postgres = LocalPostgres()
+        postgres.port = port  # as if free_port() had returned it and it was taken since
+        try:
+            postgres.start()
+            assert postgres.pid is not None and postgres.port != port
+            assert "already in use" in postgres.log_tail(200)
+        finally:
+            postgres.close()
+    assert not postgres.dir.exists()
+
+
 def test_unknown_database_is_refused() -> None:
     with pytest.raises(ValueError, match="database"):
         LocalPrefectServer(database="mysql")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(
-    "database",
-    [
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=pytest.mark.skipif(not postgres_available(), reason="needs initdb, pg_ctl and asyncpg"),
-        ),
-    ],
-)
-def test_server_serves_a_client_and_leaves_nothing(database: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_server_serves_a_client_and_leaves_nothing(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if database == "postgres":
+        request.getfixturevalue("needs_postgres")  # skipped without PostgreSQL, fails in CI
     client_home = tmp_path / "client-home"
     name = f"local-prefect-test-{uuid.uuid4().hex[:8]}"
     with LocalPrefectServer(database=database) as server:  # type: ignore[arg-type]

@@ -9,11 +9,12 @@ import os
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import boto3
+import botocore.auth
 import httpx
 import pytest
 from botocore.config import Config
@@ -327,10 +328,15 @@ def test_presigned_link_works_then_expires(local_s3: LocalS3Server, s3_bucket: s
     assert response.content == PNG
     assert response.headers["content-type"] == "image/png"
     assert httpx.get(local_s3.endpoint_url + f"/{s3_bucket}/{stored.key}").status_code == 403
-    signed_at = datetime.strptime(parse_qs(urlparse(link).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
-    expires = signed_at.replace(tzinfo=UTC).timestamp() + 2
-    time.sleep(max(0.0, expires - time.time()) + 0.5)
-    expired = httpx.get(link)
+    # A link of the same 2 s signed 10 s ago (botocore's signing clock set back; nothing else
+    # changes) is refused by the server as expired: its expiry, without sleeping until it.
+    ten_seconds_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=10)
+    with pytest.MonkeyPatch.context() as clock:
+        clock.setattr(botocore.auth, "get_current_datetime", lambda *args, **kwargs: ten_seconds_ago)
+        old = store.link_for(stored.key, ttl=2)
+    signed_at = datetime.strptime(parse_qs(urlparse(old).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
+    assert signed_at.replace(tzinfo=UTC).timestamp() + 2 < time.time()  # its 2 s are over
+    expired = httpx.get(old)
     assert expired.status_code == 403
     assert "expired" in expired.text
 
@@ -548,7 +554,6 @@ def test_no_secret_in_repr_describe_metadata_or_errors(
 
 def test_run_concurrently_overlaps_waits_for_all_and_raises_the_first_error() -> None:
     import threading
-    import time
 
     from prefect_gpt_image.storage.base import run_concurrently
 
@@ -559,16 +564,23 @@ def test_run_concurrently_overlaps_waits_for_all_and_raises_the_first_error() ->
         return i
 
     assert run_concurrently(*(lambda i=i: write(i) for i in range(4))) == [0, 1, 2, 3]
-    done: list[int] = []
+    failed, returned = threading.Event(), threading.Event()
+    seen_returned: list[bool] = []
 
     def slow_ok() -> None:
-        time.sleep(0.2)
-        done.append(threading.get_ident())
+        # still in flight when the first error comes; then it looks whether run_concurrently
+        # has returned meanwhile (it must not have: it waits for every write)
+        assert failed.wait(10)
+        seen_returned.append(returned.wait(0.2))
 
     def fail(message: str) -> None:
+        failed.set()
         raise OSError(message)
 
-    with pytest.raises(OSError, match="first"):
-        run_concurrently(lambda: fail("first"), slow_ok, lambda: fail("second"))
-    assert len(done) == 1  # the error waited for the write still in flight
+    try:
+        with pytest.raises(OSError, match="first"):
+            run_concurrently(lambda: fail("first"), slow_ok, lambda: fail("second"))
+    finally:
+        returned.set()
+    assert seen_returned == [False]  # the error waited for the write still in flight
     assert run_concurrently() == []

@@ -15,7 +15,6 @@ from pydantic import SecretStr
 
 from prefect_gpt_image.blocks import GptImageCredentials
 from prefect_gpt_image.local_prefect import LocalPrefectServer
-from tests.support.prefect import use_postgres
 
 from .conftest import CANARY_KEY, fast_settings, image_files, save_block, walk_files
 from .workers import TERMINAL, create_pool, deploy_batch, run_deployment, start_worker, state_of
@@ -25,7 +24,7 @@ LIMIT = 4
 LATENCY = 0.5
 OUTAGE = 20.0
 
-pytestmark = pytest.mark.skipif(not use_postgres(), reason="needs PostgreSQL (initdb, pg_ctl) and asyncpg")
+pytestmark = pytest.mark.usefixtures("needs_postgres")  # skipped without PostgreSQL, fails in CI
 
 
 def test_prefect_server_outage_mid_batch(make_sandbox: Any, tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from pydantic import SecretStr
 from prefect_gpt_image.blocks import GptImageCredentials
 from prefect_gpt_image.local_prefect import LocalPrefectServer, stop_process
 from prefect_gpt_image.local_s3 import LocalS3Server
-from tests.support.prefect import use_postgres
 
 from .conftest import CANARY_KEY, REPO_ROOT, bucket_objects, fast_settings, s3_storage_block
 from .workers import create_pool, start_worker
@@ -38,7 +37,7 @@ PER_RUN = 12
 OVERLAP = 6
 RUN_TIMEOUT = 180.0
 
-pytestmark = pytest.mark.skipif(not use_postgres(), reason="needs PostgreSQL (initdb, pg_ctl) and asyncpg")
+pytestmark = pytest.mark.usefixtures("needs_postgres")  # skipped without PostgreSQL, fails in CI
 
 
 @dataclass

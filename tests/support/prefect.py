@@ -6,7 +6,9 @@ start`` in a subprocess on a free port of 127.0.0.1 with a temporary ``PREFECT_H
 the services the tests do not need turned off, stopped by its PID at the end; on a throwaway
 PostgreSQL cluster when ``initdb``/``pg_ctl`` and ``asyncpg`` are installed (under concurrent
 flows Prefect's SQLite database locks up), else SQLite. ``GPT_IMAGE_TEST_PREFECT_DB=sqlite``
-forces SQLite. Register with ``pytest_plugins = ["tests.support.prefect"]``.
+forces SQLite. A test that only means something on PostgreSQL uses the ``needs_postgres``
+fixture: skipped without it, failed under ``CI=true``. Register with
+``pytest_plugins = ["tests.support.prefect"]``.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import httpx
 import pytest
 
 from prefect_gpt_image.local_prefect import LocalPrefectServer, drain_client_workers, postgres_available
+from tests.support.ci import missing
 
 __all__ = [
     "PrefectServer",
     "flow_run",
     "flow_run_artifacts",
     "flow_run_logs",
+    "needs_postgres",
     "prefect_env",
     "prefect_server",
     "use_postgres",
@@ -47,6 +51,20 @@ def use_postgres() -> bool:
     if os.environ.get("GPT_IMAGE_TEST_PREFECT_DB", "").lower() == "sqlite":
         return False
     return postgres_available()
+
+
+@pytest.fixture
+def needs_postgres() -> None:
+    """For a test that only means something on PostgreSQL (``pytest.mark.usefixtures("needs_postgres")``):
+    skipped without it, FAILS under ``CI=true``."""
+    if use_postgres():
+        return
+    if postgres_available():
+        missing("needs PostgreSQL, and GPT_IMAGE_TEST_PREFECT_DB=sqlite turned it off")
+    missing(
+        "needs PostgreSQL (Debian's postgresql: initdb and pg_ctl on PATH or in "
+        "/usr/lib/postgresql/*/bin; as root runuser and a 'postgres' user) and asyncpg"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -79,14 +79,15 @@ def test_settings_round_trip(prefect_server: PrefectServer) -> None:
         requests_per_minute=30,
         max_cost_per_run=2.5,
         allowed_media_hosts=["x.io"],
+        max_attempts=2,
     )
     settings.save(name)
     loaded = GptImageSettings.load(name)
     assert loaded.model_dump() == settings.model_dump()
-    assert loaded.retry_policy().max_attempts == settings.max_attempts
-    with get_client(sync_client=True) as client:
-        schema = (client.read_block_type_by_slug("gpt-image-settings")).slug
-    assert schema == "gpt-image-settings"
+    assert loaded.retry_policy().max_attempts == 2  # not the default: the saved value is used
+    with get_client(sync_client=True) as client:  # as `prefect block inspect gpt-image-settings/NAME`
+        doc = client.read_block_document_by_name(name, block_type_slug="gpt-image-settings")
+    assert doc.data["quality"] == "high" and doc.data["max_cost_per_run"] == 2.5
 
 
 def test_storage_round_trip_with_a_nested_s3_bucket(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -68,17 +67,14 @@ def test_twenty_calls_under_a_missing_limit_of_four(
             )
         )
 
-    started = time.monotonic()
     results = asyncio.run(batch())
-    elapsed = time.monotonic() - started
     stats = ledger(sandbox)["stats"]
     assert len(results) == 20 and stats["billed_images"] == 20
     assert 2 <= stats["max_in_flight"] <= 4  # never more than the limit, and really concurrent
     limit = _limit(limit_name)
     assert limit.limit == 4 and limit.active and limit.active_slots == 0
-    # Ideal: ceil(20/4) x 0.3 s = 1.5 s of API time, plus flow and storage overhead. Prefect's own
-    # 423/Retry-After hand-off would take about ten times the ideal; timing goals live in bench/.
-    assert elapsed < 20.0, f"20 calls took {elapsed:.1f} s"
+    # How fast slots are handed from call to call (against ceil(N/K)·L) is bench/compose.py's
+    # target (asyncio.gather of 200 calls under a limit of 16, <= 1.15 x the bound).
 
 
 def test_an_existing_limit_keeps_its_value_in_a_sync_flow(

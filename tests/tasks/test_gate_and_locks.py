@@ -8,12 +8,16 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from prefect_gpt_image.tasks.concurrency import SlotGate
 from prefect_gpt_image.tasks.locks import ImageLockManager
+
+_HANG = 30.0
+"""Seconds after which a wait that should have ended fails the test (a hang guard, not a goal)."""
 
 
 def test_gate_bounds_threads_and_serves_all() -> None:
@@ -29,7 +33,7 @@ def test_gate_bounds_threads_and_serves_all() -> None:
         with guard:
             inside += 1
             peak = max(peak, inside)
-        time.sleep(0.02)
+        _all_accounted_for(gate, 12, lambda: inside + len(done))
         with guard:
             inside -= 1
             done.append(i)
@@ -39,7 +43,7 @@ def test_gate_bounds_threads_and_serves_all() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(_HANG)
     assert peak == 3
     assert sorted(done) == list(range(12))
     assert gate.held == 0
@@ -50,28 +54,65 @@ def test_gate_works_across_event_loops_in_threads() -> None:
     gate = SlotGate(2)
     inside = 0
     peak = 0
+    done = 0
     guard = threading.Lock()
 
     async def one() -> None:
-        nonlocal inside, peak
+        nonlocal inside, peak, done
         async with gate.slot():
             with guard:
                 inside += 1
                 peak = max(peak, inside)
-            await asyncio.sleep(0.03)
+            _all_accounted_for(gate, 8, lambda: inside + done)  # blocks only this thread's loop
             with guard:
                 inside -= 1
+                done += 1
 
     threads = [threading.Thread(target=asyncio.run, args=(one(),)) for _ in range(8)]
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert peak == 2
+        t.join(_HANG)
+    assert not any(t.is_alive() for t in threads)
+    assert (peak, done, gate.held) == (2, 8, 0)
+
+
+def _all_accounted_for(gate: SlotGate, total: int, in_or_done: Callable[[], int]) -> None:
+    """A holder stays in until every one of the ``total`` callers is in, done or queued at the
+    gate: none is still on its way, so each was either admitted or made to wait while this
+    holder was in (the gate's own state, no sleep standing in for work)."""
+    _wait_until(lambda: gate.waiting + in_or_done() == total)
+
+
+def test_a_released_slot_goes_to_the_waiter_on_its_own_loop_at_once() -> None:
+    """The slot is handed over by ``release()`` itself (the waiter's loop is woken with it
+    already granted), not left free for a polling waiter to find later (the speed this buys is
+    measured by ``bench/throughput.py`` and ``bench/compose.py``)."""
+    gate = SlotGate(1)
+    assert gate.acquire()
+    entered = threading.Event()
+
+    async def waiter() -> None:
+        await gate.acquire_async()
+        entered.set()
+        gate.release()
+
+    thread = threading.Thread(target=asyncio.run, args=(waiter(),))
+    thread.start()
+    _wait_until(lambda: gate.waiting == 1)
+    gate.release()
+    assert (gate.held, gate.waiting) == (1, 0)  # granted to the waiter within release()
+    assert entered.wait(_HANG)
+    thread.join(_HANG)
     assert gate.held == 0
-    # 8 holders of 30 ms, 2 at a time: about 120 ms; a polling gate would be much slower.
-    assert time.monotonic() - started < 2.0
+
+
+def _wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (the gate's or lock's own state) until true; fail after ``_HANG`` s."""
+    deadline = time.monotonic() + _HANG
+    while not condition():
+        assert time.monotonic() < deadline, "the state waited for never came"
+        time.sleep(0.005)
 
 
 def test_cancelled_waiter_does_not_leak_a_slot() -> None:
@@ -80,7 +121,8 @@ def test_cancelled_waiter_does_not_leak_a_slot() -> None:
     async def scenario() -> None:
         await gate.acquire_async()
         waiter = asyncio.ensure_future(gate.acquire_async())
-        await asyncio.sleep(0.01)
+        while gate.waiting == 0:  # until the waiter waits at the gate
+            await asyncio.sleep(0)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -117,17 +159,33 @@ def test_lock_is_exclusive_and_extendable(tmp_path: Path) -> None:
     assert locks.acquire_lock("k", "b", acquire_timeout=0)
 
 
+class _TriedLocks(ImageLockManager):
+    """A lock manager that notes when an attempt to take a lock found it held."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.found_held = threading.Event()
+
+    def _try_acquire(self, key: str, holder: str, hold_timeout: float | None) -> bool:
+        got = super()._try_acquire(key, holder, hold_timeout)
+        if not got:
+            self.found_held.set()
+        return got
+
+
 def test_waiter_gets_the_lock_when_released(tmp_path: Path) -> None:
-    locks = ImageLockManager(tmp_path)
+    locks = _TriedLocks(tmp_path)
     assert locks.acquire_lock("k", "a")
-    threading.Timer(0.2, locks.release_lock, args=("k", "a")).start()
-
-    async def wait() -> bool:
-        return await locks.aacquire_lock("k", "b", acquire_timeout=5)
-
-    started = time.monotonic()
-    assert asyncio.run(wait())
-    assert 0.1 < time.monotonic() - started < 2.0
+    got: list[bool] = []
+    waiter = threading.Thread(
+        target=lambda: got.append(asyncio.run(locks.aacquire_lock("k", "b", acquire_timeout=_HANG)))
+    )
+    waiter.start()
+    assert locks.found_held.wait(_HANG)  # b tried and found a's lock: it is waiting now
+    assert waiter.is_alive() and locks.is_lock_holder("k", "a")
+    locks.release_lock("k", "a")
+    waiter.join(_HANG)
+    assert got == [True] and locks.is_lock_holder("k", "b")
 
 
 def test_stale_lock_of_a_killed_holder_is_free_and_a_foreign_one_expires(tmp_path: Path) -> None:

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
 
 from prefect_gpt_image.tasks.concurrency import api_slot, hold_slots, release_idle_leases
-from prefect_gpt_image.tasks.concurrency.admission import admitted, demand, started_together
+from prefect_gpt_image.tasks.concurrency.admission import _admissions, admitted, demand, started_together
+from prefect_gpt_image.tasks.concurrency.limits import _gates, _server_key
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
 
@@ -27,17 +30,43 @@ def _name() -> str:
     return f"gpt-image-lease-test-{uuid.uuid4().hex[:10]}"
 
 
+_HANG = 60.0
+"""Seconds after which a wait that should have ended fails the test (a hang guard, not a goal)."""
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (the gates' or the calls' own state) on the loop until true; fail after
+    ``_HANG`` seconds."""
+    deadline = time.monotonic() + _HANG
+    while not condition():
+        assert time.monotonic() < deadline, "the state waited for never came"
+        await asyncio.sleep(0.005)
+
+
+def _queued(name: str) -> int:
+    """Calls of this process waiting at limit ``name``'s gates (admission and API slot)."""
+    key = _server_key(name)
+    return sum(gate.waiting for gate in (_admissions.get(key), _gates.get(key)) if gate is not None)
+
+
+async def _stay_until_all_accounted_for(name: str, calls: int, in_or_done: Callable[[], int]) -> None:
+    """A holder stays in until every one of ``calls`` is in, done or queued at a gate: none is
+    still on its way, so each was either let in or made to wait while this holder was in."""
+    await _until(lambda: _queued(name) + in_or_done() == calls)
+
+
 def test_calls_never_exceed_the_limit_and_leave_no_slot_held() -> None:
     name = _name()
-    in_flight = peak = 0
+    in_flight = peak = done = 0
 
     async def call() -> None:
-        nonlocal in_flight, peak
+        nonlocal in_flight, peak, done
         async with api_slot(name, 3):
             in_flight += 1
             peak = max(peak, in_flight)
-            await asyncio.sleep(0.05)
+            await _stay_until_all_accounted_for(name, 15, lambda: in_flight + done)
             in_flight -= 1
+            done += 1
 
     async def main() -> None:
         await asyncio.gather(*(call() for _ in range(15)))
@@ -51,23 +80,25 @@ def test_a_slot_released_early_lets_the_next_call_in() -> None:
     name = _name()
     order: list[str] = []
 
-    async def first(released: asyncio.Event) -> None:
+    async def first(released: asyncio.Event, second_in: asyncio.Event) -> None:
         async with api_slot(name, 1) as slot:
             order.append("first in")
             await slot.release()
             await slot.release()  # a second release does nothing
             released.set()
-            await asyncio.sleep(0.3)  # still inside the block: downloading, storing ...
+            # still inside the block (downloading, storing ...) until the second call got in
+            await asyncio.wait_for(second_in.wait(), _HANG)
             order.append("first out")
 
-    async def second(released: asyncio.Event) -> None:
+    async def second(released: asyncio.Event, second_in: asyncio.Event) -> None:
         await released.wait()
         async with api_slot(name, 1):
             order.append("second in")
+            second_in.set()
 
     async def main() -> None:
-        released = asyncio.Event()
-        await asyncio.gather(first(released), second(released))
+        released, second_in = asyncio.Event(), asyncio.Event()
+        await asyncio.gather(first(released, second_in), second(released, second_in))
 
     asyncio.run(main())
     assert order == ["first in", "second in", "first out"]
@@ -108,22 +139,23 @@ def test_a_cancelled_waiter_leaks_no_slot() -> None:
     name = _name()
 
     async def main() -> None:
-        holder_in = asyncio.Event()
+        holder_in, waiter_gone = asyncio.Event(), asyncio.Event()
 
         async def holder() -> None:
             async with api_slot(name, 1):
                 holder_in.set()
-                await asyncio.sleep(0.3)
+                await asyncio.wait_for(waiter_gone.wait(), _HANG)
 
         task = asyncio.ensure_future(holder())
         await holder_in.wait()
         waiter = asyncio.ensure_future(api_slot(name, 1).__aenter__())
-        await asyncio.sleep(0.05)
+        await _until(lambda: _queued(name) == 1)  # the waiter waits at the gate
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
+        waiter_gone.set()
         await task
-        async with api_slot(name, 1):  # the slot is free again
+        async with asyncio.timeout(_HANG), api_slot(name, 1):  # the slot is free again
             pass
 
     asyncio.run(main())
@@ -181,15 +213,16 @@ async def _call(name: str, slots: int) -> None:
 async def _fan_out(name: str, slots: int, calls: int, grants: list[Any], peak: list[int]) -> None:
     """``calls`` calls at once, each admitted as an image task's call is, recording the server
     lease each call's slot belongs to and the most in flight."""
-    in_flight = [0]
+    in_flight = [0, 0]  # in, done
 
     async def call() -> None:
         async with admitted(name, slots), api_slot(name, slots) as slot:
             grants.append(slot._lease.grant if slot._lease is not None else None)
             in_flight[0] += 1
             peak[0] = max(peak[0], in_flight[0])
-            await asyncio.sleep(0.05)
+            await _stay_until_all_accounted_for(name, calls, lambda: sum(in_flight))
             in_flight[0] -= 1
+            in_flight[1] += 1
 
     await asyncio.gather(*(call() for _ in range(calls)))
 

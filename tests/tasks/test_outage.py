@@ -91,13 +91,15 @@ def test_store_down_before_the_call_pays_nothing(
     sandbox: Any, credentials: GptImageCredentials, settings: GptImageSettings, local_s3: LocalS3Server
 ) -> None:
     """The cache lookup fails (nothing listens on the endpoint): fail before paying."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]
-    block = s3_bucket_block(local_s3, "unreachable", fail_fast=True)
-    block.credentials.aws_client_parameters.endpoint_url = f"http://127.0.0.1:{dead_port}"
-    with pytest.raises(ImageStorageError, match="nothing was sent"):
-        asyncio.run(one_image("never sent", credentials, settings, GptImageStorage(s3_bucket=block)))
+    # The port stays bound by this test, never listening: connections to it are refused, and no
+    # other process can take it meanwhile (a closed port could be anyone's by the time we call).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        dead_port = held.getsockname()[1]
+        block = s3_bucket_block(local_s3, "unreachable", fail_fast=True)
+        block.credentials.aws_client_parameters.endpoint_url = f"http://127.0.0.1:{dead_port}"
+        with pytest.raises(ImageStorageError, match="nothing was sent"):
+            asyncio.run(one_image("never sent", credentials, settings, GptImageStorage(s3_bucket=block)))
     assert sandbox_requests(sandbox) == []
 
 
