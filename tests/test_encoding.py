@@ -114,6 +114,7 @@ def test_a_link_of_the_plugin_keeps_its_url_and_shows_its_text(text: str) -> Non
         "http://127.0.0.1:8333/my images/(draft) <1>|2 [x] `y` \\z.png",
         "https://host.test/a b/c(d)e<f>g|h\\i?x=1&amp;y=2&lt;#frag",
         "https://host.test/ünï/漢字.png",
+        "https://host.test/one)paren/and(another.png",
     ],
 )
 def test_a_link_with_markdown_syntax_in_its_url_is_still_one_link_to_it(url: str) -> None:

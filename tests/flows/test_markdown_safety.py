@@ -13,6 +13,7 @@ import csv
 import io
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -41,6 +42,8 @@ AUTOLINK = "www.example.com http://127.0.0.1:9/bare me@example.com readme.md"
 HTML = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 HEADING = "\n# HEADING ONE\nSETEXT\n====="
 TABLE = " | a | b |\n|---|---|\n| c | d |"
+# A store prefix (a run parameter) with markdown syntax: it is in every stored image's URI.
+PREFIX = "`tick` <b>bold</b> *em* [x](y) | www.example.com"
 
 # Tags the plugin's own markdown uses: anything else (script, iframe, ...) came from user text.
 TEMPLATE_TAGS = {
@@ -138,6 +141,7 @@ def _links(refs: list[ImageRef]) -> set[str]:
 
 def test_pipeline_artifacts_show_hostile_prompts_as_text(env: Any) -> None:
     _, local_s3, storage = env
+    storage = f"{storage}/{PREFIX}"
     bucket = storage.removeprefix("s3://").split("/")[0]
     local_s3.client().put_object(Bucket=bucket, Key="refs/style.png", Body=png_bytes((256, 256), "teal"))
     prompts = {
@@ -176,7 +180,7 @@ def test_pipeline_artifacts_show_hostile_prompts_as_text(env: Any) -> None:
         rendered = viewer.markdown(card["data"], headings={"gpt-image: generated"})
         (quoted,) = rendered.texts("blockquote")
         step = next(s for s, prompt in prompts.items() if prompt in quoted)
-        assert quoted.strip() == prompts[step]
+        assert quoted.strip() == prompts[step] and refs[step].uri in rendered.texts("td")
         assert [a["href"] for a in rendered.tags("a")] and all(
             _base(a["href"] or "") == _base(refs[step].link or "") for a in rendered.tags("a")
         )
@@ -189,6 +193,8 @@ def test_pipeline_artifacts_show_hostile_prompts_as_text(env: Any) -> None:
     assert rendered.texts("h1") == ["gpt-image pipeline"]
     assert rendered.texts("h2") == ["1. generate", "2. edit", "3. blend"]
     assert [q.strip() for q in rendered.texts("blockquote")] == list(prompts.values())
+    assert all(f"stored at {ref.uri}" in rendered.text for ref in refs.values())
+    assert all(PREFIX in ref.uri for ref in refs.values())
     assert [_base(i["src"] or "") for i in rendered.tags("img")] == [
         _base(r.link or "") for r in refs.values()
     ]
@@ -204,6 +210,7 @@ def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: p
     _, local_s3, storage = env
     monkeypatch.setattr(batch, "TABLE_ROWS", 4)
     bucket = storage.removeprefix("s3://").split("/")[0]
+    storage = f"{storage}/{PREFIX}"
     rows = [
         {"id": HTML, "prompt": f"{IMAGE} a kite{HEADING}"},
         {"id": LINK, "prompt": f"{LINK} two kites{TABLE}"},
@@ -238,7 +245,7 @@ def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: p
     report = f"{storage.removeprefix(f's3://{bucket}/')}/reports/batch-{flow_run_id}.csv"
     stored = [ref for r in result.rows for ref in r.images]
     endpoint = _base(stored[0].link or "").split(f"/{bucket}/", 1)[0]
-    viewer = Viewer(_links(stored) | {f"{endpoint}/{bucket}/{report}"})
+    viewer = Viewer(_links(stored) | {f"{endpoint}/{bucket}/{quote(report, safe='/~')}"})
     artifacts = _artifacts(state)
     (table,) = [a for a in artifacts if a["key"] == "gpt-image-batch"]
     shown = viewer.table(_rows(table))
