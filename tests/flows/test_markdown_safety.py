@@ -134,6 +134,13 @@ def _rows(artifact: dict[str, Any]) -> list[dict[str, Any]]:
     return list(json.loads(data) if isinstance(data, str) else data)
 
 
+def _manifest(local_s3: Any, bucket: str, name: str, rows: list[dict[str, str]]) -> str:
+    """``rows`` as a JSONL manifest in the bucket; its s3:// URI."""
+    body = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    local_s3.client().put_object(Bucket=bucket, Key=f"manifests/{name}", Body=body)
+    return f"s3://{bucket}/manifests/{name}"
+
+
 def _links(refs: list[ImageRef]) -> set[str]:
     assert all(ref.link for ref in refs)
     return {_base(ref.link or "") for ref in refs}
@@ -218,10 +225,8 @@ def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: p
         {"id": f"r4 {IMAGE}", "prompt": "four kites", "quality": IMAGE},  # invalid: the error quotes it
         {"id": "r5", "prompt": f"{HTML} [sandbox:block]"},  # refused by the gateway
     ]
-    manifest = "\n".join(json.dumps(row) for row in rows) + "\n"
-    local_s3.client().put_object(Bucket=bucket, Key="manifests/hostile.jsonl", Body=manifest.encode())
     kwargs: dict[str, Any] = {
-        "manifest": f"s3://{bucket}/manifests/hostile.jsonl",
+        "manifest": _manifest(local_s3, bucket, "hostile.jsonl", rows),
         "options": ImageOptions(size="1024x1024"),
         "storage": storage,
         "return_state": True,
@@ -280,11 +285,9 @@ def test_batch_edit_artifacts_show_hostile_ids_columns_and_file_names_as_text(en
         {"id": f"{LINK}{TABLE}", "image": f"s3://{bucket}/{names[1]}", "product": AUTOLINK},
         {"id": "missing", "image": f"s3://{bucket}/photos/{IMAGE}.png", "product": "gone"},
     ]
-    manifest = "\n".join(json.dumps(row) for row in rows) + "\n"
-    client.put_object(Bucket=bucket, Key="manifests/edits.jsonl", Body=manifest.encode())
     state = run(
         batch_edit(
-            images=f"s3://{bucket}/manifests/edits.jsonl",
+            images=_manifest(local_s3, bucket, "edits.jsonl", rows),
             prompt="{product} on a white studio",
             region=MaskRegion(left=0, top=0, right=0.5, bottom=0.5),
             storage=storage,
@@ -334,16 +337,9 @@ def test_csv_report_neutralises_cells_that_would_start_a_formula(
         {"id": "\tid", "prompt": "\t=a kite"},
         {"id": "plain", "prompt": "a plain kite"},
     ]
-    manifest = "\n".join(json.dumps(row) for row in rows) + "\n"
-    local_s3.client().put_object(Bucket=bucket, Key="manifests/formulas.jsonl", Body=manifest.encode())
-    state = run(
-        batch_generate(
-            manifest=f"s3://{bucket}/manifests/formulas.jsonl",
-            options=ImageOptions(size="1024x1024"),
-            storage=storage,
-            return_state=True,
-        )
-    )
+    manifest = _manifest(local_s3, bucket, "formulas.jsonl", rows)
+    options = ImageOptions(size="1024x1024")
+    state = run(batch_generate(manifest=manifest, options=options, storage=storage, return_state=True))
     assert state.is_completed(), state.message
     prefix = storage.removeprefix(f"s3://{bucket}/")
     key = f"{prefix}/reports/batch-{state.state_details.flow_run_id}.csv"
