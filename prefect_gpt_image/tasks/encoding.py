@@ -35,11 +35,11 @@ def _escapes() -> dict[int, str]:
     # by ", " stays readable as it is.
     del table[ord(",")]
     table.update({ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;"})
-    # Line breaks (every kind a renderer may know) and form feeds as character references: the
-    # text stays on one source line (no block can start inside it, a table row stays one row)
-    # and still reads back as the same characters.
+    # Line breaks (every kind a renderer may know) become spaces: the text stays on one source
+    # line (no block can start inside it, a table row stays one row). Not character references:
+    # Prefect's UI shows a numeric reference such as &#10; as it is.
     for char in "\n\r\x0c\u2028\u2029":
-        table[ord(char)] = f"&#{ord(char)};"
+        table[ord(char)] = " "
     table[0] = "\ufffd"  # what CommonMark makes of U+0000 anyway
     return table
 
@@ -47,25 +47,18 @@ def _escapes() -> dict[int, str]:
 _ESCAPES = _escapes()
 
 
-def _references(text: str) -> str:
-    return "".join(f"&#{ord(char)};" for char in text)
-
-
 def md_text(value: str) -> Markdown:
-    """``value`` as markdown that renders as exactly that text, on one source line.
+    """``value`` as markdown that renders as that text, on one line: line breaks read as spaces
+    and whitespace at either end is dropped (a renderer drops it too, and four leading spaces
+    would make a code block); every other character reads as itself.
 
     Every ASCII punctuation character but the comma is backslash-escaped (no emphasis, code,
     link, image, heading, list, quote, table cell break or strikethrough can start, and no
     ``http:``, ``www.``, ``user@host`` or bare domain stays whole for a linkifier to find);
-    ``&``, ``<`` and ``>`` become character references (no HTML, no entity); line breaks become
-    character references (the text stays one line: safe in a table cell, and a new line cannot
-    start a block); whitespace at either end becomes character references (a renderer strips
-    it, and four leading spaces would make a code block).
+    ``&``, ``<`` and ``>`` become ``&amp;``, ``&lt;`` and ``&gt;`` (no HTML, no character
+    reference).
     """
-    encoded = value.translate(_ESCAPES)
-    start = len(encoded) - len(encoded.lstrip())
-    end = max(start, len(encoded.rstrip()))
-    return Markdown(_references(encoded[:start]) + encoded[start:end] + _references(encoded[end:]))
+    return Markdown(value.replace("\r\n", "\n").translate(_ESCAPES).strip())
 
 
 _LINK_SCHEMES = ("http", "https", "file")

@@ -31,7 +31,7 @@ from prefect_gpt_image.flows import (
 )
 from prefect_gpt_image.tasks import ImageRef
 from tests.support.images import png_bytes
-from tests.support.markdown import Rendered, cell_text, render
+from tests.support.markdown import Rendered, as_shown, cell_text, render
 from tests.support.prefect import flow_run_artifacts
 
 from .conftest import run
@@ -178,7 +178,7 @@ def test_pipeline_artifacts_show_hostile_prompts_as_text(env: Any) -> None:
     for artifact in images:
         assert viewer.ours(artifact["data"])
         step = next(s for s, ref in refs.items() if _base(ref.link or "") == _base(artifact["data"]))
-        assert viewer.description(artifact["description"]) == f"1024x1024 png: {prompts[step]}"
+        assert viewer.description(artifact["description"]) == as_shown(f"1024x1024 png: {prompts[step]}")
 
     # every call's card: the prompt quoted as text, links only to the call's own image
     cards = [a for a in artifacts if a["type"] == "markdown" and a["key"].startswith("gpt-image-call-")]
@@ -186,12 +186,13 @@ def test_pipeline_artifacts_show_hostile_prompts_as_text(env: Any) -> None:
     for card in cards:
         rendered = viewer.markdown(card["data"], headings={"gpt-image: generated"})
         (quoted,) = rendered.texts("blockquote")
-        step = next(s for s, prompt in prompts.items() if prompt in quoted)
-        assert quoted.strip() == prompts[step] and refs[step].uri in rendered.texts("td")
+        step = next(s for s, prompt in prompts.items() if as_shown(prompt) in quoted)
+        assert quoted.strip() == as_shown(prompts[step]) and refs[step].uri in rendered.texts("td")
         assert [a["href"] for a in rendered.tags("a")] and all(
             _base(a["href"] or "") == _base(refs[step].link or "") for a in rendered.tags("a")
         )
-        assert viewer.description(card["description"]) == f"gpt-image call (generated): {prompts[step]}"
+        described = viewer.description(card["description"])
+        assert described == as_shown(f"gpt-image call (generated): {prompts[step]}")
 
     # the pipeline's chain: each step's prompt as text, each step's stored image
     (chain,) = [a for a in artifacts if a["key"] == "gpt-image-pipeline"]
@@ -199,13 +200,14 @@ def test_pipeline_artifacts_show_hostile_prompts_as_text(env: Any) -> None:
     rendered = viewer.markdown(chain["data"], headings=headings)
     assert rendered.texts("h1") == ["gpt-image pipeline"]
     assert rendered.texts("h2") == ["1. generate", "2. edit", "3. blend"]
-    assert [q.strip() for q in rendered.texts("blockquote")] == list(prompts.values())
+    assert [q.strip() for q in rendered.texts("blockquote")] == [as_shown(p) for p in prompts.values()]
     assert all(f"stored at {ref.uri}" in rendered.text for ref in refs.values())
     assert all(PREFIX in ref.uri for ref in refs.values())
     assert [_base(i["src"] or "") for i in rendered.tags("img")] == [
         _base(r.link or "") for r in refs.values()
     ]
-    assert viewer.description(chain["description"]) == f"gpt-image pipeline: {prompts['generate'][:120]}"
+    described = viewer.description(chain["description"])
+    assert described == as_shown(f"gpt-image pipeline: {prompts['generate'][:120]}")
 
 
 def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,7 +240,7 @@ def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: p
     viewer = Viewer(set())
     shown = viewer.table(_rows(plan_table))
     assert [(r["row"], r["id"], r["status"]) for r in shown] == [
-        (i, row["id"], "invalid" if i == 4 else "call") for i, row in enumerate(rows, start=1)
+        (i, as_shown(row["id"]), "invalid" if i == 4 else "call") for i, row in enumerate(rows, start=1)
     ]
     assert f"quality={IMAGE!r}" in shown[3]["error"]
     viewer.description(plan_table["description"])
@@ -259,8 +261,8 @@ def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: p
     assert [r["row"] for r in shown] == [4, 5, 1, 2]
     for cells in shown:
         original = by_row[cells["row"]]
-        assert cells["id"] == original.id and cells["prompt"] == original.prompt
-        assert cells["error"] == (original.error or "")[:300]
+        assert cells["id"] == as_shown(original.id or "") and cells["prompt"] == as_shown(original.prompt)
+        assert cells["error"] == as_shown((original.error or "")[:300])
         assert cells["request_id"] == (original.request_id or "")
         assert cells["image"] == (original.images[0].uri if original.images else "")
     assert f"quality={IMAGE!r}" in shown[0]["error"] and shown[1]["request_id"]
@@ -301,17 +303,17 @@ def test_batch_edit_artifacts_show_hostile_ids_columns_and_file_names_as_text(en
     artifacts = _artifacts(state)
     (table,) = [a for a in artifacts if a["key"] == "gpt-image-batch-edit"]
     shown = viewer.table(_rows(table))
-    assert [(c["id"], c["source"]) for c in shown] == [(r["id"], r["image"]) for r in rows]
+    assert [(c["id"], c["source"]) for c in shown] == [(as_shown(r["id"]), r["image"]) for r in rows]
     assert [c["step"] for c in shown] == ["edit"] * 3
     assert rows[2]["image"] in shown[2]["error"]
     assert [c["image"] for c in shown[:2]] == [s.images[0].uri for s in result.steps[:2]]
 
     (chains,) = [a for a in artifacts if a["key"] == "gpt-image-batch-edit-chains"]
-    headings = {"gpt-image batch edit", "1. edit"} | {f"row {i} ({r['id']})" for i, r in enumerate(rows, 1)}
-    rendered = viewer.markdown(chains["data"], headings=headings)
-    assert rendered.texts("h2") == [f"row {i} ({r['id']})" for i, r in enumerate(rows, 1)]
+    rows_shown = [f"row {i} ({as_shown(r['id'])})" for i, r in enumerate(rows, 1)]
+    rendered = viewer.markdown(chains["data"], headings={"gpt-image batch edit", "1. edit", *rows_shown})
+    assert rendered.texts("h2") == rows_shown
     # the invalid row's step was never filled in: an empty quote, then its error
-    quotes = [f"{r['product']} on a white studio" for r in rows[:2]] + [""]
+    quotes = [as_shown(f"{r['product']} on a white studio") for r in rows[:2]] + [""]
     assert [q.strip() for q in rendered.texts("blockquote")] == quotes
     assert rows[2]["image"] in rendered.text
     assert len(rendered.tags("img")) == 2

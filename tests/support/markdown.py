@@ -12,7 +12,7 @@ from html.parser import HTMLParser
 
 from markdown_it import MarkdownIt
 
-__all__ = ["Rendered", "cell_text", "render"]
+__all__ = ["Rendered", "as_shown", "cell_text", "render"]
 
 _MARKDOWN = MarkdownIt("gfm-like")
 
@@ -65,3 +65,11 @@ def cell_text(markdown: str) -> str:
     match = re.fullmatch(r"<p>(.*)</p>\n", html, re.S)
     assert match is not None and "<" not in match.group(1), f"{markdown!r} renders as {html!r}"
     return unescape(match.group(1))
+
+
+def as_shown(value: str) -> str:
+    """What a viewer reads of a user's string once escaped: the same characters on one line
+    (each line break a space), no whitespace at either end, U+0000 as U+FFFD (CommonMark's)."""
+    for line_break in ("\r\n", "\r", "\n", "\x0c", "\u2028", "\u2029"):
+        value = value.replace(line_break, " ")
+    return value.replace("\x00", "\ufffd").strip()
