@@ -42,6 +42,7 @@ from prefect_gpt_image.tasks.concurrency import (
     release_idle_leases,
 )
 from prefect_gpt_image.tasks.dispatch import sync_or_async
+from prefect_gpt_image.tasks.encoding import csv_row, md_link, md_table
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
 
@@ -393,6 +394,7 @@ def _stored(
 
 
 def _table_row(r: RowResult) -> dict[str, Any]:
+    """Row ``r`` as plain values (the CSV report's line; :func:`_artifact_rows` for the table)."""
     first = r.images[0] if r.images else None
     return {
         "row": r.row,
@@ -409,6 +411,15 @@ def _table_row(r: RowResult) -> dict[str, Any]:
     }
 
 
+def _artifact_rows(rows: list[RowResult]) -> list[dict[str, Any]]:
+    """The table artifact's rows: each image links to it (reading its URI), every other string
+    cell escaped (the UI renders each cell as markdown)."""
+    return md_table(
+        {**_table_row(r), "image": md_link(r.images[0].uri, r.images[0].link) if r.images else ""}
+        for r in rows
+    )
+
+
 async def _table(
     result: BatchResult, total: int, store: ImageStore, logger: Any
 ) -> tuple[list[dict[str, Any]], str, str | None]:
@@ -419,21 +430,18 @@ async def _table(
     slowly, and the server stores it as one JSON value)."""
     description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
     if len(result.rows) <= TABLE_ROWS:
-        return [_table_row(r) for r in result.rows], description, None
+        return _artifact_rows(result.rows), description, None
     failed = [r for r in result.rows if r.status != "stored"]
     shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
-    table = [_table_row(r) for r in shown]
+    table = _artifact_rows(shown)
+    description += f"; {len(shown)} of {total} rows shown (failed first)"
     try:
         key = store.key(REPORT_FOLDER, f"batch-{_flow_run_id()}.csv")
         link = await asyncio.to_thread(_write_report, store, key, result.rows)
     except Exception as exc:  # the table still lists the failures
         logger.warning("Writing the batch's CSV report failed: %s", exc)
-        return table, f"{description}; {len(shown)} of {total} rows shown (failed first)", None
-    return (
-        table,
-        f"{description}; {len(shown)} of {total} rows shown (failed first); every row: [CSV]({link})",
-        store.uri_for(key),
-    )
+        return table, description, None
+    return table, f"{description}; every row: {md_link('CSV', link)}", store.uri_for(key)
 
 
 def _flow_run_id() -> str:
@@ -443,11 +451,12 @@ def _flow_run_id() -> str:
 
 
 def _write_report(store: ImageStore, key: str, rows: list[RowResult]) -> str:
-    """Write every row's table line to ``key`` as CSV; a link to it."""
+    """Write every row's table line to ``key`` as CSV (cells that would start a spreadsheet
+    formula neutralised); a link to it."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(_table_row(rows[0]).keys()))
     writer.writeheader()
-    writer.writerows(_table_row(r) for r in rows)
+    writer.writerows(csv_row(_table_row(r)) for r in rows)
     store.put_bytes(key, out.getvalue().encode(), "text/csv")
     return store.link_for(key)
 

@@ -33,6 +33,7 @@ from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
 from prefect_gpt_image.tasks.cache import cache_key, read_record
 from prefect_gpt_image.tasks.concurrency import hold_slots
+from prefect_gpt_image.tasks.encoding import md_image, md_link, md_table, md_text
 from prefect_gpt_image.tasks.images import edit_request, generate_request
 from prefect_gpt_image.tasks.inputs import InputCache, read_input, read_once, run_cache
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
@@ -679,7 +680,8 @@ def _request(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime) -> Gene
 
 
 async def publish_chain_table(result: ChainResult, *, key: str, description: str) -> None:
-    """Every row x step as a table artifact: source, output link, request id, cost, status, error."""
+    """Every row x step as a table artifact: source, output link, request id, cost, status, error
+    (every string cell escaped: the UI renders it as markdown)."""
     table = []
     for s in result.steps:
         first = s.images[0] if s.images else None
@@ -690,7 +692,7 @@ async def publish_chain_table(result: ChainResult, *, key: str, description: str
                 "step": s.step,
                 "status": s.status,
                 "source": s.source,
-                "image": (first.link or first.uri) if first else "",
+                "image": md_link(first.uri, first.link) if first else "",
                 "request_id": s.request_id or "",
                 "cached": s.cached,
                 "cost": round(s.cost, 4),
@@ -698,31 +700,34 @@ async def publish_chain_table(result: ChainResult, *, key: str, description: str
                 "error": (s.error or "")[:300],
             }
         )
-    await acreate_table_artifact(table=table, key=key, description=description)
+    await acreate_table_artifact(table=md_table(table), key=key, description=description)
 
 
 def chain_markdown(result: ChainResult, *, title: str, rows: int = _PREVIEW_ROWS) -> str:
-    """The first ``rows`` rows' chains with their images, step by step."""
-    lines = [f"# {title}", ""]
+    """The first ``rows`` rows' chains with their images, step by step; every string of a row
+    (id, step name, prompt, error, URIs, request id) escaped, the image built by ``md_image``."""
+    lines = [f"# {md_text(title)}", ""]
     grouped = list(result.rows().items())
     for number, steps in grouped[:rows]:
         if len(grouped) > 1:
-            lines += [f"## row {number}" + (f" ({steps[0].id})" if steps[0].id else ""), ""]
+            lines += [f"## row {number}" + (f" ({md_text(steps[0].id)})" if steps[0].id else ""), ""]
         heading = "###" if len(grouped) > 1 else "##"
         for index, s in enumerate(steps, start=1):
-            lines += [f"{heading} {index}. {s.step}", "", f"> {s.prompt}", ""]
+            lines += [f"{heading} {index}. {md_text(s.step)}", "", f"> {md_text(s.prompt)}", ""]
             if not s.images:
-                lines += [f"{s.status}: {s.error or ''}", ""]
+                lines += [md_text(f"{s.status}: {s.error or ''}"), ""]
                 continue
             ref = s.images[0]
+            parents = ", ".join(p[:16] for p in ref.parents)
             lines += [
-                f"![{s.step}]({ref.link})" if ref.link else f"`{ref.uri}`",
+                md_image(s.step, ref.link) if ref.link else md_text(ref.uri),
                 "",
-                f"{ref.width}x{ref.height} {ref.format}, sha256 `{ref.sha256[:16]}`, "
-                f"request id `{ref.request_id or '-'}`, ${ref.cost:.4f}" + (" (cached)" if s.cached else ""),
+                md_text(
+                    f"{ref.width}x{ref.height} {ref.format}, sha256 {ref.sha256[:16]}, "
+                    f"request id {ref.request_id or '-'}, ${ref.cost:.4f}" + (" (cached)" if s.cached else "")
+                ),
                 "",
-                f"stored at `{ref.uri}`"
-                + (f"; made from `{'`, `'.join(p[:16] for p in ref.parents)}`" if ref.parents else ""),
+                md_text(f"stored at {ref.uri}" + (f"; made from {parents}" if ref.parents else "")),
                 "",
             ]
     if len(grouped) > rows:

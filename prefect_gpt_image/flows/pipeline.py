@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef
 from prefect_gpt_image.tasks.dispatch import sync_or_async
+from prefect_gpt_image.tasks.encoding import md_text
 from prefect_gpt_image.tasks.inputs import read_once
 
 from .chain import (
@@ -123,7 +124,7 @@ async def image_pipeline(
         result,
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
-        description=f"gpt-image pipeline: {prompt[:120]}",
+        description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
     )
     return pipeline
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.tasks import BudgetExceededError
 from prefect_gpt_image.tasks.budget import exceeded_cap, spent
+from prefect_gpt_image.tasks.encoding import md_table
 
 __all__ = [
     "PLAN_TABLE_KEY",
@@ -139,7 +140,7 @@ def has_budget(settings: GptImageSettings) -> bool:
 
 
 async def publish_plan(plan: RunPlan) -> None:
-    """The plan as a table artifact (key ``gpt-image-plan``)."""
+    """The plan as a table artifact (key ``gpt-image-plan``; its string cells escaped)."""
     await acreate_table_artifact(
-        table=plan.table(), key=PLAN_TABLE_KEY, description=f"gpt-image {plan.summary()}"
+        table=md_table(plan.table()), key=PLAN_TABLE_KEY, description=f"gpt-image {plan.summary()}"
     )

@@ -10,6 +10,10 @@ image shown by several runs gets versions) and ``gpt-image-call-<cache key[:16]>
 (reruns of the same request version it). Image URLs are the store's links: presigned S3 URLs
 expire (at most 7 days), public or ``file://`` links do not; a ``file://`` link shows only in a
 browser on the same machine.
+
+Every string a user or the gateway controls (prompt, parameter values, request id, store URI) is
+escaped by :mod:`.encoding`, and the image links are built there: the UI renders the card and
+the descriptions as markdown.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from prefect.artifacts import acreate_image_artifact, acreate_markdown_artifact
 
+from .encoding import md_link, md_text
 from .refs import ImageRef
 
 __all__ = ["card_key", "claim_artifact_slot", "image_key", "publish_artifacts"]
@@ -56,11 +61,6 @@ def card_key(cache_key: str) -> str:
     return f"gpt-image-call-{cache_key[:16].lower()}"
 
 
-def _md(text: str) -> str:
-    """``text`` safe inside a markdown table cell."""
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def card_markdown(
     refs: Sequence[ImageRef],
     *,
@@ -72,11 +72,11 @@ def card_markdown(
     """The markdown card of a call."""
     first = refs[0]
     lines = [
-        f"### gpt-image: {outcome}",
+        f"### gpt-image: {md_text(outcome)}",
         "",
         "**Prompt**",
         "",
-        "> " + first.prompt.replace("\n", "\n> "),
+        "> " + md_text(first.prompt),
         "",
         "| parameter | value |",
         "|---|---|",
@@ -85,9 +85,9 @@ def card_markdown(
         if name in ("prompt", "images", "mask"):
             continue
         shown = value if isinstance(value, str) else json.dumps(value)
-        lines.append(f"| {_md(name)} | {_md(str(shown))} |")
+        lines.append(f"| {md_text(name)} | {md_text(str(shown))} |")
     lines += [
-        f"| request id | {_md(first.request_id or '-')} |",
+        f"| request id | {md_text(first.request_id or '-')} |",
         f"| cost of the images | ${sum(ref.cost for ref in refs):.4f} |",
         f"| paid by this run | ${charged:.4f} |",
         f"| cache key | `{cache_key}` |",
@@ -98,12 +98,12 @@ def card_markdown(
         "|---|---|---|---|---|",
     ]
     for i, ref in enumerate(refs):
-        shown = f"[open]({ref.link})" if ref.link else "-"
-        size = f"{ref.width}x{ref.height} {ref.format}"
-        lines.append(f"| {i} | {shown} | {size} | `{ref.sha256[:16]}` | `{_md(ref.uri)}` |")
+        shown = md_link("open", ref.link) if ref.link else "-"
+        size = md_text(f"{ref.width}x{ref.height} {ref.format}")
+        lines.append(f"| {i} | {shown} | {size} | {md_text(ref.sha256[:16])} | {md_text(ref.uri)} |")
     if first.parents:
         lines += ["", "**Made from** (sha256 of the input images, then the mask)", ""]
-        lines += [f"- `{sha}`" for sha in first.parents]
+        lines += [f"- {md_text(sha)}" for sha in first.parents]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +121,7 @@ async def publish_artifacts(
         acreate_image_artifact(
             image_url=ref.link,
             key=image_key(ref.sha256),
-            description=f"{ref.width}x{ref.height} {ref.format}: {ref.prompt[:_PROMPT_PREVIEW]}",
+            description=md_text(f"{ref.width}x{ref.height} {ref.format}: {ref.prompt[:_PROMPT_PREVIEW]}"),
         )
         for ref in refs
         if ref.link
@@ -132,7 +132,7 @@ async def publish_artifacts(
                 refs, params=params, outcome=outcome, cache_key=cache_key, charged=charged
             ),
             key=card_key(cache_key),
-            description=f"gpt-image call ({outcome}): {refs[0].prompt[:_PROMPT_PREVIEW]}",
+            description=md_text(f"gpt-image call ({outcome}): {refs[0].prompt[:_PROMPT_PREVIEW]}"),
         )
     )
     results = await asyncio.gather(*creations, return_exceptions=True)

@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
 )
 
 from prefect_gpt_image.flows.manifest import BatchRow, parse_manifest
+from tests.support.markdown import cell_text
 from tests.support.s3 import manifest_in_bucket
 
 from .conftest import (
@@ -213,7 +214,8 @@ def test_worker_runs_backgrounds_and_catalogue(e2e_stack: E2EStack, e2e_runs: E2
     assert len(masked) == len(blends) == rows, [[f["field"] for f in r["files"]] for r in chain_edits]
 
     edited = _table(e2e_stack, backgrounds, "gpt-image-batch-edit")
-    assert {row["source"] for row in edited} == {f"s3://{e2e_stack.bucket}/{key}" for key in photos}
+    uris = {f"s3://{e2e_stack.bucket}/{key}" for key in photos}
+    assert {cell_text(row["source"]) for row in edited} == uris  # each cell is markdown
     assert all(row["status"] == "stored" and row["image"] for row in edited)
     chained = _table(e2e_stack, catalogue, "gpt-image-batch-pipeline")
     assert len(chained) == 3 * rows and all(row["status"] == "stored" for row in chained)

@@ -13,6 +13,7 @@ import pytest
 from prefect_gpt_image.flows import ChainResult, MaskRegion, RunPlan, batch_edit, build_mask
 from prefect_gpt_image.flows import sources as image_sources_module
 from tests.support.images import mask_bytes, png_bytes
+from tests.support.markdown import cell_text
 from tests.support.prefect import flow_run_artifacts
 from tests.support.s3 import manifest_in_bucket
 from tests.support.sandbox import billed_images, sandbox_requests
@@ -72,7 +73,7 @@ def test_batch_edit_over_an_s3_prefix_with_region_masks(env: Any, monkeypatch: p
     table = next(a for a in artifacts if a["key"] == "gpt-image-batch-edit")
     rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
     assert len(rows) == 26 and all(
-        r["source"].startswith(f"s3://{bucket}/photos/") for r in rows if r["source"]
+        cell_text(r["source"]).startswith(f"s3://{bucket}/photos/") for r in rows if r["source"]
     )
     assert {"gpt-image-batch-edit-progress", "gpt-image-batch-edit-chains"} <= {a["key"] for a in artifacts}
 
