@@ -61,6 +61,8 @@ def _media(state: SandboxState) -> Callable[[Request], Awaitable[Response]]:
     async def media(request: Request) -> Response:
         """Serve one stored result, applying its media fault."""
         name: str = request.path_params["name"]
+        if request.method == "GET":
+            await state.hold.wait(name)
         item = state.media.hit(name, count=request.method == "GET")
         if item is None or item.fault == "media_404":
             body = error_envelope("media not found or expired", "invalid_request_error", "not_found")
@@ -115,6 +117,26 @@ def _control(state: SandboxState) -> list[Route]:
                 return JSONResponse(body, status_code=400)
         return JSONResponse({"config": state.faults.config.to_json(), "script": state.faults.script})
 
+    async def hold(request: Request) -> Response:
+        """Show the answer hold; POST ``{"hold": true, "count": k}`` arms it, ``{"hold": false}``
+        releases every held download."""
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                if not isinstance(body, dict) or not isinstance(body.get("hold"), bool):
+                    raise ValueError('the body must be {"hold": true|false, "count": int (optional)}')
+                count = body.get("count")
+                if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+                    raise ValueError("count must be an integer")
+                if body["hold"]:
+                    state.hold.hold(count)
+                else:
+                    state.hold.release()
+            except ValueError as exc:
+                body = error_envelope(str(exc), "invalid_request_error", "invalid_value")
+                return JSONResponse(body, status_code=400)
+        return JSONResponse(state.hold.to_json())
+
     async def reset(request: Request) -> Response:
         """Clear ledger, log, scripted faults and counters."""
         state.reset()
@@ -124,5 +146,6 @@ def _control(state: SandboxState) -> list[Route]:
         Route("/sandbox/ledger", ledger, methods=["GET"]),
         Route("/sandbox/requests", requests, methods=["GET"]),
         Route("/sandbox/faults", faults, methods=["GET", "POST"]),
+        Route("/sandbox/hold", hold, methods=["GET", "POST"]),
         Route("/sandbox/reset", reset, methods=["POST"]),
     ]
