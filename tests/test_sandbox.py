@@ -604,6 +604,102 @@ def test_media_faults(sb: SandboxServer) -> None:
     assert [e["fault"] for e in sb.ledger.entries][:5] == list(urls)
 
 
+@pytest.mark.parametrize("mode", ["404", "403", "503", "reset", "truncated"])
+def test_flaky_media_fails_n_times_then_serves_and_is_counted(b64sb: SandboxServer, mode: str) -> None:
+    b64sb.script_faults([f"media_flaky:{mode}:3"])
+    with api(b64sb) as c:
+        url = c.post(GEN, json=gen_body()).json()["data"][0]["url"]
+    name = url.rsplit("/", 1)[1]
+    sha256 = b64sb.ledger.entries[0]["images"][0]["sha256"]
+    for _ in range(3):
+        if mode in ("reset", "truncated"):
+            with pytest.raises(httpx.RemoteProtocolError):
+                httpx.get(url)
+        else:
+            failed = httpx.get(url)
+            assert failed.status_code == int(mode) and "error" in failed.json()
+    served = httpx.get(url)
+    assert served.status_code == 200 and hashlib.sha256(served.content).hexdigest() == sha256
+    assert httpx.get(url).status_code == 200
+    counts = b64sb.media_counts()[name]
+    assert counts == {
+        "request_id": b64sb.ledger.entries[0]["request_id"],
+        "fault": f"media_flaky:{mode}:3",
+        "hits": 5,
+        "served": 2,
+        "failures_served": 3,
+    }
+    assert httpx.get(f"{b64sb.url}/sandbox/media").json() == {name: counts}
+
+
+def test_flaky_media_kind_is_checked_and_given_from_the_cli() -> None:
+    import argparse
+
+    for bad in ("media_flaky:418:2", "media_flaky:404:x", "media_flaky:"):
+        with pytest.raises(ValueError, match="media_flaky"):
+            FaultConfig(probabilities={bad: 0.1})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--fault", "media_flaky:404:3=0.5", "--seed", "1"]))
+    assert cfg.faults.probabilities == {"media_flaky:404:3": 0.5}
+    with SandboxServer(cfg) as server, api(server) as c:
+        urls = [c.post(GEN, json=gen_body()).json()["data"][0]["url"] for _ in range(12)]
+        flaky = {e["request_id"] for e in server.ledger.entries if e["fault"] == "media_flaky:404:3"}
+        assert 0 < len(flaky) < 12
+        for url in urls:
+            statuses = [httpx.get(url).status_code for _ in range(4)]
+            rid = url.rsplit("/", 1)[1].partition("-")[0]
+            assert statuses == ([404, 404, 404, 200] if rid in flaky else [200] * 4)
+
+
+def test_media_counts_outlive_expiry_and_reset_zeroes_them(sb: SandboxServer) -> None:
+    with SandboxServer(media_ttl=0) as expiring, api(expiring) as c:  # expired as soon as published
+        url = c.post(GEN, json=gen_body()).json()["data"][0]["url"]
+        name = url.rsplit("/", 1)[1]
+        assert [httpx.get(url).status_code for _ in range(2)] == [404, 404]
+        assert httpx.get(f"{expiring.url}/media/never-published.png").status_code == 404
+        assert set(expiring.media_counts()) == {name}
+        assert expiring.media_counts()[name] | {"request_id": None} == {
+            "request_id": None,
+            "fault": None,
+            "hits": 2,
+            "served": 0,
+            "failures_served": 2,
+        }
+        expiring.reset()
+        assert expiring.media_counts() == {}  # an expired URL's counts go with a reset
+    with api(sb) as c:
+        url = c.post(GEN, json=gen_body()).json()["data"][0]["url"]
+    name = url.rsplit("/", 1)[1]
+    assert httpx.get(url).status_code == 200
+    assert httpx.head(url).status_code == 200  # a HEAD is not a GET: not counted
+    assert sb.media_counts()[name]["hits"] == 1
+    sb.reset()
+    assert sb.media_counts()[name]["hits"] == 0  # a live URL is counted afresh
+    assert httpx.get(url).status_code == 200
+    assert (sb.media_counts()[name]["hits"], sb.media_counts()[name]["served"]) == (1, 1)
+
+
+def test_ledger_charges_its_price_per_image() -> None:
+    with SandboxServer(price_per_image=0.25) as server, api(server) as c:
+        c.post(GEN, json=gen_body(n=3))
+        c.post(GEN, json=gen_body())
+        server.script_faults(["500"])
+        c.post(GEN, json=gen_body(n=2))  # not billed: costs nothing
+        entries = server.ledger.entries
+        assert [(e["n"], e["price_per_image"], e["cost"]) for e in entries] == [
+            (3, 0.25, 0.75),
+            (1, 0.25, 0.25),
+        ]
+        assert server.ledger.total_cost == server.ledger.stats()["billed_cost"] == 1.0
+        assert httpx.get(f"{server.url}/sandbox/ledger").json()["stats"]["billed_cost"] == 1.0
+        server.reset()
+        assert server.ledger.total_cost == 0.0
+    assert SandboxConfig().price_per_image == 0.0377  # the contract's price (§7) by default
+    with pytest.raises(ValueError, match="price_per_image"):
+        SandboxConfig(price_per_image=-1)
+
+
 def test_media_fault_forces_url_in_b64_mode(b64sb: SandboxServer) -> None:
     b64sb.script_faults(["media_404"])
     with api(b64sb) as c:
@@ -711,6 +807,7 @@ def test_ledger_and_request_log_over_json(sb: SandboxServer) -> None:
     assert ledger["stats"] == {
         "billed_images": 2,
         "billed_requests": 1,
+        "billed_cost": 2 * 0.0377,
         "requests": 2,
         "in_flight": 0,
         "max_in_flight": 1,
@@ -794,9 +891,11 @@ def test_cli_flags_map_to_config() -> None:
     add_arguments(parser)
     args = parser.parse_args(
         "--port 0 --latency 0.5 --max-concurrency 4 --result-mode b64_json --keys k1,k2 --media-ttl 9 "
-        "--seed 3 --fault 500=0.1 --fault drop=0.05 --balance 7 --retry-after 2 --no-stream-done".split()
+        "--seed 3 --fault 500=0.1 --fault drop=0.05 --balance 7 --retry-after 2 --no-stream-done "
+        "--price-per-image 0.04".split()
     )
     cfg = config_from_args(args)
+    assert cfg.price_per_image == 0.04
     assert cfg.latency == 0.5 and cfg.max_concurrency == 4 and cfg.result_mode == "b64_json"
     assert cfg.keys == ("k1", "k2") and cfg.media_ttl == 9 and cfg.balance == 7 and cfg.retry_after == 2
     assert cfg.faults == FaultConfig(probabilities={"500": 0.1, "drop": 0.05}, seed=3)
@@ -843,3 +942,30 @@ def test_plugin_session_and_factory_fixtures(
         assert c.post(GEN, json=gen_body()).status_code == 200
     with api(other) as c:
         assert_error(c.post(GEN, json=gen_body()), 403, "insufficient_user_quota")
+
+
+# ---------------------------------------------------------------------------------------------
+# the judge the reliability tests use (tests/support/judge.py)
+
+
+def test_judge_compares_stored_bytes_with_the_ledger(sb: SandboxServer, tmp_path: Any) -> None:
+    from tests.support import judge
+
+    with api(sb) as c:
+        answers = [c.post(GEN, json=gen_body(prompt=f"judge {i}")) for i in range(3)]
+    for i, answer in enumerate(answers):
+        (tmp_path / f"{i}.png").write_bytes(httpx.get(answer.json()["data"][0]["url"]).content)
+    rids = [a.headers["x-oneapi-request-id"] for a in answers]
+    assert set(judge.delivered_images(sb)) == set(rids)
+    assert len(judge.assert_stored_equals_delivered(sb, tmp_path)) == 3
+    judge.assert_billed_once(sb, [f"judge {i}" for i in range(3)])
+    assert judge.ledger_cost(sb) == pytest.approx(3 * 0.0377)
+    assert judge.ledger_cost(sb, rids[:1]) == pytest.approx(0.0377)
+    assert judge.media_gets(sb) == dict.fromkeys(rids, 1)
+    (tmp_path / "1.png").write_bytes(b"\x89PNG other bytes")
+    with pytest.raises(AssertionError, match=f"request {rids[1]}"):
+        judge.assert_stored_equals_delivered(sb, tmp_path)
+    (tmp_path / "1.png").unlink()
+    judge.assert_stored_equals_delivered(sb, tmp_path, undelivered=[rids[1]])
+    with pytest.raises(AssertionError, match="billed other than once"):
+        judge.assert_billed_once(sb, ["judge 0", "judge 1"])

@@ -14,7 +14,7 @@ from starlette.types import Scope
 
 from ..api.images import CONTENT_TYPES, InputImage
 from ..api.models import EditRequest, ImageRequest
-from .config import MEDIA_FAULTS
+from .config import is_media_fault
 from .exchange import _dumps, _Exchange
 from .ledger import BilledImage
 from .parsing import _Parsed
@@ -84,10 +84,17 @@ def _publish(state: SandboxState, ex: _Exchange, rendered: Rendered, index: int,
         return PRIVATE_URL
     fmt = _format_of(rendered.data)
     name = f"{ex.request_id}-{index + 1}.{fmt}"
-    media_fault = fault if fault in MEDIA_FAULTS else None
+    media_fault = fault if is_media_fault(fault) else None
     cfg = state.config
-    state.media.put(name, rendered.data, CONTENT_TYPES[fmt], cfg.media_ttl, media_fault)
+    state.media.put(
+        name, rendered.data, CONTENT_TYPES[fmt], cfg.media_ttl, media_fault, request_id=ex.request_id
+    )
     return f"{_public_base(ex.scope, ex.headers, cfg.public_url)}/media/{name}"
+
+
+def _forces_url(fault: str | None) -> bool:
+    """Whether ``fault`` needs the answer to carry a URL (a media fault or a hostile URL)."""
+    return is_media_fault(fault) or fault in ("url_offhost", "url_private")
 
 
 def _bill(
@@ -121,9 +128,7 @@ async def _respond(
     fault: str | None,
 ) -> None:
     """The JSON answer (or its drop / malformed / hostile-URL variants), billed first."""
-    use_url = (
-        state.config.result_mode == "url" or fault in MEDIA_FAULTS or fault in ("url_offhost", "url_private")
-    )
+    use_url = state.config.result_mode == "url" or _forces_url(fault)
     items: list[dict[str, str]] = []
     billed: list[BilledImage] = []
     for i, result in enumerate(rendered):

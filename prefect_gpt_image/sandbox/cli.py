@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from .config import FAULT_KINDS, FaultConfig, SandboxConfig
+from .config import FAULT_KINDS, MEDIA_FLAKY, MEDIA_FLAKY_MODES, FaultConfig, SandboxConfig
 from .server import SandboxServer
 
 __all__ = ["add_arguments", "config_from_args", "main", "run"]
@@ -73,13 +73,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="draw every image, or copy a pre-rendered one per size (cheap) (default %(default)s)",
     )
     add("--texture", action="store_true", help="photo-like grain: files as large as real results")
+    add(
+        "--price-per-image",
+        type=float,
+        default=d.price_per_image,
+        help="USD the ledger charges per billed image (default %(default)s, the contract's)",
+    )
     add("--seed", type=int, default=None, help="seed of the random faults")
     add(
         "--fault",
         action="append",
         default=[],
         metavar="KIND=PROB",
-        help=f"random fault probability, repeatable; kinds: {', '.join(FAULT_KINDS)}",
+        help=(
+            f"random fault probability, repeatable; kinds: {', '.join(FAULT_KINDS)}, and "
+            f"{MEDIA_FLAKY}:MODE:N (a result URL failing N GETs, MODE one of "
+            f"{'/'.join(MEDIA_FLAKY_MODES)}, then working)"
+        ),
     )
     add(
         "--script",
@@ -110,6 +120,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         public_url=args.public_url,
         render=args.render,
         texture=args.texture,
+        price_per_image=args.price_per_image,
         faults=FaultConfig.parse(args.fault, seed=args.seed),
     )
 

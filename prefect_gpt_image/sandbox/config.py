@@ -12,17 +12,27 @@ from types import MappingProxyType
 from typing import Literal
 
 __all__ = [
+    "CONTRACT_PRICE_PER_IMAGE",
     "FAULT_KINDS",
     "MEDIA_FAULTS",
+    "MEDIA_FLAKY",
+    "MEDIA_FLAKY_MODES",
     "NO_FAULT",
     "STATUS_FAULTS",
     "STREAM_FAULTS",
     "FaultConfig",
+    "MediaFlake",
     "RenderMode",
     "ResultMode",
     "SandboxConfig",
     "check_fault_kind",
+    "is_media_fault",
+    "media_flake",
 ]
+
+CONTRACT_PRICE_PER_IMAGE = 0.0377
+"""USD the gateway bills per returned image, flat (contract §7). The sandbox keeps its own copy
+on purpose: it is the judge of what a run cost, so it must not read the plugin's setting."""
 
 STATUS_FAULTS: tuple[str, ...] = ("429", "500", "502", "503")
 """Faults answered at once with that HTTP status and an error envelope (never billed)."""
@@ -36,6 +46,13 @@ MEDIA_FAULTS: tuple[str, ...] = (
     "media_truncated",
 )
 """Faults of the result URL's download (the response itself then carries URLs)."""
+MEDIA_FLAKY = "media_flaky"
+"""Prefix of the parametrised media fault ``media_flaky:MODE:N``: the result URL's first ``N``
+GETs fail with ``MODE`` (see :data:`MEDIA_FLAKY_MODES`), later ones serve the image, like a CDN
+that has not caught up yet. ``media_fail_once`` is ``media_flaky:503:1``."""
+MEDIA_FLAKY_MODES: tuple[str, ...] = ("404", "403", "503", "reset", "truncated")
+"""How a flaky media GET fails: that HTTP status with an error body; ``reset``: the connection
+closes right after the headers; ``truncated``: it closes after half the announced body."""
 FAULT_KINDS: tuple[str, ...] = (
     *STATUS_FAULTS,
     "drop",
@@ -54,21 +71,57 @@ ResultMode = Literal["url", "b64_json"]
 RenderMode = Literal["draw", "template"]
 
 
+@dataclass(frozen=True)
+class MediaFlake:
+    """A result URL that fails its first ``times`` GETs with ``mode``, then serves the image."""
+
+    mode: str
+    times: int
+
+
+def media_flake(kind: str | None) -> MediaFlake | None:
+    """The fail-then-work behaviour a fault kind gives its result URL, or None.
+
+    ``media_flaky:MODE:N`` (``N`` defaults to 1) and ``media_fail_once`` (= ``media_flaky:503:1``);
+    a malformed ``media_flaky`` kind raises ValueError.
+    """
+    if kind == "media_fail_once":
+        return MediaFlake("503", 1)
+    if kind is None or not (kind == MEDIA_FLAKY or kind.startswith(MEDIA_FLAKY + ":")):
+        return None
+    _, _, rest = kind.partition(":")
+    mode, _, times = rest.partition(":")
+    if mode not in MEDIA_FLAKY_MODES:
+        raise ValueError(
+            f"fault {kind!r}: expected {MEDIA_FLAKY}:MODE:N with MODE one of {', '.join(MEDIA_FLAKY_MODES)}"
+        )
+    if times and not times.isdigit():
+        raise ValueError(f"fault {kind!r}: the number of failures must be a whole number")
+    return MediaFlake(mode, int(times) if times else 1)
+
+
+def is_media_fault(kind: str | None) -> bool:
+    """Whether ``kind`` is a fault of the result URL's download (the answer then carries URLs)."""
+    return kind in MEDIA_FAULTS or media_flake(kind) is not None
+
+
 def check_fault_kind(kind: str, *, allow_none: bool = False) -> str:
     """Return ``kind`` if it names a fault (or ``"none"`` when allowed), else raise ValueError."""
-    if kind in FAULT_KINDS or (allow_none and kind == NO_FAULT):
+    if kind in FAULT_KINDS or (allow_none and kind == NO_FAULT) or media_flake(kind) is not None:
         return kind
-    raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
+    raise ValueError(
+        f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)} or {MEDIA_FLAKY}:MODE:N"
+    )
 
 
 @dataclass(frozen=True)
 class FaultConfig:
     """Random fault injection: each image request gets at most one fault.
 
-    ``probabilities`` maps fault kinds (see :data:`FAULT_KINDS`) to the chance that a request
-    gets that fault; their sum must not exceed 1. Draws come from one ``random.Random(seed)``, so
-    the same sequence of requests gets the same faults. A kind is only drawn for requests it can
-    apply to (the ``stream_*`` kinds only for streams).
+    ``probabilities`` maps fault kinds (see :data:`FAULT_KINDS`, and ``media_flaky:MODE:N``) to
+    the chance that a request gets that fault; their sum must not exceed 1. Draws come from one
+    ``random.Random(seed)``, so the same sequence of requests gets the same faults. A kind is only
+    drawn for requests it can apply to (the ``stream_*`` kinds only for streams).
     """
 
     probabilities: Mapping[str, float] = field(default_factory=dict)
@@ -117,7 +170,8 @@ class SandboxConfig:
     which otherwise follow the request's ``Host`` header. ``render="template"`` serves copies of
     one pre-rendered image per size and format, each made unique by a metadata chunk (cheap
     enough that a benchmark measures the client, not the sandbox); ``texture`` adds grain so
-    files are about as large as real results.
+    files are about as large as real results. ``price_per_image`` is what the ledger charges
+    per billed image (USD; the contract's price by default).
     """
 
     host: str = "127.0.0.1"
@@ -137,6 +191,7 @@ class SandboxConfig:
     public_url: str | None = None
     render: RenderMode = "draw"
     texture: bool = False
+    price_per_image: float = CONTRACT_PRICE_PER_IMAGE
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
@@ -144,7 +199,7 @@ class SandboxConfig:
         object.__setattr__(self, "keys", tuple(self.keys))
         if self.result_mode not in ("url", "b64_json"):
             raise ValueError(f"result_mode must be 'url' or 'b64_json', not {self.result_mode!r}")
-        for name in ("latency", "media_ttl", "slow_seconds"):
+        for name in ("latency", "media_ttl", "slow_seconds", "price_per_image"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.render not in ("draw", "template"):

@@ -76,7 +76,8 @@ class FaultInjector:
                 return None
             point = self._rng.random()
         total = 0.0
-        for kind in FAULT_KINDS:
+        # The fixed kinds in their fixed order, then parametrised ones (media_flaky:...) sorted.
+        for kind in (*FAULT_KINDS, *sorted(set(probs) - set(FAULT_KINDS))):
             prob = probs.get(kind, 0.0)
             if prob <= 0.0 or not applies(kind, stream=stream):
                 continue

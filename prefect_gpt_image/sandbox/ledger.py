@@ -11,6 +11,8 @@ import threading
 import time
 from typing import Any, TypedDict
 
+from .config import CONTRACT_PRICE_PER_IMAGE
+
 __all__ = ["BilledImage", "Ledger", "LedgerEntry", "LedgerStats", "LoggedFile", "RequestLogEntry"]
 
 
@@ -23,12 +25,15 @@ class BilledImage(TypedDict):
 
 
 class LedgerEntry(TypedDict):
-    """One billed request: ``n`` images generated; ``delivered`` if the full answer was sent."""
+    """One billed request: ``n`` images generated; ``delivered`` if the full answer was sent;
+    ``price_per_image`` the price charged for each and ``cost`` for all ``n`` (USD)."""
 
     request_id: str
     endpoint: str
     n: int
     images: list[BilledImage]
+    price_per_image: float
+    cost: float
     delivered: bool
     fault: str | None
     created: float
@@ -60,10 +65,12 @@ class RequestLogEntry(TypedDict):
 
 
 class LedgerStats(TypedDict):
-    """Totals since the last reset; ``in_flight`` is live, ``max_in_flight`` its peak."""
+    """Totals since the last reset; ``in_flight`` is live, ``max_in_flight`` its peak;
+    ``billed_cost`` the sum of the entries' costs (USD)."""
 
     billed_images: int
     billed_requests: int
+    billed_cost: float
     requests: int
     in_flight: int
     max_in_flight: int
@@ -76,10 +83,13 @@ class Ledger:
     Reads return deep copies, so callers may keep or change them freely.
     """
 
-    def __init__(self, balance: int | None = None) -> None:
-        """Start empty; ``balance`` is the number of images that may be billed (None: unlimited)."""
+    def __init__(self, balance: int | None = None, price_per_image: float = CONTRACT_PRICE_PER_IMAGE) -> None:
+        """Start empty; ``balance`` is the number of images that may be billed (None: unlimited);
+        each billed image costs ``price_per_image`` (USD)."""
         self._lock = threading.Lock()
         self._balance = balance
+        self._price = price_per_image
+        self._cost = 0.0
         self._entries: list[LedgerEntry] = []
         self._log: list[RequestLogEntry] = []
         self._log_index: dict[str, RequestLogEntry] = {}
@@ -107,6 +117,17 @@ class Ledger:
         """Images billed since the last reset."""
         with self._lock:
             return self._billed_images
+
+    @property
+    def price_per_image(self) -> float:
+        """What each billed image is charged (USD)."""
+        return self._price
+
+    @property
+    def total_cost(self) -> float:
+        """What the billed images cost since the last reset: the sum of the entries' costs (USD)."""
+        with self._lock:
+            return self._cost
 
     @property
     def billed_requests(self) -> int:
@@ -138,6 +159,7 @@ class Ledger:
             return LedgerStats(
                 billed_images=self._billed_images,
                 billed_requests=len(self._entries),
+                billed_cost=self._cost,
                 requests=len(self._log),
                 in_flight=self._in_flight,
                 max_in_flight=self._max_in_flight,
@@ -174,6 +196,7 @@ class Ledger:
             self._log.clear()
             self._log_index.clear()
             self._billed_images = 0
+            self._cost = 0.0
             self._max_in_flight = self._in_flight
 
     # -- writing (the server) --------------------------------------------------------------
@@ -244,12 +267,14 @@ class Ledger:
         delivered: bool,
         fault: str | None,
     ) -> LedgerEntry:
-        """Bill a request's images, consuming its reservation of ``len(images)``."""
+        """Bill a request's images at the ledger's price, consuming its reservation of ``len(images)``."""
         entry = LedgerEntry(
             request_id=request_id,
             endpoint=endpoint,
             n=len(images),
             images=images,
+            price_per_image=self._price,
+            cost=len(images) * self._price,
             delivered=delivered,
             fault=fault,
             created=time.time(),
@@ -257,6 +282,7 @@ class Ledger:
         with self._lock:
             self._reserved -= len(images)
             self._billed_images += len(images)
+            self._cost += entry["cost"]
             self._entries.append(entry)
             return copy.deepcopy(entry)
 

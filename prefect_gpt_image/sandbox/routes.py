@@ -1,5 +1,5 @@
 """The sandbox's plain routes: ``/v1/models`` (list and card), ``/media/{name}`` (result images,
-with their expiry and media faults) and the ``/sandbox/...`` control routes."""
+with their expiry, media faults and GET counts) and the ``/sandbox/...`` control routes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..api.models import DEFAULT_MODEL
 from .answers import OFFHOST_URL
-from .config import FaultConfig
+from .config import FaultConfig, MediaFlake, media_flake
 from .errors import error_envelope
+from .exchange import _DROPPING
+from .media import MediaItem
 from .middleware import REQUEST_ID_KEY
 from .parsing import _auth_ok
 from .state import SandboxState
@@ -55,29 +58,72 @@ def _models(state: SandboxState) -> Callable[[Request], Awaitable[Response]]:
     return models
 
 
+class _CutResponse(Response):
+    """A 200 that announces the whole image but sends only its first ``keep`` bytes and then
+    closes the connection (a reset or truncated transfer, as a flaky CDN does)."""
+
+    def __init__(self, data: bytes, content_type: str, keep: int) -> None:
+        """Announce ``data`` (its full length) but keep only ``keep`` bytes of it."""
+        super().__init__(data, media_type=content_type, headers={"cache-control": "no-store"})
+        self._keep = keep
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Headers, then part of the body, then return incomplete: uvicorn closes the connection."""
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        if self._keep:
+            await send({"type": "http.response.body", "body": self.body[: self._keep], "more_body": True})
+        _DROPPING.set(True)  # hush uvicorn's log line about the incomplete response
+
+
+def _media_error(status: int) -> Response:
+    """The error answer of a media GET that fails with ``status``."""
+    if status == 503:
+        body = error_envelope("media temporarily unavailable", "server_error", "media_error")
+    elif status == 403:
+        body = error_envelope("access denied (not yet propagated)", "invalid_request_error", "access_denied")
+    else:
+        body = error_envelope("media not found or expired", "invalid_request_error", "not_found")
+    return JSONResponse(body, status_code=status)
+
+
+def _flaky_failure(flake: MediaFlake, item: MediaItem) -> Response:
+    """What a flaky result URL answers while it still fails."""
+    if flake.mode == "reset":
+        return _CutResponse(item.data, item.content_type, 0)
+    if flake.mode == "truncated":
+        return _CutResponse(item.data, item.content_type, len(item.data) // 2)
+    return _media_error(int(flake.mode))
+
+
 def _media(state: SandboxState) -> Callable[[Request], Awaitable[Response]]:
-    """``GET /media/{name}``: result images, with their expiry and media faults."""
+    """``GET /media/{name}``: result images, with their expiry and media faults, counted."""
+
+    def answer(item: MediaItem | None) -> tuple[Response, bool]:
+        """The answer to one GET and whether it is the image whole."""
+        if item is None or item.fault == "media_404":
+            return _media_error(404), False
+        flake = media_flake(item.fault)
+        if flake is not None and item.hits <= flake.times:
+            return _flaky_failure(flake, item), False
+        if item.fault == "media_redirect_offhost":
+            return RedirectResponse(OFFHOST_URL, status_code=302), False
+        data, whole = item.data, True
+        if item.fault == "media_not_image":
+            data, whole = b"<!doctype html><html><body><h1>Not an image</h1></body></html>\n", False
+        elif item.fault == "media_truncated":
+            data, whole = data[: len(data) // 2], False
+        return Response(data, media_type=item.content_type, headers={"cache-control": "no-store"}), whole
 
     async def media(request: Request) -> Response:
-        """Serve one stored result, applying its media fault."""
+        """Serve one stored result, applying its media fault; count the GET and its outcome."""
         name: str = request.path_params["name"]
-        if request.method == "GET":
+        counted = request.method == "GET"
+        if counted:
             await state.hold.wait(name)
-        item = state.media.hit(name, count=request.method == "GET")
-        if item is None or item.fault == "media_404":
-            body = error_envelope("media not found or expired", "invalid_request_error", "not_found")
-            return JSONResponse(body, status_code=404)
-        if item.fault == "media_fail_once" and item.hits == 1:
-            body = error_envelope("media temporarily unavailable", "server_error", "media_error")
-            return JSONResponse(body, status_code=503)
-        if item.fault == "media_redirect_offhost":
-            return RedirectResponse(OFFHOST_URL, status_code=302)
-        data = item.data
-        if item.fault == "media_not_image":
-            data = b"<!doctype html><html><body><h1>Not an image</h1></body></html>\n"
-        elif item.fault == "media_truncated":
-            data = data[: len(data) // 2]
-        return Response(data, media_type=item.content_type, headers={"cache-control": "no-store"})
+        response, ok = answer(state.media.hit(name, count=counted))
+        if counted:
+            state.media.outcome(name, ok=ok)
+        return response
 
     return media
 
@@ -136,6 +182,9 @@ def _control(state: SandboxState) -> list[Route]:
                 body = error_envelope(str(exc), "invalid_request_error", "invalid_value")
                 return JSONResponse(body, status_code=400)
         return JSONResponse(state.hold.to_json())
+    async def media(request: Request) -> Response:
+        """GET counts of every result URL, by media name (kept after the image expires)."""
+        return JSONResponse(state.media.counts())
 
     async def reset(request: Request) -> Response:
         """Clear ledger, log, scripted faults and counters."""
@@ -147,5 +196,6 @@ def _control(state: SandboxState) -> list[Route]:
         Route("/sandbox/requests", requests, methods=["GET"]),
         Route("/sandbox/faults", faults, methods=["GET", "POST"]),
         Route("/sandbox/hold", hold, methods=["GET", "POST"]),
+        Route("/sandbox/media", media, methods=["GET"]),
         Route("/sandbox/reset", reset, methods=["POST"]),
     ]

@@ -21,6 +21,7 @@ from .app import SandboxState, create_app
 from .config import FaultConfig, SandboxConfig
 from .hold import AnswerHold
 from .ledger import Ledger
+from .media import MediaCount
 
 __all__ = ["SandboxServer"]
 
@@ -200,6 +201,11 @@ class SandboxServer:
         """The answer hold: result downloads kept waiting until released (see :mod:`.hold`)."""
         return self.state.hold
 
+    def media_counts(self) -> dict[str, MediaCount]:
+        """GET counts of every result URL by media name (as ``GET /sandbox/media`` serves them),
+        kept after the images expire."""
+        return self.state.media.counts()
+
     def script_faults(self, kinds: list[str] | tuple[str, ...]) -> list[str]:
         """Queue fault kinds (``"none"`` = no fault) for the next image requests, in order."""
         return self.state.faults.add_script(kinds)
@@ -209,7 +215,8 @@ class SandboxServer:
         self.state.set_faults(faults)
 
     def reset(self) -> None:
-        """Clear the ledger, request log, scripted faults and counters; re-seed the faults."""
+        """Clear the ledger, request log, scripted faults and counters (media GET counts too);
+        re-seed the faults."""
         self.state.reset()
 
     def __repr__(self) -> str:

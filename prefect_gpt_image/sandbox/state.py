@@ -20,7 +20,7 @@ class SandboxState:
     def __init__(self, config: SandboxConfig) -> None:
         """Build fresh state for ``config``."""
         self.config = config
-        self.ledger = Ledger(config.balance)
+        self.ledger = Ledger(config.balance, config.price_per_image)
         self.faults = FaultInjector(config.faults)
         self.media = MediaStore()
         self.renders = RenderCache(renderer=Renderer(config.render, texture=config.texture))
@@ -31,6 +31,8 @@ class SandboxState:
         self.faults.configure(faults)
 
     def reset(self) -> None:
-        """Clear the ledger, request log, scripted faults and counters; re-seed the faults."""
+        """Clear the ledger, request log, scripted faults and counters (media GET counts too);
+        re-seed the faults."""
         self.ledger.reset()
+        self.media.reset_counts()
         self.faults.reset()

@@ -8,8 +8,7 @@ import base64
 import time
 from typing import Any, Literal
 
-from .answers import _bill, _common, _publish, _usage
-from .config import MEDIA_FAULTS
+from .answers import _bill, _common, _forces_url, _publish, _usage
 from .errors import error_envelope
 from .exchange import _dumps, _Exchange
 from .ledger import BilledImage
@@ -77,8 +76,7 @@ async def _stream(
     if step:
         await asyncio.sleep(step)
     completed: dict[str, Any] = {"type": f"{family}.completed"}
-    url_faults = (*MEDIA_FAULTS, "url_offhost", "url_private")
-    if cfg.stream_completed_url or fault in url_faults:
+    if cfg.stream_completed_url or _forces_url(fault):
         completed["url"] = _publish(state, ex, rendered, 0, fault)
         billed[0]["url"] = completed["url"]
     else:

@@ -15,7 +15,10 @@ from prefect.settings import PREFECT_API_URL
 
 from prefect_gpt_image.blocks import GptImageSettings, GptImageStorage
 from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.judge import bucket_objects, image_files
 from tests.support.s3 import s3_bucket_block
+
+__all__ = ["bucket_objects", "image_files"]  # re-exported: they live in tests.support.judge
 
 CANARY_KEY = "sk-RELIABILITY-CANARY-3e8d1f0a9b7c"
 """A recognizable API key: the secrets test looks for it everywhere."""
@@ -60,15 +63,6 @@ def s3_storage_block(
     return GptImageStorage(
         s3_bucket=s3_bucket_block(server, bucket, folder, fail_fast=fail_fast), presign_ttl_seconds=600
     )
-
-
-def bucket_objects(server: LocalS3Server, bucket: str) -> list[str]:
-    """Every key in ``bucket``."""
-    client = server.client()
-    keys: list[str] = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys.extend(obj["Key"] for obj in page.get("Contents", []))
-    return keys
 
 
 def _post_all(path: str, body: dict[str, Any], page: int = 200) -> list[dict[str, Any]]:
@@ -121,11 +115,6 @@ def table_rows(flow_run_id: Any, key: str = "gpt-image-batch") -> list[dict[str,
     table = next(a for a in api_artifacts([flow_run_id]) if a["key"] == key)
     data = table["data"]
     return list(json.loads(data) if isinstance(data, str) else data)
-
-
-def image_files(root: Path) -> list[Path]:
-    """Image files under a local store folder."""
-    return sorted(p for p in root.rglob("*") if p.suffix in (".png", ".jpeg", ".webp") and p.is_file())
 
 
 def walk_files(*roots: Path) -> Iterator[Path]:
