@@ -30,6 +30,7 @@ import pytest
 from prefect_gpt_image.flows import BatchResult, batch_generate
 from prefect_gpt_image.local_prefect import stop_process
 from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.judge import bucket_objects, s3_image_hashes
 
 from . import crash_batch
 from .conftest import CANARY_KEY, fast_settings, s3_storage_block, save_block, walk_files
@@ -61,36 +62,22 @@ def wait_until(
 
 
 class Bucket:
-    """What the bucket holds, as the tests judge it: sha256 of the bytes of each stored image."""
+    """The test's bucket on the real S3 server: listed to wait on, hashed to judge."""
 
     def __init__(self, s3: LocalS3Server, bucket: str) -> None:
         self.s3, self.bucket = s3, bucket
 
     def keys(self, folder: str) -> list[str]:
-        client = self.s3.client()
-        out: list[str] = []
-        for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=f"gpt/{folder}/"
-        ):
-            out.extend(obj["Key"] for obj in page.get("Contents", []))
-        return out
+        """The keys under the store's ``folder`` (``images``, ``cache``)."""
+        return [key for key in bucket_objects(self.s3, self.bucket) if key.startswith(f"gpt/{folder}/")]
 
     def image_names(self) -> set[str]:
-        """The sha256 each stored image's key names (cheap: one listing, to wait on)."""
+        """The sha256 each stored image's key names (one listing: what the tests wait on)."""
         return {key.rsplit("/", 1)[-1].split(".")[0] for key in self.keys("images")}
 
     def image_shas(self) -> set[str]:
-        """The sha256 of each stored image's bytes (checked against the name the key gives it)."""
-        import hashlib
-
-        client = self.s3.client()
-        shas = set()
-        for key in self.keys("images"):
-            data = client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            sha = hashlib.sha256(data).hexdigest()
-            assert key.rsplit("/", 1)[-1].split(".")[0] == sha, f"{key} holds other bytes than its name says"
-            shas.add(sha)
-        return shas
+        """The sha256 of each stored image's bytes (what the tests judge by)."""
+        return set(s3_image_hashes(self.s3, self.bucket))
 
 
 def _prompt_of(sandbox: Any) -> dict[str, str]:
