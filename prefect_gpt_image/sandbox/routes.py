@@ -182,6 +182,7 @@ def _control(state: SandboxState) -> list[Route]:
                 body = error_envelope(str(exc), "invalid_request_error", "invalid_value")
                 return JSONResponse(body, status_code=400)
         return JSONResponse(state.hold.to_json())
+
     async def media(request: Request) -> Response:
         """GET counts of every result URL, by media name (kept after the image expires)."""
         return JSONResponse(state.media.counts())

@@ -8,8 +8,9 @@ from typing import Any
 
 from prefect_gpt_image.flows import BatchResult, ImageOptions, batch_generate
 from prefect_gpt_image.flows.plan import RunPlan
+from tests.support.judge import assert_billed_once, ledger_cost
 from tests.support.prefect import flow_run_artifacts
-from tests.support.sandbox import billed_images, sandbox_requests
+from tests.support.sandbox import billed_images, ledger, sandbox_requests
 
 from .conftest import run, saved_settings
 
@@ -83,3 +84,38 @@ def test_batch_over_budget_fails_before_the_first_request(env: Any) -> None:
     )
     assert within.is_completed(), within.message
     assert billed_images(sandbox) == 4
+
+
+def test_a_cap_crossed_mid_run_by_paid_retries_never_lets_spend_pass_it(env: Any) -> None:
+    """The plan fits the cap exactly (8 rows, 8 images' price), then concurrent rows cross it
+    mid-run: their first attempts are billed and cut off (dropped connections), and with
+    ``retry_outcome_unknown`` each retry would pay again. A retry that would pass the cap is
+    refused before it is sent; the ledger (the sandbox's own prices) never passes the cap."""
+    sandbox, _, storage = env
+    prompts = [f"a lantern number {i}" for i in range(8)]
+    cap = 8 * 0.0377
+    sandbox.script_faults(["drop", "drop", "drop"])  # billed, never delivered
+    state = run(
+        batch_generate(
+            prompts=prompts,
+            options=OPTIONS,
+            storage=storage,
+            settings_block=saved_settings(
+                max_cost_per_run=cap,
+                retry_outcome_unknown=True,
+                initial_backoff_seconds=0.01,
+                concurrency_limit=4,
+            ),
+            return_state=True,
+        )
+    )
+    assert ledger_cost(sandbox) <= cap + 1e-9, (ledger_cost(sandbox), cap)
+    # the cap was reached, not stepped around: every image it allows was billed, and the three
+    # rows whose retries it refused failed naming it
+    entries = ledger(sandbox)["entries"]
+    assert len(entries) == 8 and sum(not e["delivered"] for e in entries) == 3
+    assert_billed_once(sandbox, prompts)
+    assert state.is_failed()
+    result: BatchResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
+    failed = [row for row in result.rows if row.status != "stored"]
+    assert len(failed) == 3 and all("max_cost_per_run" in (row.error or "") for row in failed), failed
