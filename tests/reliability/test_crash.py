@@ -30,7 +30,7 @@ import pytest
 from prefect_gpt_image.flows import BatchResult, batch_generate
 from prefect_gpt_image.local_prefect import stop_process
 from prefect_gpt_image.local_s3 import LocalS3Server
-from tests.support.judge import bucket_objects, s3_image_hashes
+from tests.support.judge import bucket_objects, held_requests, s3_image_hashes, unheld_answers_stored
 
 from . import crash_batch
 from .conftest import CANARY_KEY, fast_settings, s3_storage_block, save_block, walk_files
@@ -88,11 +88,6 @@ def _shas(entry: dict[str, Any]) -> set[str]:
     return {image["sha256"] for image in entry["images"]}
 
 
-def _request_of_media(name: str) -> str:
-    """The request id of a result's media name (``{request_id}-{index}.{ext}``)."""
-    return name.rsplit("-", 1)[0]
-
-
 @pytest.fixture
 def s3_store(rel_env: Path, local_s3: LocalS3Server, s3_bucket: str) -> Iterator[tuple[str, Bucket]]:
     """A storage block on a fresh bucket of the real S3 server (its name for ``storage=``), and the bucket."""
@@ -122,10 +117,7 @@ def test_kill_9_between_answer_and_store_then_the_rerun_pays_only_for_what_is_no
         return [e for e in ledger.entries if e["delivered"]]
 
     def records_and_images_of_unheld_answers_stored() -> bool:
-        held = {_request_of_media(name) for name in sandbox.hold.held}
-        answered = [e for e in delivered() if e["request_id"] not in held]
-        shas = set().union(*(_shas(e) for e in answered)) if answered else set()
-        return shas <= bucket.image_names() and len(bucket.keys("cache")) == len(answered)
+        return unheld_answers_stored(sandbox, bucket.s3, bucket.bucket, "gpt")
 
     process = crash_batch.start(prompts_file, storage, settings_block, PARALLEL, 600, log)
     try:
@@ -149,7 +141,7 @@ def test_kill_9_between_answer_and_store_then_the_rerun_pays_only_for_what_is_no
             process,
             log,
         )
-        held = {_request_of_media(name) for name in sandbox.hold.held}
+        held = held_requests(sandbox)
         in_flight = {r["request_id"] for r in ledger.requests if r["finished"] is None}
         os.kill(process.pid, signal.SIGKILL)
         assert process.wait(10) == -signal.SIGKILL

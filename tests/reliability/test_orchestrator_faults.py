@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from prefect_gpt_image.blocks import GptImageCredentials
 from prefect_gpt_image.local_s3 import LocalS3Server
-from tests.support.judge import IMAGE_SUFFIXES, bucket_objects, s3_image_hashes
+from tests.support.judge import IMAGE_SUFFIXES, s3_image_hashes, unheld_answers_stored
 
 from .conftest import CANARY_KEY, fast_settings, s3_storage_block, save_block, walk_files
 from .workers import (
@@ -75,14 +75,6 @@ class Batch:
             if p.suffix in IMAGE_SUFFIXES
         }
         return set(s3_image_hashes(self.s3, self.bucket)) | spooled
-
-    def stored_names(self) -> set[str]:
-        """The sha256 each image key in the bucket names (one listing: to wait on)."""
-        keys = bucket_objects(self.s3, self.bucket)
-        return {k.rsplit("/", 1)[-1].split(".")[0] for k in keys if k.endswith(IMAGE_SUFFIXES)}
-
-    def records(self) -> int:
-        return sum("/cache/" in k for k in bucket_objects(self.s3, self.bucket))
 
     def wait_mid_batch(self, run_id: UUID, delivered: int = 10) -> None:
         """Until ``delivered`` requests were delivered and calls are in flight."""
@@ -252,10 +244,7 @@ def test_worker_sigterm_mid_batch(batch: Batch) -> None:
     assert pid is not None, "the worker recorded no flow-run process"
 
     def every_served_answer_stored() -> bool:
-        held = {name.rsplit("-", 1)[0] for name in batch.sandbox.hold.held}
-        answered = [e for e in ledger.entries if e["delivered"] and e["request_id"] not in held]
-        shas = {i["sha256"] for e in answered for i in e["images"]}
-        return shas <= batch.stored_names() and batch.records() == len(answered)
+        return unheld_answers_stored(batch.sandbox, batch.s3, batch.bucket, "gpt")
 
     batch.sandbox.hold.hold()  # no download is served from now on, until the judging is done
     deadline = time.monotonic() + 90
