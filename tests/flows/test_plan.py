@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from prefect_gpt_image.flows import BatchResult, ImageOptions, batch_generate
 from prefect_gpt_image.flows.plan import RunPlan
 from tests.support.judge import assert_billed_once, ledger_cost
@@ -57,7 +59,9 @@ def test_batch_plan_pays_nothing_and_matches_the_real_run(env: Any) -> None:
     assert abs(ledger_cost(sandbox, charged) - plan.cost) < 1e-9
 
 
-def test_batch_over_budget_fails_before_the_first_request(env: Any) -> None:
+def test_batch_over_budget_fails_before_the_first_request(
+    env: Any, make_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sandbox, _, storage = env
     prompts = [f"a kite number {i}" for i in range(4)]
     state = run(
@@ -76,7 +80,10 @@ def test_batch_over_budget_fails_before_the_first_request(env: Any) -> None:
     keys = {a["key"] for a in flow_run_artifacts(state.state_details.flow_run_id)}
     assert "gpt-image-plan" in keys
 
-    # within the cost cap (4 x $0.01 <= $0.05) the batch runs and pays the planned images
+    # within the cost cap (4 x $0.01 <= $0.05, at a gateway charging $0.01) the batch runs, pays
+    # the planned images, and the gateway's charge stays under the cap
+    sandbox = make_sandbox(latency=0.05, price_per_image=0.01)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
     within = run(
         batch_generate(
             prompts=prompts,
@@ -87,7 +94,7 @@ def test_batch_over_budget_fails_before_the_first_request(env: Any) -> None:
         )
     )
     assert within.is_completed(), within.message
-    assert billed_images(sandbox) == 4
+    assert billed_images(sandbox) == 4 and ledger_cost(sandbox) <= 0.05 + 1e-9
 
 
 def test_a_cap_crossed_mid_run_by_paid_retries_never_lets_spend_pass_it(env: Any) -> None:
