@@ -9,7 +9,7 @@ Where things live: this module builds the app; :mod:`.state` holds what the rout
 and answers; :mod:`.exchange` the raw ASGI I/O of an image request; :mod:`.parsing` the auth
 check and the JSON and multipart bodies; :mod:`.images` the image routes, answered by
 :mod:`.answers` (JSON, billing, result URLs) or :mod:`.streaming` (SSE); :mod:`.routes` the
-models, media and control routes.
+models, media and control routes; :mod:`.hold` the answer hold (result downloads kept waiting).
 """
 
 from __future__ import annotations

@@ -118,6 +118,8 @@ def _media(state: SandboxState) -> Callable[[Request], Awaitable[Response]]:
         """Serve one stored result, applying its media fault; count the GET and its outcome."""
         name: str = request.path_params["name"]
         counted = request.method == "GET"
+        if counted:
+            await state.hold.wait(name)
         response, ok = answer(state.media.hit(name, count=counted))
         if counted:
             state.media.outcome(name, ok=ok)
@@ -161,6 +163,26 @@ def _control(state: SandboxState) -> list[Route]:
                 return JSONResponse(body, status_code=400)
         return JSONResponse({"config": state.faults.config.to_json(), "script": state.faults.script})
 
+    async def hold(request: Request) -> Response:
+        """Show the answer hold; POST ``{"hold": true, "count": k}`` arms it, ``{"hold": false}``
+        releases every held download."""
+        if request.method == "POST":
+            try:
+                body = await request.json()
+                if not isinstance(body, dict) or not isinstance(body.get("hold"), bool):
+                    raise ValueError('the body must be {"hold": true|false, "count": int (optional)}')
+                count = body.get("count")
+                if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+                    raise ValueError("count must be an integer")
+                if body["hold"]:
+                    state.hold.hold(count)
+                else:
+                    state.hold.release()
+            except ValueError as exc:
+                body = error_envelope(str(exc), "invalid_request_error", "invalid_value")
+                return JSONResponse(body, status_code=400)
+        return JSONResponse(state.hold.to_json())
+
     async def media(request: Request) -> Response:
         """GET counts of every result URL, by media name (kept after the image expires)."""
         return JSONResponse(state.media.counts())
@@ -174,6 +196,7 @@ def _control(state: SandboxState) -> list[Route]:
         Route("/sandbox/ledger", ledger, methods=["GET"]),
         Route("/sandbox/requests", requests, methods=["GET"]),
         Route("/sandbox/faults", faults, methods=["GET", "POST"]),
+        Route("/sandbox/hold", hold, methods=["GET", "POST"]),
         Route("/sandbox/media", media, methods=["GET"]),
         Route("/sandbox/reset", reset, methods=["POST"]),
     ]

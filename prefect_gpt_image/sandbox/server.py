@@ -19,6 +19,7 @@ import uvicorn
 
 from .app import SandboxState, create_app
 from .config import FaultConfig, SandboxConfig
+from .hold import AnswerHold
 from .ledger import Ledger
 from .media import MediaCount
 
@@ -132,6 +133,7 @@ class SandboxServer:
     def stop(self) -> None:
         """Shut down (in-flight requests get 2 s to finish), join the thread, free the port."""
         server, thread, sock = self._server, self._thread, self._sock
+        self.state.hold.release()  # a held download must not keep the server from stopping
         if server is not None:
             server.request_exit()
         if thread is not None:
@@ -193,6 +195,11 @@ class SandboxServer:
     def ledger(self) -> Ledger:
         """Billing ledger and request log (thread-safe)."""
         return self.state.ledger
+
+    @property
+    def hold(self) -> AnswerHold:
+        """The answer hold: result downloads kept waiting until released (see :mod:`.hold`)."""
+        return self.state.hold
 
     def media_counts(self) -> dict[str, MediaCount]:
         """GET counts of every result URL by media name (as ``GET /sandbox/media`` serves them),

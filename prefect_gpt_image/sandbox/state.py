@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .config import FaultConfig, SandboxConfig
 from .faults import FaultInjector
+from .hold import AnswerHold
 from .ledger import Ledger
 from .media import MediaStore
 from .render import RenderCache, Renderer
@@ -13,7 +14,8 @@ __all__ = ["SandboxState"]
 
 
 class SandboxState:
-    """What the routes share: config, ledger, fault injector, media store and render cache."""
+    """What the routes share: config, ledger, fault injector, media store, render cache and the
+    answer hold (result downloads kept waiting while a test chooses its moment)."""
 
     def __init__(self, config: SandboxConfig) -> None:
         """Build fresh state for ``config``."""
@@ -22,6 +24,7 @@ class SandboxState:
         self.faults = FaultInjector(config.faults)
         self.media = MediaStore()
         self.renders = RenderCache(renderer=Renderer(config.render, texture=config.texture))
+        self.hold = AnswerHold()
 
     def set_faults(self, faults: FaultConfig) -> None:
         """Use new fault probabilities (re-seeded) from now on."""

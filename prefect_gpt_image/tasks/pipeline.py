@@ -59,7 +59,13 @@ from .artifacts import claim_artifact_slot, publish_artifacts
 from .cache import CACHE_KEY_METADATA, cache_key, endpoint_of, read_record, write_record
 from .clients import discard_downloads, shared_client
 from .concurrency import api_slot
-from .errors import CacheLockTimeoutError, ImagesLostError, ImagesSpooledError, ImageStorageError
+from .errors import (
+    BudgetExceededError,
+    CacheLockTimeoutError,
+    ImagesLostError,
+    ImagesSpooledError,
+    ImageStorageError,
+)
 from .locks import get_lock_manager
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, note_maybe_billed, note_undelivered, with_retries
@@ -330,13 +336,19 @@ async def _locked_call(
         return CallResult(refs)
 
     flow_run_id, task_run_id = _run_ids()
-    reservation = budget.reserve(
+    reserve = partial(
+        budget.reserve,
         flow_run_id or task_run_id or "no-run",
         images=request.n,
         price_per_image=settings.price_per_image,
         max_images=settings.max_images_per_run,
         max_cost=settings.max_cost_per_run,
     )
+    reservation = reserve()
+    # One reservation per attempt that may be billed: an attempt cut off after it was sent
+    # (billed or not) keeps its own, and the next one, retried under retry_outcome_unknown,
+    # reserves again before it is sent (refused once the caps are used: no retry then).
+    attempt_reservation = reservation
     paid = False
 
     async def answered(slot: Any) -> None:
@@ -360,6 +372,15 @@ async def _locked_call(
                 )
                 if event.error.maybe_billed:
                     note_maybe_billed(event.error)
+                    nonlocal attempt_reservation
+                    try:
+                        attempt_reservation = reserve()
+                    except BudgetExceededError as exc:  # the retry is not made
+                        raise BudgetExceededError(
+                            f"{exc} by its retry; the attempt before it (request id "
+                            f"{event.error.request_id or '-'}) may have been billed",
+                            cap=exc.cap,
+                        ) from event.error
 
             async with api_slot(
                 settings.concurrency_limit_name,
@@ -383,12 +404,14 @@ async def _locked_call(
                 if isinstance(exc, DownloadError) and exc.undelivered:
                     note_undelivered(exc, exc.undelivered)  # billed for sure: in the run's cost
             else:
-                reservation.cancel()
+                attempt_reservation.cancel()
             logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
             raise
+        except BudgetExceededError:
+            raise  # a retry refused by the caps: the attempts before it may have been billed
         except Exception as exc:
             if images is None:
-                reservation.cancel()
+                attempt_reservation.cancel()
                 raise
             # The API answered; only releasing the concurrency slot failed (its lease will expire).
             logger.warning("Releasing the concurrency slot failed: %s", exc)

@@ -9,7 +9,9 @@ runs ``batch_generate`` against the Prefect server of ``PREFECT_API_URL``, the k
 most, over three minutes with any settings) so the test can watch a dead holder's lock expire
 in seconds instead of minutes. With ``GO_FILE`` the process imports everything, prints ``ready``
 and waits for that file to exist before it starts the batch, so that several processes start
-theirs at the same moment. Nothing else is changed.
+theirs at the same moment. With ``$GPT_IMAGE_TEST_HOST`` (:data:`HOST_ENV`) the process writes
+that host name into its lock files, as a process of another machine sharing the lock folder
+would. Nothing else is changed.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+HOST_ENV = "GPT_IMAGE_TEST_HOST"
+"""The host name this process's file locks say they were taken on (another machine's)."""
 
 
 def start(
     prompts_file: Path,
-    storage: Path,
+    storage: str | Path,
     settings_block: str,
     max_parallel: int,
     hold: float | str,
@@ -56,6 +60,10 @@ def main(argv: list[str]) -> int:
     from prefect_gpt_image.flows import batch_generate
 
     GptImageSettings.call_deadline_seconds = lambda self: float(hold)  # type: ignore[method-assign]
+    if os.environ.get(HOST_ENV):
+        from prefect_gpt_image.tasks import locks
+
+        locks._HOST = os.environ[HOST_ENV]
     prompts = json.loads(Path(prompts_file).read_text())
     if go:
         print("ready", flush=True)

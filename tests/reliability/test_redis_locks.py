@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from prefect_gpt_image.local_prefect import stop_process
+from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.judge import assert_stored_equals_delivered
 
 from . import crash_batch
-from .conftest import CANARY_KEY, fast_settings, image_files, save_block
+from .conftest import CANARY_KEY, fast_settings, s3_storage_block, save_block
 from .redis_server import redis_server, require_redis
 
 ROWS = 20
@@ -53,13 +55,13 @@ def _machine(root: Path, name: str, lock_url: str | None) -> dict[str, str]:
     return env
 
 
-def _race(tmp_path: Path, sandbox: Any, lock_url: str | None) -> tuple[Counter[str], list[str], Path]:
-    """Both machines run the same batch at once; billed requests per prompt, their logs, the store."""
+def _race(tmp_path: Path, sandbox: Any, lock_url: str | None, storage: str) -> tuple[Counter[str], list[str]]:
+    """Both machines run the same batch at once into ``storage`` (a block on the real S3 server);
+    billed requests per prompt, and their logs."""
     settings_block = save_block(fast_settings(concurrency_limit=LIMIT), "rel-machines")
     prompts = [f"machines row {i:02d}: a lantern on a jetty" for i in range(ROWS)]
     prompts_file = tmp_path / "prompts.json"
     prompts_file.write_text(json.dumps(prompts))
-    storage = tmp_path / "shared-store"
     go = tmp_path / "go"
     processes: list[subprocess.Popen[bytes]] = []
     logs = [tmp_path / f"machine-{name}.log" for name in ("a", "b")]
@@ -84,20 +86,36 @@ def _race(tmp_path: Path, sandbox: Any, lock_url: str | None) -> tuple[Counter[s
     prompt_of = {r["request_id"]: r["fields"]["prompt"] for r in sandbox.ledger.requests}
     billed = Counter(prompt_of[e["request_id"]] for e in sandbox.ledger.entries)
     assert set(billed) == set(prompts)
-    return billed, texts, storage
+    return billed, texts
+
+
+@pytest.fixture
+def shared_store(local_s3: LocalS3Server, s3_bucket: str) -> tuple[str, tuple[LocalS3Server, str]]:
+    """The store both machines share: a storage block on a bucket of the real S3 server (its
+    name for ``storage=``), and the bucket to judge."""
+    return "gpt-image-storage/" + save_block(s3_storage_block(local_s3, s3_bucket), "rel-machines"), (
+        local_s3,
+        s3_bucket,
+    )
 
 
 def test_redis_locks_make_two_machines_pay_once(
-    rel_env: Path, make_sandbox: Any, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    rel_env: Path,
+    make_sandbox: Any,
+    tmp_path: Path,
+    redis_url: str,
+    shared_store: tuple[str, tuple[LocalS3Server, str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     sandbox = make_sandbox(latency=LATENCY)
     monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
     monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
-    billed, texts, storage = _race(tmp_path, sandbox, redis_url)
+    billed, texts = _race(tmp_path, sandbox, redis_url, shared_store[0])
 
     assert set(billed.values()) == {1}, billed  # each request billed exactly once, on either machine
     assert sandbox.ledger.stats()["max_in_flight"] >= 2
-    assert len(image_files(storage / "images")) == ROWS
+    # every image delivered is in the bucket, byte for byte, one per row
+    assert len(assert_stored_equals_delivered(sandbox, shared_store[1])) == ROWS
     # each machine stored or found every row, and no lock is left on the Redis server
     assert all(f"{ROWS} of {ROWS} rows stored" in text for text in texts), texts
     import redis
@@ -108,18 +126,22 @@ def test_redis_locks_make_two_machines_pay_once(
 
 
 def test_file_locks_in_separate_folders_pay_twice(
-    rel_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    rel_env: Path,
+    make_sandbox: Any,
+    tmp_path: Path,
+    shared_store: tuple[str, tuple[LocalS3Server, str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     require_redis()  # the counterpart of the Redis test: it shows what that test proves
     sandbox = make_sandbox(latency=LATENCY)
     monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
     monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
-    billed, _texts, storage = _race(tmp_path, sandbox, None)
+    billed, _texts = _race(tmp_path, sandbox, None, shared_store[0])
 
     twice = [prompt for prompt, count in billed.items() if count == 2]
     assert twice, billed  # the documented double pay: same request, same moment, two machines
     assert set(billed.values()) <= {1, 2}
-    assert len(image_files(storage / "images")) >= ROWS
+    assert_stored_equals_delivered(sandbox, shared_store[1])  # paid twice, nothing lost
     print(f"file locks in separate folders: {len(twice)} of {ROWS} requests billed twice")
 
 

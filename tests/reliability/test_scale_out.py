@@ -26,8 +26,9 @@ from pydantic import SecretStr
 from prefect_gpt_image.blocks import GptImageCredentials
 from prefect_gpt_image.local_prefect import LocalPrefectServer, stop_process
 from prefect_gpt_image.local_s3 import LocalS3Server
+from tests.support.judge import assert_stored_equals_delivered
 
-from .conftest import CANARY_KEY, REPO_ROOT, bucket_objects, fast_settings, s3_storage_block
+from .conftest import CANARY_KEY, REPO_ROOT, fast_settings, s3_storage_block
 from .workers import create_pool, start_worker
 
 LIMIT = 3
@@ -111,7 +112,6 @@ def test_two_workers_share_the_limit_and_pay_once(
         f"scale row {i:02d}: a hot-air balloon over hills" for i in range(PER_RUN, 2 * PER_RUN - OVERLAP)
     ]
     distinct = set(first) | set(second)
-    assert len(distinct) == 2 * PER_RUN - OVERLAP
 
     with cluster.api(), get_client(sync_client=True) as client:
         # what an operator does once: the shared limit, the blocks, the deployment
@@ -150,7 +150,6 @@ def test_two_workers_share_the_limit_and_pay_once(
             if time.monotonic() > deadline:
                 pytest.fail(f"flow runs not finished after {RUN_TIMEOUT:g} s:\n{cluster.logs()}")
             time.sleep(0.5)
-        limit = client.read_global_concurrency_limit_by_name(settings.concurrency_limit_name)
 
     assert all(r.state is not None and r.state.is_completed() for r in states), (
         [r.state for r in states],
@@ -169,13 +168,11 @@ def test_two_workers_share_the_limit_and_pay_once(
     # the global limit held across the workers' processes, and was really used
     stats = sandbox.ledger.stats()
     assert 2 <= stats["max_in_flight"] <= LIMIT, stats
-    assert limit.limit == LIMIT
     # no request paid twice: one billed image per distinct prompt, whichever worker made it
     prompt_of = {r["request_id"]: r["fields"]["prompt"] for r in sandbox.ledger.requests}
     billed = Counter(prompt_of[e["request_id"]] for e in sandbox.ledger.entries)
     assert set(billed) == distinct and set(billed.values()) == {1}, billed
     assert stats["requests"] == len(distinct)
-    # everything is in the bucket, once
-    images = [k for k in bucket_objects(local_s3, s3_bucket) if k.endswith(".png")]
-    assert len(images) == len(distinct)
+    # everything is in the bucket, once, byte for byte as delivered
+    assert len(assert_stored_equals_delivered(sandbox, (local_s3, s3_bucket))) == len(distinct)
     assert not list(cluster.lock_dir.glob("*.lock"))

@@ -10,7 +10,9 @@ A test judges by these, never by the plugin's own log lines, file names or const
   missing is named with its request id) and every stored image was billed;
 - :func:`billed_per_prompt` / :func:`assert_billed_once`: how often each prompt was paid for;
 - :func:`ledger_cost`: what the ledger charged, at its own price;
-- :func:`media_gets`: how many GETs each request's result URLs received.
+- :func:`media_gets`: how many GETs each request's result URLs received;
+- :func:`held_requests` / :func:`unheld_answers_stored`: the answers whose downloads the sandbox
+  holds, and whether every other one is stored (the moment to kill a client in its window).
 
 Everything is read over the sandbox's JSON endpoints (``sandbox.url``), as any client would.
 """
@@ -38,12 +40,14 @@ __all__ = [
     "bucket_objects",
     "delivered_images",
     "folder_image_hashes",
+    "held_requests",
     "image_files",
     "ledger_cost",
     "media_counts",
     "media_gets",
     "s3_image_hashes",
     "stored_hashes",
+    "unheld_answers_stored",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpeg", ".jpg", ".webp")
@@ -174,3 +178,25 @@ def assert_stored_equals_delivered(
     unbilled = sorted(where for sha, where in stored.items() if sha not in billed)
     assert not unbilled, f"stored but never billed by the sandbox: {unbilled}"
     return stored
+
+
+# -- the answer hold (a kill between an answer and its store) ------------------------------------
+
+
+def held_requests(sandbox: Any) -> set[str]:
+    """The request ids whose result downloads the sandbox holds now (``GET /sandbox/hold``)."""
+    held = httpx.get(f"{sandbox.url}/sandbox/hold").json()["held"]
+    return {str(name).rsplit("-", 1)[0] for name in held}
+
+
+def unheld_answers_stored(sandbox: Any, server: LocalS3Server, bucket: str, prefix: str) -> bool:
+    """Whether every answer the sandbox delivered, but for those whose downloads it holds, is
+    stored under ``prefix`` of ``bucket`` (its images listed by name) with as many cache records
+    as such answers: no call is half stored. What a test waits on before it kills the client,
+    so that the window it kills in is exactly the held answers."""
+    held = held_requests(sandbox)
+    answered = {r: shas for r, shas in delivered_images(sandbox).items() if r not in held}
+    keys = bucket_objects(server, bucket)
+    names = {k.rsplit("/", 1)[-1].split(".")[0] for k in keys if k.startswith(f"{prefix}/images/")}
+    records = sum(k.startswith(f"{prefix}/cache/") for k in keys)
+    return all(sha in names for shas in answered.values() for sha in shas) and records == len(answered)
