@@ -1,16 +1,18 @@
 """Errors the image tasks raise on top of the API client's (``prefect_gpt_image.api.errors``).
 
-    ImageTaskError                 base of the errors below
-    ├── BudgetExceededError        a per-run cap would be exceeded: nothing was sent
-    ├── InputImageError            an input image or mask could not be read: nothing was sent
-    ├── CacheLockTimeoutError      another run held this image's lock too long: nothing was sent
-    ├── ImageStorageError          the store failed before the paid call: nothing was sent
-    │   └── ImagesSpooledError     paid images were kept in the local spool; a rerun stores them
-    └── ImagesLostError            paid images could be neither stored nor spooled
-
     GptImageError (prefect_gpt_image.api.errors)
-    └── BatchFailedError           rows of a batch flow (or a step of image_pipeline) failed; the
-                                   run's result is attached
+    ├── ImageTaskError                 base of the errors the image tasks raise themselves
+    │   ├── BudgetExceededError        a per-run cap would be exceeded: nothing was sent
+    │   ├── InputImageError            an input image or mask could not be read: nothing was sent
+    │   ├── CacheLockTimeoutError      another run held this image's lock too long: nothing was sent
+    │   ├── ImageStorageError          the store failed before the paid call: nothing was sent
+    │   │   └── ImagesSpooledError     paid images were kept in the local spool; a rerun stores them
+    │   └── ImagesLostError            paid images could be neither stored nor spooled
+    └── BatchFailedError               rows of a batch flow (or a step of image_pipeline) failed; the
+                                       run's result is attached
+
+Each keeps the standard base it had (``InputImageError`` is a ``ValueError``,
+``CacheLockTimeoutError`` a ``TimeoutError``), so existing handlers still catch them.
 
 Which errors Prefect may retry is decided in :mod:`prefect_gpt_image.tasks.retry`.
 """
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class ImageTaskError(Exception):
+class ImageTaskError(GptImageError):
     """Base class of the errors raised by the image tasks themselves."""
 
 
