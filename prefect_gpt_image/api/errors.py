@@ -27,7 +27,8 @@
     └── RefusedInputError              an input path or bucket the policy refuses (inputpolicy)
 
 Defined above this layer, on the same base (see :mod:`prefect_gpt_image.tasks.errors`):
-``ImageTaskError`` and its subclasses (budget, input, lock and storage errors),
+``ImageTaskError`` and its subclasses (budget, input, lock, storage errors, and
+``PartialDeliveryError``, a :class:`DownloadError` of an answer some of whose images were stored),
 ``BatchFailedError`` (what a batch flow or ``image_pipeline`` called without ``return_state=True``
 raises when rows failed, with the run's result attached), and ``TemplateError``
 (:mod:`prefect_gpt_image.flows.templates`), and the local servers' ``LocalS3Error`` and

@@ -67,7 +67,7 @@ def test_every_exported_exception_is_a_gpt_image_error() -> None:
 
 def test_every_exception_the_package_defines_is_a_gpt_image_error() -> None:
     classes = defined()
-    assert {"RefusedURLError", "TemplateError"} <= set(classes)
+    assert {"RefusedURLError", "TemplateError", "PartialDeliveryError"} <= set(classes)
     outside = sorted(name for name, cls in classes.items() if not issubclass(cls, GptImageError))
     assert not outside, f"exceptions not under GptImageError: {outside}"
 
@@ -89,6 +89,7 @@ def test_former_standard_bases_are_kept() -> None:
     ):
         assert issubclass(cls, ValueError), cls
     assert issubclass(tasks.CacheLockTimeoutError, TimeoutError)
+    assert issubclass(tasks.PartialDeliveryError, api.DownloadError)
 
 
 def _ref(n: int = 0) -> ImageRef:
@@ -179,6 +180,13 @@ def samples() -> dict[str, BaseException]:
         tasks.ImageStorageError("the store failed; nothing was sent"),
         tasks.ImagesSpooledError("spooled", spool_path=Path("/tmp/spool/k"), count=2),
         tasks.ImagesLostError("neither stored nor spooled; request id req-8"),
+        tasks.PartialDeliveryError(
+            "2 of 3 image(s) stored",
+            refs=[_ref(), _ref(1)],
+            undelivered=1,
+            url="https://m/x",
+            request_id="req-7",
+        ),
         flows.BatchFailedError("1 of 1 rows failed", result=BatchResult(rows=[row])),
         LocalS3Error("weed did not start"),
         LocalPrefectError("the Prefect server did not start"),
