@@ -198,7 +198,11 @@ def test_samples_cover_every_exception_class() -> None:
     assert set(exported()) <= set(defined()) <= set(samples())
 
 
-@pytest.mark.parametrize("dumps,loads", [(pickle.dumps, pickle.loads), (cloudpickle.dumps, pickle.loads)])
+@pytest.mark.parametrize(
+    "dumps,loads",
+    [(pickle.dumps, pickle.loads), (cloudpickle.dumps, pickle.loads)],
+    ids=["pickle", "cloudpickle"],
+)
 @pytest.mark.parametrize("name", sorted(samples()))
 def test_exception_round_trips_with_its_attributes(name: str, dumps: Any, loads: Any) -> None:
     error = samples()[name]
