@@ -10,9 +10,8 @@ import inspect
 import json
 import pickle
 import pkgutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,6 +25,7 @@ from prefect_gpt_image.api import GeneratedImage, GenerateRequest, GptImageError
 from prefect_gpt_image.api.errors import error_for_status
 from prefect_gpt_image.flows import BatchResult, RowResult
 from prefect_gpt_image.tasks import ImageRef
+from tests.support.local_http import LocalHTTPServer
 
 KEY = "sk-pickle-canary-5f1e2d3c4b5a"
 _SHA = hashlib.sha256(b"a kite").hexdigest()
@@ -213,50 +213,35 @@ def test_exception_round_trips_with_its_attributes(name: str, dumps: Any, loads:
     assert vars(back)  # realistic: every sample carries attributes (its message at least)
 
 
-class _EchoingGateway:
-    """A local gateway that answers every request 400 with the bearer key it was sent in the
-    message, as a careless server might."""
+class _EchoingHandler(BaseHTTPRequestHandler):
+    """Answers every request 400 with the bearer key it was sent in the message, as a careless
+    gateway might."""
 
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                key = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                body = json.dumps({"error": {"message": f"bad key {key}", "type": "invalid_request_error"}})
-                self.send_response(400)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("X-Oneapi-Request-Id", "req-echo")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body.encode())
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        body = json.dumps({"error": {"message": f"bad key {key}", "type": "invalid_request_error"}})
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("X-Oneapi-Request-Id", "req-echo")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
-def echoing_gateway() -> Iterator[_EchoingGateway]:
-    gateway = _EchoingGateway()
+def echoing_gateway() -> Iterator[LocalHTTPServer]:
+    gateway = LocalHTTPServer(_EchoingHandler)
     try:
         yield gateway
     finally:
         gateway.close()
 
 
-def test_a_pickled_error_never_holds_the_key(echoing_gateway: _EchoingGateway) -> None:
+def test_a_pickled_error_never_holds_the_key(echoing_gateway: LocalHTTPServer) -> None:
     with ImagesClient(KEY, base_url=echoing_gateway.base_url, retry=RetryPolicy(max_attempts=1)) as client:
         with pytest.raises(api.BadRequestError) as caught:
             client.generate("a kite")
