@@ -45,6 +45,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Self
 
+from prefect_gpt_image.api.errors import GptImageError
+
 __all__ = [
     "DEFAULT_SERVICES_OFF",
     "DatabaseChoice",
@@ -86,7 +88,7 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """An HTTP opener that ignores ``HTTP_PROXY``: the health check talks to 127.0.0.1 only."""
 
 
-class LocalPrefectError(RuntimeError):
+class LocalPrefectError(GptImageError, RuntimeError):
     """A local Prefect server or PostgreSQL cluster could not be started."""
 
 

@@ -33,6 +33,8 @@ import boto3
 import httpx
 from botocore.config import Config
 
+from prefect_gpt_image.api.errors import GptImageError
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -68,7 +70,7 @@ _MAX_UNIX_SOCKET_PATH = 100
 _SOCKET_DIR = "/tmp"  # noqa: S108 - where weed puts the gRPC sockets it has no flag for
 
 
-class LocalS3Error(RuntimeError):
+class LocalS3Error(GptImageError, RuntimeError):
     """The local S3 server could not be found, started or reached."""
 
 

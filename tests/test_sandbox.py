@@ -632,6 +632,19 @@ def test_flaky_media_fails_n_times_then_serves_and_is_counted(b64sb: SandboxServ
     assert httpx.get(f"{b64sb.url}/sandbox/media").json() == {name: counts}
 
 
+def test_media_fault_aimed_at_one_image_of_an_answer(b64sb: SandboxServer) -> None:
+    b64sb.script_faults(["media_404@1"])
+    with api(b64sb) as c:
+        urls = [item["url"] for item in c.post(GEN, json=gen_body(n=3)).json()["data"]]
+    assert [httpx.get(url).status_code for url in urls] == [200, 404, 200]
+    counts = b64sb.media_counts()
+    assert [counts[url.rsplit("/", 1)[1]]["fault"] for url in urls] == [None, "media_404", None]
+    assert b64sb.ledger.entries[0]["fault"] == "media_404@1"
+    for bad in ("429@1", "media_404@x", "media_flaky:418:2@0"):
+        with pytest.raises(ValueError, match="fault"):
+            b64sb.script_faults([bad])
+
+
 def test_flaky_media_kind_is_checked_and_given_from_the_cli() -> None:
     import argparse
 

@@ -20,12 +20,23 @@
     │   └── OutcomeUnknownError        sent, but no complete answer: it may have been billed
     │       └── ResponseTimeoutError   the read (or stream idle) timeout expired
     ├── InvalidResponseError           malformed JSON/SSE, or a stream with no completed image
-    └── DownloadError                  a result URL could not be fetched or is not a valid image
-        └── UnsafeURLError             a result URL points off the allowlist
+    ├── DownloadError                  a result URL could not be fetched or is not a valid image
+    │   └── UnsafeURLError             a result URL points off the allowlist
+    ├── RefusedURLError                an input URL names a host the policy refuses (netpolicy)
+    ├── URLFetchError                  an allowed input URL could not be fetched as an image
+    └── RefusedInputError              an input path or bucket the policy refuses (inputpolicy)
 
-Defined above this layer, on the same base: ``BatchFailedError``
-(:mod:`prefect_gpt_image.tasks.errors`), what a batch flow or ``image_pipeline`` called without
-``return_state=True`` raises when rows failed, with the run's result attached.
+Defined above this layer, on the same base (see :mod:`prefect_gpt_image.tasks.errors`):
+``ImageTaskError`` and its subclasses (budget, input, lock, storage errors, and
+``PartialDeliveryError``, a :class:`DownloadError` of an answer some of whose images were stored),
+``BatchFailedError`` (what a batch flow or ``image_pipeline`` called without ``return_state=True``
+raises when rows failed, with the run's result attached), and ``TemplateError``
+(:mod:`prefect_gpt_image.flows.templates`), and the local servers' ``LocalS3Error`` and
+``LocalPrefectError``. A class that was a ``ValueError``, ``TimeoutError`` or ``RuntimeError``
+before still is one.
+
+Every one pickles and unpickles with its attributes (``pickle``, ``cloudpickle``): Prefect persists
+a failed task's or flow's exception as its result, and reads it back.
 
 Each error carries the request id the gateway assigned (``X-Oneapi-Request-Id``, ``x-request-id``
 or the `` (request id: ...)`` suffix of the message) so a failure can be traced on the vendor side.
@@ -87,6 +98,21 @@ class GptImageError(Exception):
         if self.request_id and self.request_id not in self.message:
             return f"{self.message} (request id: {self.request_id})"
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the class, ``args`` and attributes, not by calling ``__init__`` again: the
+        constructors of the subclasses take keyword-only or computed arguments, which the
+        default (``cls(*args)``) cannot give back. The attributes hold no secret: the key is
+        redacted from every message before an error is raised."""
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """An unpickled error of class ``cls``: its ``args`` and attributes as they were pickled."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(GptImageError, ValueError):

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import GptImageError
 from .netpolicy import ALLOW_PRIVATE_HOSTS_ENV, HostPolicy
 
 __all__ = [
@@ -42,7 +43,7 @@ INPUT_BUCKETS_ENV = "GPT_IMAGE_INPUT_BUCKETS"
 (``*``: any)."""
 
 
-class RefusedInputError(ValueError):
+class RefusedInputError(GptImageError, ValueError):
     """A local path or bucket outside what the policy allows; nothing was read."""
 
 

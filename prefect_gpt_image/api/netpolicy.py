@@ -31,6 +31,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from .errors import GptImageError
+
 __all__ = [
     "ALLOW_PRIVATE_HOSTS_ENV",
     "HostPolicy",
@@ -56,11 +58,11 @@ _SHARED = ipaddress.IPv4Network("100.64.0.0/10")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
-class RefusedURLError(ValueError):
+class RefusedURLError(GptImageError, ValueError):
     """The URL (or a redirect hop) names a host the policy refuses; nothing was sent to it."""
 
 
-class URLFetchError(ValueError):
+class URLFetchError(GptImageError, ValueError):
     """An allowed URL could not be fetched as an image (an error status, too large, a redirect
     loop): no retry can help."""
 

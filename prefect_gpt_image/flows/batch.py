@@ -43,6 +43,7 @@ from prefect_gpt_image.tasks.concurrency import (
 )
 from prefect_gpt_image.tasks.dispatch import sync_or_async
 from prefect_gpt_image.tasks.encoding import csv_row, md_link, md_table
+from prefect_gpt_image.tasks.errors import PartialDeliveryError
 from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
 from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
 
@@ -360,6 +361,8 @@ async def _run_row(
                 id=row.id,
                 prompt=row.prompt,
                 status="failed",
+                # An answer partly delivered: the images that arrived are stored, and listed.
+                images=exc.refs if isinstance(exc, PartialDeliveryError) else [],
                 error=str(exc),
                 error_type=type(exc).__name__,
                 request_id=request_id,

@@ -11,6 +11,7 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from prefect_gpt_image.api.errors import GptImageError
 from prefect_gpt_image.api.models import MAX_PROMPT_CHARS
 
 __all__ = ["TemplateError", "fill_template", "template_columns"]
@@ -18,7 +19,7 @@ __all__ = ["TemplateError", "fill_template", "template_columns"]
 _FORMATTER = string.Formatter()
 
 
-class TemplateError(ValueError):
+class TemplateError(GptImageError, ValueError):
     """A template that cannot be filled for a row (or is malformed): nothing was sent."""
 
 

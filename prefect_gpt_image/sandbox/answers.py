@@ -16,6 +16,7 @@ from ..api.images import CONTENT_TYPES, InputImage
 from ..api.models import EditRequest, ImageRequest
 from .config import is_media_fault
 from .exchange import _dumps, _Exchange
+from .faults import image_fault
 from .ledger import BilledImage
 from .parsing import _Parsed
 from .render import Rendered, RenderSpec
@@ -84,7 +85,7 @@ def _publish(state: SandboxState, ex: _Exchange, rendered: Rendered, index: int,
         return PRIVATE_URL
     fmt = _format_of(rendered.data)
     name = f"{ex.request_id}-{index + 1}.{fmt}"
-    media_fault = fault if is_media_fault(fault) else None
+    media_fault = image_fault(fault, index)
     cfg = state.config
     state.media.put(
         name, rendered.data, CONTENT_TYPES[fmt], cfg.media_ttl, media_fault, request_id=ex.request_id

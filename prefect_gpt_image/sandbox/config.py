@@ -28,6 +28,7 @@ __all__ = [
     "check_fault_kind",
     "is_media_fault",
     "media_flake",
+    "split_target",
 ]
 
 CONTRACT_PRICE_PER_IMAGE = 0.0377
@@ -101,12 +102,36 @@ def media_flake(kind: str | None) -> MediaFlake | None:
 
 
 def is_media_fault(kind: str | None) -> bool:
-    """Whether ``kind`` is a fault of the result URL's download (the answer then carries URLs)."""
-    return kind in MEDIA_FAULTS or media_flake(kind) is not None
+    """Whether ``kind`` is a fault of the result URL's download (the answer then carries URLs),
+    aimed at every image of the answer or at one (``KIND@I``, see :func:`split_target`)."""
+    base = split_target(kind)[0] if kind is not None else None
+    return base in MEDIA_FAULTS or media_flake(base) is not None
+
+
+IMAGE_TARGET = "@"
+"""``KIND@I`` aims a media fault at image ``I`` (0-based) of the answer alone; a media fault
+without it hits the result URL of every image of the answer."""
+
+
+def split_target(kind: str) -> tuple[str, int | None]:
+    """``(KIND, I)`` of ``KIND@I``, ``(kind, None)`` of a kind aimed at no image in particular;
+    ValueError when ``I`` is no whole number."""
+    base, sep, index = kind.rpartition(IMAGE_TARGET)
+    if not sep:
+        return kind, None
+    if not index.isdigit():
+        raise ValueError(f"fault {kind!r}: expected KIND{IMAGE_TARGET}I with I the image's 0-based index")
+    return base, int(index)
 
 
 def check_fault_kind(kind: str, *, allow_none: bool = False) -> str:
-    """Return ``kind`` if it names a fault (or ``"none"`` when allowed), else raise ValueError."""
+    """Return ``kind`` if it names a fault (or ``"none"`` when allowed), else raise ValueError.
+    A media fault may be aimed at one image of the answer (``KIND@I``); no other kind may."""
+    base, target = split_target(kind)
+    if target is not None:
+        if not is_media_fault(base):
+            raise ValueError(f"fault {kind!r}: only a media fault may aim at one image ({IMAGE_TARGET}I)")
+        return kind
     if kind in FAULT_KINDS or (allow_none and kind == NO_FAULT) or media_flake(kind) is not None:
         return kind
     raise ValueError(

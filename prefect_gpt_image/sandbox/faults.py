@@ -7,14 +7,32 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 
-from .config import FAULT_KINDS, NO_FAULT, STREAM_FAULTS, FaultConfig, check_fault_kind
+from .config import (
+    FAULT_KINDS,
+    NO_FAULT,
+    STREAM_FAULTS,
+    FaultConfig,
+    check_fault_kind,
+    is_media_fault,
+    split_target,
+)
 
-__all__ = ["FaultInjector", "applies"]
+__all__ = ["FaultInjector", "applies", "image_fault"]
 
 
 def applies(kind: str, *, stream: bool) -> bool:
     """Whether ``kind`` can happen to a request (the ``stream_*`` kinds need ``stream=true``)."""
     return stream or kind not in STREAM_FAULTS
+
+
+def image_fault(kind: str | None, index: int) -> str | None:
+    """The media fault the result URL of image ``index`` of an answer gets from its request's
+    fault ``kind``: a media fault hits every image's URL, ``KIND@I`` only image ``I``'s (so an
+    answer of ``n`` images can lose one while the others arrive); None for any other kind."""
+    if kind is None or not is_media_fault(kind):
+        return None
+    base, target = split_target(kind)
+    return base if target is None or target == index else None
 
 
 class FaultInjector:

@@ -17,6 +17,7 @@ from .errors import (
     ImageStorageError,
     ImageTaskError,
     InputImageError,
+    PartialDeliveryError,
 )
 from .images import StorageOption, blend_images, edit_image, generate_image
 from .inputs import ImageInput
@@ -37,6 +38,7 @@ __all__ = [
     "ImagesLostError",
     "ImagesSpooledError",
     "InputImageError",
+    "PartialDeliveryError",
     "StorageOption",
     "aclose_clients",
     "blend_images",

@@ -16,6 +16,12 @@ the key in its object metadata (``cache-key``), so :func:`read_manifest` finds a
 from the image alone. One JSON object per call, not one per image plus one per call: on an
 S3-compatible store every object is a round trip and a few milliseconds of the server.
 
+A record naming fewer images than its request's ``n`` is *partial*: the answer's other result URLs
+were given up (billed, never delivered). It is never served as the answer (:func:`read_record`
+misses it, so plans and batch lookups count the call as to be made); the call under its lock reads
+it (:func:`read_entry`), asks the API only for the missing images and rewrites it whole, so the
+stored images are not paid for again.
+
 Why not Prefect's own cache (``cache_policy`` + ``isolation_level="SERIALIZABLE"``): its records go
 to the task's ``result_storage``, which must be a local path or a block saved on the server
 (Prefect 3.8.8 raises ``TypeError: Result storage configuration must be persisted server-side`` for
@@ -32,6 +38,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Set
+from dataclasses import dataclass
 from typing import Any
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest
@@ -43,7 +50,9 @@ __all__ = [
     "CACHE_FOLDER",
     "CACHE_KEY_METADATA",
     "TRANSPORT_FIELDS",
+    "CacheRecord",
     "cache_key",
+    "read_entry",
     "read_manifest",
     "read_record",
     "record_key",
@@ -97,21 +106,37 @@ def _read(store: ImageStore, key: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("key") == key else None
 
 
-def read_record(store: ImageStore, key: str, stored: Set[str] = frozenset()) -> list[ImageRef] | None:
-    """The refs recorded for ``key``, or None if there is no usable record (none, damaged, or an
-    image it names is not in the store). Errors reaching the store propagate. ``stored``: names
-    of images (in the images folder) already known to be there, not asked for again.
+@dataclass(frozen=True)
+class CacheRecord:
+    """A usable cache record: the refs of its stored images, their manifests, and how many images
+    of the request it answers are ``missing`` (billed but never delivered: a partial answer)."""
 
-    A new call writes its images and this record at once (one round trip), so a record alone
-    proves nothing: it counts only when every image it names was stored. After a partly failed
-    write the lookup misses and the call's spooled images are stored again, free.
+    refs: list[ImageRef]
+    manifests: list[dict[str, Any]]
+    missing: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether every image of the request is stored (a hit that may be served as the answer)."""
+        return self.missing == 0
+
+
+def read_entry(store: ImageStore, key: str, stored: Set[str] = frozenset()) -> CacheRecord | None:
+    """The record of ``key`` whole or partial, or None if there is no usable record (none,
+    damaged, or an image it names is not in the store). Errors reaching the store propagate.
+    ``stored``: names of images (in the images folder) already known to be there.
+
+    A record is *partial* when it names fewer images than its request's ``n``: an answer some of
+    whose result URLs were given up stores the images that arrived and records them, so the next
+    run asks only for the missing ones (see :func:`read_record`, which never serves it).
     """
     record = _read(store, key)
     if record is None:
         return None
     try:
         refs = [ImageRef.model_validate(item) for item in record["refs"]]
-    except (KeyError, TypeError, ValueError):
+        wanted = int((record.get("request") or {}).get("n") or len(refs))
+    except (KeyError, TypeError, ValueError, AttributeError):
         return None
     if not refs:
         return None
@@ -122,7 +147,23 @@ def read_record(store: ImageStore, key: str, stored: Set[str] = frozenset()) -> 
             return None
         # The record may have been written through another mount or machine: point at this store.
         found.append(ref.model_copy(update={"uri": store.uri_for(image_key)}))
-    return found
+    manifests = [m for m in record.get("manifests", []) if isinstance(m, dict)]
+    return CacheRecord(found, manifests, max(0, wanted - len(found)))
+
+
+def read_record(store: ImageStore, key: str, stored: Set[str] = frozenset()) -> list[ImageRef] | None:
+    """The refs recorded for ``key`` when the record is whole, or None if there is no usable
+    record (none, damaged, an image it names is not in the store) or it is partial (some images
+    of the request were never delivered: never served as the answer, see :func:`read_entry`).
+    Errors reaching the store propagate. ``stored``: names of images (in the images folder)
+    already known to be there, not asked for again.
+
+    A new call writes its images and this record at once (one round trip), so a record alone
+    proves nothing: it counts only when every image it names was stored. After a partly failed
+    write the lookup misses and the call's spooled images are stored again, free.
+    """
+    entry = read_entry(store, key, stored)
+    return entry.refs if entry is not None and entry.complete else None
 
 
 def read_manifest(store: ImageStore, sha256: str, fmt: str) -> dict[str, Any] | None:
@@ -145,7 +186,8 @@ def write_record(
     request: dict[str, Any],
     manifests: list[dict[str, Any]],
 ) -> None:
-    """Record ``refs`` (without links) and their ``manifests`` as the result of ``key``."""
+    """Record ``refs`` (without links) and their ``manifests`` as the result of ``key``; fewer refs
+    than ``request``'s ``n`` make a partial record (see :func:`read_entry`)."""
     store.put_json(
         record_key(store, key),
         {

@@ -1,16 +1,20 @@
 """Errors the image tasks raise on top of the API client's (``prefect_gpt_image.api.errors``).
 
-    ImageTaskError                 base of the errors below
-    ├── BudgetExceededError        a per-run cap would be exceeded: nothing was sent
-    ├── InputImageError            an input image or mask could not be read: nothing was sent
-    ├── CacheLockTimeoutError      another run held this image's lock too long: nothing was sent
-    ├── ImageStorageError          the store failed before the paid call: nothing was sent
-    │   └── ImagesSpooledError     paid images were kept in the local spool; a rerun stores them
-    └── ImagesLostError            paid images could be neither stored nor spooled
-
     GptImageError (prefect_gpt_image.api.errors)
-    └── BatchFailedError           rows of a batch flow (or a step of image_pipeline) failed; the
-                                   run's result is attached
+    ├── ImageTaskError                 base of the errors the image tasks raise themselves
+    │   ├── BudgetExceededError        a per-run cap would be exceeded: nothing was sent
+    │   ├── InputImageError            an input image or mask could not be read: nothing was sent
+    │   ├── CacheLockTimeoutError      another run held this image's lock too long: nothing was sent
+    │   ├── ImageStorageError          the store failed before the paid call: nothing was sent
+    │   │   └── ImagesSpooledError     paid images were kept in the local spool; a rerun stores them
+    │   ├── ImagesLostError            paid images could be neither stored nor spooled
+    │   └── PartialDeliveryError       (also a DownloadError) some images of an answer were given
+    │                                  up: those that arrived are stored, the rest billed, not delivered
+    └── BatchFailedError               rows of a batch flow (or a step of image_pipeline) failed; the
+                                       run's result is attached
+
+Each keeps the standard base it had (``InputImageError`` is a ``ValueError``,
+``CacheLockTimeoutError`` a ``TimeoutError``), so existing handlers still catch them.
 
 Which errors Prefect may retry is decided in :mod:`prefect_gpt_image.tasks.retry`.
 """
@@ -20,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect_gpt_image.api.errors import GptImageError
+from prefect_gpt_image.api.errors import DownloadError, GptImageError
 
 __all__ = [
     "BatchFailedError",
@@ -31,10 +35,11 @@ __all__ = [
     "ImagesLostError",
     "ImagesSpooledError",
     "InputImageError",
+    "PartialDeliveryError",
 ]
 
 
-class ImageTaskError(Exception):
+class ImageTaskError(GptImageError):
     """Base class of the errors raised by the image tasks themselves."""
 
 
@@ -87,6 +92,33 @@ class ImagesLostError(ImageTaskError):
     The message names the request id and the images' SHA-256. Not retried: a retry would pay
     again.
     """
+
+
+class PartialDeliveryError(ImageTaskError, DownloadError):
+    """An answer of ``n`` images of which some result URLs were given up (see
+    ``RetryPolicy.media_retry_seconds``): every image that arrived is stored, ``refs`` lists them
+    (with their links), and ``undelivered`` images of ``request_id`` were billed but not
+    delivered. A :class:`~prefect_gpt_image.api.DownloadError` too, so handlers of lost downloads
+    still catch it.
+
+    The call's cache record is *partial*: it lists the stored images and how many are missing, so
+    it is never served as the whole answer; the next run of the same request asks the API only for
+    the missing images (``n`` = their number), stores them under the same cache key and makes the
+    record whole, paying nothing again for the stored ones.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refs: list[Any],
+        undelivered: int,
+        url: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, request_id=request_id)
+        self.refs = refs
+        self.undelivered = undelivered
 
 
 class BatchFailedError(GptImageError):

@@ -2,13 +2,20 @@
 
 Order of a call (all of it under the lock of its cache key, see :mod:`.locks`)::
 
-    cache record in the store?   -> return its refs (no call, no cost)
+    whole cache record in the store?  -> return its refs (no call, no cost)
     entry in the local spool?    -> store it, record it, clear it (no call, no cost)
     reserve budget               -> BudgetExceededError before anything is sent
     local gate + global limit (+ rate limit) -> the paid call (client retries are logged)
     store the images and the cache record (with their manifests) at once (one round trip)
         on a store failure       -> spool the bytes, raise ImagesSpooledError (a rerun stores them)
+        some result URLs given up -> store the images that arrived, record them, raise
+                                    PartialDeliveryError (the rest: billed, not delivered)
     artifacts (best effort)
+
+A partial record (an answer of ``n`` images some of which never arrived, see
+:func:`~.cache.read_entry`) is never served as the answer: the next run asks the API only for the
+missing images (``n`` = how many), stores them under the same key and makes the record whole, so
+the images already stored are not paid for again.
 
 The paid call's concurrency slot is released as soon as the API answered: downloading the result
 URLs, checking the images and storing them do not hold API capacity.
@@ -56,7 +63,7 @@ from prefect_gpt_image.storage.base import run_concurrently
 
 from . import budget, spool
 from .artifacts import claim_artifact_slot, publish_artifacts
-from .cache import CACHE_KEY_METADATA, cache_key, endpoint_of, read_record, write_record
+from .cache import CACHE_KEY_METADATA, CacheRecord, cache_key, endpoint_of, read_entry, write_record
 from .clients import discard_downloads, shared_client
 from .concurrency import api_slot
 from .errors import (
@@ -65,6 +72,7 @@ from .errors import (
     ImagesLostError,
     ImagesSpooledError,
     ImageStorageError,
+    PartialDeliveryError,
 )
 from .locks import get_lock_manager
 from .refs import ImageRef
@@ -302,16 +310,26 @@ async def _locked_call(
 ) -> CallResult:
     summary = request.summary()
     params = {k: v for k, v in summary.items() if k != "prompt"}
+    kept = CacheRecord([], [], request.n)  # what a partial record already stored
     if not refresh:
         try:
-            hit = await _in_thread(read_record, store, key)
+            found = await _in_thread(read_entry, store, key)
         except Exception as exc:
             raise ImageStorageError(
                 f"reading the cache record from {store.describe()} failed ({type(exc).__name__}: {exc}); "
                 "nothing was sent"
             ) from exc
-        if hit is not None:
-            refs = with_links(store, hit, logger)
+        if found is not None and not found.complete:
+            kept = found
+            logger.warning(
+                "%d of %d image(s) of this request are stored, %d were never delivered: asking for "
+                "those only",
+                len(kept.refs),
+                request.n,
+                kept.missing,
+            )
+        elif found is not None:
+            refs = with_links(store, found.refs, logger)
             logger.info(
                 "Cache hit: %d image(s) of this request are already in %s (no API call, no cost)",
                 len(refs),
@@ -323,7 +341,10 @@ async def _locked_call(
             return CallResult(refs, cached=True)
     entry = spool.load(key)
     if entry is not None:
-        refs = await _store_from_spool(store, entry, key, logger)
+        refs = await _store_from_spool(store, entry, key, logger, kept)
+        spooled = [item.manifest for item in entry.images]
+        kept = CacheRecord(refs, [*kept.manifests, *spooled], max(0, request.n - len(refs)))
+    if entry is not None and kept.complete:
         await _artifacts(
             refs,
             params=params,
@@ -335,11 +356,13 @@ async def _locked_call(
         )
         return CallResult(refs)
 
+    # A partial record's missing images only: the same request for fewer images.
+    call = request.model_copy(update={"n": kept.missing}) if kept.refs else request
     flow_run_id, task_run_id = _run_ids()
     reserve = partial(
         budget.reserve,
         flow_run_id or task_run_id or "no-run",
-        images=request.n,
+        images=call.n,
         price_per_image=settings.price_per_image,
         max_images=settings.max_images_per_run,
         max_cost=settings.max_cost_per_run,
@@ -394,8 +417,12 @@ async def _locked_call(
                 # The slot goes back as soon as the API answered: downloading and checking the
                 # results use no API capacity.
                 images = await client.send(
-                    request, on_partial=on_partial, on_retry=on_retry, on_answered=partial(answered, slot)
+                    call, on_partial=on_partial, on_retry=on_retry, on_answered=partial(answered, slot)
                 )
+        except BudgetExceededError:
+            # A retry refused by the caps (before GptImageError, its base): the attempts before
+            # it may have been billed, so their reservations stay.
+            raise
         except GptImageError as exc:
             if exc.maybe_billed:
                 if settings.retry_outcome_unknown:
@@ -406,9 +433,9 @@ async def _locked_call(
             else:
                 attempt_reservation.cancel()
             logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
+            if isinstance(exc, DownloadError) and (exc.images or kept.refs):
+                raise await _store_partial(exc) from exc
             raise
-        except BudgetExceededError:
-            raise  # a retry refused by the caps: the attempts before it may have been billed
         except Exception as exc:
             if images is None:
                 attempt_reservation.cancel()
@@ -424,11 +451,26 @@ async def _locked_call(
             request_id or "-",
             reservation.cost,
         )
-        refs, manifests = _describe(request, images, store, key, variant, settings, flow_run_id, task_run_id)
+        return await store_images(images)
+
+    async def store_images(images: list[GeneratedImage]) -> list[ImageRef]:
+        """Store ``images`` and the record of every stored image of the request (the ones a
+        partial record kept first); the refs of them all, linked."""
+        refs, manifests = _describe(
+            request, images, store, key, variant, settings, flow_run_id, task_run_id, first=len(kept.refs)
+        )
         files = [(image.path if image.path is not None else image.read_bytes()) for image in images]
         try:
             linked: list[ImageRef] = await _in_thread(
-                _store_result, store, key, files, refs, manifests, summary, logger
+                _store_result,
+                store,
+                key,
+                files,
+                refs,
+                manifests,
+                summary,
+                logger,
+                kept,
             )
         except Exception as exc:
             error = _spool_after_failure(exc, store, key, images, files, refs, manifests, summary, logger)
@@ -437,6 +479,22 @@ async def _locked_call(
             raise error from exc
         discard_downloads(images)
         return linked
+
+    async def _store_partial(error: DownloadError) -> PartialDeliveryError:
+        """Store the images of ``error``'s answer that arrived (a partial record); the error that
+        says so, holding the refs of every stored image of the request."""
+        stored = await store_images(error.images) if error.images else with_links(store, kept.refs, logger)
+        error.images = []  # stored: the error (pickled by Prefect) does not carry their bytes
+        message = (
+            f"{len(stored)} of {request.n} image(s) stored; {error.message}. The next run of this request "
+            f"asks only for the {request.n - len(stored)} missing image(s)"
+        )
+        partly = PartialDeliveryError(
+            message, refs=stored, undelivered=error.undelivered, url=error.url, request_id=error.request_id
+        )
+        if settings.retry_outcome_unknown:
+            allow_outcome_unknown_retry(partly)  # a retry asks only for the missing images
+        return partly
 
     refs = await _finish_once_answered(pay_and_store(), lambda: paid, logger)
     await _artifacts(
@@ -460,8 +518,11 @@ def _describe(
     settings: GptImageSettings,
     flow_run_id: str | None,
     task_run_id: str | None,
+    first: int = 0,
 ) -> tuple[list[ImageRef], list[dict[str, Any]]]:
-    """The refs and manifests of freshly returned images (nothing secret in either)."""
+    """The refs and manifests of freshly returned images of ``request`` (nothing secret in
+    either); ``first``: the index of the first one among the request's ``n`` (images a partial
+    record already holds come before)."""
     parents = _parents(request)
     summary = request.summary()
     created = dt.datetime.now(dt.UTC).isoformat()
@@ -494,8 +555,8 @@ def _describe(
                 "endpoint": endpoint_of(request),
                 "parameters": {k: v for k, v in summary.items() if k != "prompt"},
                 "request_id": image.request_id,
-                "index": i,
-                "n": len(images),
+                "index": first + i,
+                "n": request.n,
                 "created": created,
                 "parents": list(parents),
                 "inputs": {
@@ -524,18 +585,22 @@ def _store_result(
     manifests: list[dict[str, Any]],
     summary: dict[str, Any],
     logger: Any,
+    kept: CacheRecord | None = None,
 ) -> list[ImageRef]:
     """Store a call's images (``files``, in the order of ``refs``) and its cache record, which
-    holds their manifests; the refs with their links."""
+    holds their manifests (after those of the images a partial record ``kept``); the refs of
+    all of them with their links."""
     # Every write at once: one round trip to the store. The record may land before the images;
     # read_record trusts it only once the images it names are there, so after a failed write the
     # rerun finds no hit and stores the spooled images (paid once). Each image names the record
     # in its metadata (its lineage). The links are signed in this thread while the writes are in
     # flight.
-    writes: list[Callable[[], Any]] = [partial(write_record, store, key, refs, summary, manifests)]
+    every = [*kept.refs, *refs] if kept is not None else refs
+    described = [*kept.manifests, *manifests] if kept is not None else manifests
+    writes: list[Callable[[], Any]] = [partial(write_record, store, key, every, summary, described)]
     for ref, data in zip(refs, files, strict=True):
         writes.append(partial(store.put_image, ref.sha256, ref.format, data, {CACHE_KEY_METADATA: key}))
-    linked: list[ImageRef] = run_concurrently(partial(with_links, store, refs, logger), *writes)[0]
+    linked: list[ImageRef] = run_concurrently(partial(with_links, store, every, logger), *writes)[0]
     return linked
 
 
@@ -579,8 +644,10 @@ def _spool_after_failure(
 
 
 async def _store_from_spool(
-    store: ImageStore, entry: spool.SpoolEntry, key: str, logger: Any
+    store: ImageStore, entry: spool.SpoolEntry, key: str, logger: Any, kept: CacheRecord
 ) -> list[ImageRef]:
+    """Store the spooled images of ``key`` and its record (after the images a partial record
+    ``kept``); the refs of them all, linked."""
     manifests = [item.manifest for item in entry.images]
     files = [item.path for item in entry.images]
     try:
@@ -591,7 +658,7 @@ async def _store_from_spool(
             for item in entry.images
         ]
         linked: list[ImageRef] = await _in_thread(
-            _store_result, store, key, files, refs, manifests, entry.request, logger
+            _store_result, store, key, files, refs, manifests, entry.request, logger, kept
         )
     except Exception as exc:
         raise ImageStorageError(

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import http.client
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +31,7 @@ from prefect_gpt_image.api import (
     RetryPolicy,
 )
 from prefect_gpt_image.blocks import GptImageCredentials
+from tests.support.local_http import LocalHTTPServer
 
 GPT_KEY = "sk-gateway-key-1111"
 OPENAI_KEY = "sk-openai-key-2222"
@@ -74,19 +74,14 @@ class StandIn:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = LocalHTTPServer(Handler)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return self._server.base_url
 
     def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(5)
+        self._server.close()
 
 
 @pytest.fixture

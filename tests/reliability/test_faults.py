@@ -12,21 +12,29 @@ delivered, and said so.
 
 from __future__ import annotations
 
+import asyncio
+import pickle
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import pytest
+from prefect import flow
 
+from prefect_gpt_image.api import DownloadError
+from prefect_gpt_image.blocks import GptImageSettings, GptImageStorage
 from prefect_gpt_image.flows import BatchResult, ChainResult, batch_generate, batch_pipeline
 from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.sandbox import FaultConfig
 from prefect_gpt_image.sandbox.config import media_flake
+from prefect_gpt_image.tasks import ImageRef, PartialDeliveryError, generate_image
 from tests.support.judge import (
     assert_billed_once,
     assert_stored_equals_delivered,
     ledger_cost,
+    media_counts,
     media_gets,
 )
 
@@ -259,3 +267,98 @@ def test_pipeline_step_whose_url_is_never_served_is_billed_and_not_delivered(
     assert "billed but not delivered" in (step.error or "")
     assert result.cost == pytest.approx(ledger_cost(sandbox))
     assert "1 image(s) billed but not delivered" in (state.message or "")
+
+
+def test_answer_of_three_with_one_url_never_served_stores_the_two_and_rerun_pays_only_the_third(
+    make_sandbox: Any, bucket: tuple[LocalS3Server, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """n=3, the third result URL fails all through the media retry window: the two images that
+    arrived are stored and listed, the third is reported billed and not delivered; the rerun asks
+    the API for the missing image only (the partial record is not served as the answer), and a
+    third run pays nothing."""
+    sandbox = make_sandbox()
+    fault = "media_flaky:404:50@2"  # image 2 (0-based) only; 50 failures outlast the 0.5 s window
+    sandbox.script_faults([fault])
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    prompt = "three paper kites over a dune"
+    block = save_block(fast_settings(media_retry_seconds=0.5), "rel-faults")
+
+    def run() -> tuple[Any, BatchResult]:
+        state = batch_generate(
+            prompts=[prompt], n=3, storage=bucket[2], settings_block=block, return_state=True
+        )
+        return state, state.result(raise_on_failure=False)  # type: ignore[return-value]
+
+    state, result = run()
+    (entry,) = sandbox.ledger.entries
+    faulted = entry["request_id"]
+    lost_name = next(name for name, c in media_counts(sandbox).items() if c["fault"] is not None)
+    lost = next(i["sha256"] for i in entry["images"] if str(i["url"]).endswith("/" + lost_name))
+    arrived = sorted(i["sha256"] for i in entry["images"] if i["sha256"] != lost)
+    assert len(arrived) == 2 and media_counts(sandbox)[lost_name]["hits"] > 1  # fetched again first
+    stored = assert_stored_equals_delivered(sandbox, bucket[:2], undelivered=[faulted])
+    assert sorted(stored) == arrived  # the two that arrived, by their bytes; not the lost one
+    assert state.is_failed()
+    (row,) = result.rows
+    assert row.status == "failed" and row.error_type == "PartialDeliveryError" and row.request_id == faulted
+    assert sorted(ref.sha256 for ref in row.images) == arrived
+    assert row.maybe_billed == [faulted] and row.undelivered == {faulted: 1}
+    assert f"1 of 3 image(s) billed but not delivered (request id {faulted})" in (row.error or "")
+    assert result.cost == pytest.approx(ledger_cost(sandbox))  # 2 stored + 1 lost: all it billed
+    (table_row,) = table_rows(state.state_details.flow_run_id)
+    assert table_row["images"] == 2 and table_row["maybe_billed"] == faulted
+    assert "1 image(s) billed but not delivered" in (state.message or "")
+
+    state, result = run()  # the partial record: ask for the missing image only
+    assert state.is_completed(), state.message
+    answer, topup = sandbox.ledger.entries
+    assert answer["request_id"] == faulted and topup["n"] == 1 and topup["delivered"]
+    (row,) = result.rows
+    made = topup["images"][0]["sha256"]
+    assert sorted(ref.sha256 for ref in row.images) == sorted([*arrived, made])
+    assert sorted(assert_stored_equals_delivered(sandbox, bucket[:2], undelivered=[faulted])) == sorted(
+        [*arrived, made]
+    )
+    assert_billed_once(sandbox, [prompt, prompt])  # the answer of 3 and the top-up of 1
+
+    state, result = run()  # the record is whole now: served, nothing paid
+    assert state.is_completed(), state.message
+    assert len(sandbox.ledger.entries) == 2
+    assert sorted(ref.sha256 for ref in result.rows[0].images) == sorted([*arrived, made])
+
+
+@flow
+async def _three_images(prompt: str, storage: GptImageStorage, settings: GptImageSettings) -> list[ImageRef]:
+    return await generate_image(prompt, n=3, storage=storage, settings=settings)
+
+
+def test_image_task_whose_answer_is_partly_delivered_raises_with_the_stored_refs(
+    make_sandbox: Any, bucket: tuple[LocalS3Server, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task (not a batch row): the first image's URL is never served; the task fails with a
+    PartialDeliveryError (a DownloadError) holding the refs of the two stored images, not retried
+    by Prefect, and readable back after pickling; the rerun of the task pays for one image."""
+    sandbox = make_sandbox()
+    sandbox.script_faults(["media_404@0"])
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    settings, storage = fast_settings(media_retry_seconds=0.3), s3_storage_block(*bucket[:2])
+    prompt = "three tin boats on a pond"
+    state = asyncio.run(_three_images(prompt, storage, settings, return_state=True))  # type: ignore[call-overload]
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    (entry,) = sandbox.ledger.entries
+    faulted = entry["request_id"]
+    arrived = sorted(i["sha256"] for i in entry["images"] if not str(i["url"]).endswith("-1.png"))
+    assert isinstance(error, PartialDeliveryError) and isinstance(error, DownloadError)
+    assert error.request_id == faulted and error.undelivered == 1
+    assert sorted(ref.sha256 for ref in error.refs) == arrived
+    assert sorted(assert_stored_equals_delivered(sandbox, bucket[:2], undelivered=[faulted])) == arrived
+    back = pickle.loads(cloudpickle.dumps(error))  # noqa: S301 - bytes this test just made
+    assert type(back) is PartialDeliveryError and vars(back) == vars(error) and str(back) == str(error)
+
+    refs = asyncio.run(_three_images(prompt, storage, settings))
+    _, topup = sandbox.ledger.entries
+    assert topup["n"] == 1
+    assert sorted(ref.sha256 for ref in refs) == sorted([*arrived, topup["images"][0]["sha256"]])
