@@ -120,12 +120,12 @@ class ImagesEndpoint:
         renders = asyncio.ensure_future(asyncio.gather(*(self.state.renders.get(spec) for spec in specs)))
         try:
             if fault == "slow":
-                await asyncio.sleep(cfg.slow_seconds)
+                await self.state.sleep(cfg.slow_seconds)
             if req.stream:
                 await _stream(self.state, self.kind, ex, parsed, renders, fault)
                 return
             if cfg.latency:
-                await asyncio.sleep(cfg.latency)
+                await self.state.sleep(cfg.latency)
             rendered = await renders
             await _respond(self.state, self.kind, ex, parsed, rendered, fault)
         finally:
