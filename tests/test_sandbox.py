@@ -656,8 +656,10 @@ def test_flaky_media_kind_is_checked_and_given_from_the_cli() -> None:
     assert cfg.faults.probabilities == {"media_flaky:404:3": 0.5}
     with SandboxServer(cfg) as server, api(server) as c:
         urls = [c.post(GEN, json=gen_body()).json()["data"][0]["url"] for _ in range(12)]
-        flaky = {e["request_id"] for e in server.ledger.entries if e["fault"] == "media_flaky:404:3"}
-        assert 0 < len(flaky) < 12
+        entries = server.ledger.entries
+        flaky = {e["request_id"] for e in entries if e["fault"] == "media_flaky:404:3"}
+        assert [e["fault"] for e in entries] == _seeded_faults(cfg.faults, 12)  # as the seed draws
+        assert 0 < len(flaky) < 12  # seed 1 gives both kinds of URL, so both are checked below
         for url in urls:
             statuses = [httpx.get(url).status_code for _ in range(4)]
             rid = url.rsplit("/", 1)[1].partition("-")[0]
@@ -773,23 +775,24 @@ def test_client_timeout_is_still_billed_but_not_delivered() -> None:
     assert len(entries) == 1 and entries[0]["delivered"] is False
 
 
-def _seeded_statuses(faults: FaultConfig, count: int) -> list[int]:
-    """The statuses ``count`` plain requests get under ``faults``, by the documented draw: one
+def _seeded_faults(faults: FaultConfig, count: int) -> list[str | None]:
+    """The faults ``count`` plain requests get under ``faults``, by the documented draw: one
     ``random.Random(seed).random()`` per request, the kinds' chances stacked in FAULT_KINDS
-    order, ``stream_*`` kinds left out for a plain request."""
+    order (parametrised kinds after them, sorted), ``stream_*`` kinds left out of a plain request."""
     rng = random.Random(faults.seed)
-    statuses = []
+    kinds = [*FAULT_KINDS, *sorted(set(faults.probabilities) - set(FAULT_KINDS))]
+    drawn: list[str | None] = []
     for _ in range(count):
-        point, total, status = rng.random(), 0.0, 200
-        for kind in FAULT_KINDS:
+        point, total, fault = rng.random(), 0.0, None
+        for kind in kinds:
             chance = faults.probabilities.get(kind, 0.0)
             if chance and not kind.startswith("stream_"):
                 total += chance
                 if point < total:
-                    status = int(kind)
+                    fault = kind
                     break
-        statuses.append(status)
-    return statuses
+        drawn.append(fault)
+    return drawn
 
 
 def test_seeded_random_faults_are_reproducible() -> None:
@@ -802,7 +805,8 @@ def test_seeded_random_faults_are_reproducible() -> None:
             runs.append([c.post(GEN, json=gen_body()).status_code for _ in range(24)])
     assert runs[0] == runs[1] == runs[2] == runs[3]
     assert {200, 429, 500} <= set(runs[0])  # stream_error never hits plain requests
-    assert runs[0] == _seeded_statuses(faults, 24)  # the seed decides each draw, as documented
+    expected = [int(fault) if fault else 200 for fault in _seeded_faults(faults, 24)]
+    assert runs[0] == expected  # the seed decides each draw, as documented
 
 
 def test_set_faults_at_runtime_and_over_json(sb: SandboxServer) -> None:

@@ -402,5 +402,10 @@ def test_streaming_sends_partials_and_shares_the_cache(
         return first, plain
 
     first, plain = asyncio.run(streamed())
-    assert partials and all(p.width > 0 for p in partials)
-    assert plain == first and len(sandbox_requests(sandbox)) == 1
+    (ref,) = first
+    (request,) = sandbox_requests(sandbox)  # the plain call was a cache hit of the streamed one
+    assert [(p.index, p.width, p.height, p.request_id) for p in partials] == [
+        (0, ref.width, ref.height, request["request_id"]),
+        (1, ref.width, ref.height, request["request_id"]),
+    ]  # both previews asked for, of the image's size, from its request
+    assert plain == first
