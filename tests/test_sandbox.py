@@ -769,6 +769,7 @@ def test_client_timeout_is_still_billed_but_not_delivered() -> None:
         waits = HeldWaits(server)  # the answer is held until the client has given up
         with api(server, timeout=0.15) as c, pytest.raises(httpx.ReadTimeout):
             c.post(GEN, json=gen_body())
+        wait_until(lambda: server.ledger.requests[0]["client_gone"], "the sandbox saw the client leave")
         waits.release_all()
         wait_until(lambda: server.ledger.billed_requests == 1, "the timed-out request was billed")
         entries = server.ledger.entries

@@ -80,7 +80,7 @@ class ImagesEndpoint:
                 headers=_retry_after(cfg.retry_after),
             )
         ex.on_final = ledger.release
-        ex.watch_disconnect()
+        ex.watch_disconnect(on_gone=lambda: ledger.update_request(ex.request_id, client_gone=True))
         if self.kind == "generations":
             parsed = _parse_generation(self.state.ledger, ex, body)
         else:
