@@ -404,17 +404,24 @@ def test_body_too_large_is_413() -> None:
 
 
 def test_concurrency_cap_answers_429_without_retry_after() -> None:
+    """With the cap's 2 requests held in their latency, 2 more are refused with 429."""
     with SandboxServer(max_concurrency=2, latency=0.8) as server:
+        waits = HeldWaits(server)
 
         def call(_: int) -> httpx.Response:
             with api(server) as c:
                 return c.post(GEN, json=gen_body())
 
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(call, range(4)))
+            admitted = [pool.submit(call, i) for i in range(2)]
+            waits.wait_asked(2)  # both in flight, held
+            refused = [pool.submit(call, i) for i in range(2, 4)]
+            refused_statuses = [f.result(timeout=15).status_code for f in refused]
+            waits.release_all()
+            results = [f.result(timeout=15) for f in admitted + refused]
         stats = server.ledger.stats()
-    statuses = sorted(r.status_code for r in results)
-    assert statuses == [200, 200, 429, 429]
+    assert refused_statuses == [429, 429]
+    assert [r.status_code for r in results] == [200, 200, 429, 429]
     for resp in results:
         if resp.status_code == 429:
             err = assert_error(resp, 429, "rate_limit_exceeded")
