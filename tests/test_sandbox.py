@@ -6,13 +6,13 @@ import base64
 import hashlib
 import io
 import json
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from prefect_gpt_image.sandbox import FAULT_KINDS, FaultConfig, SandboxConfig, SandboxServer
 from prefect_gpt_image.sandbox.cli import add_arguments, config_from_args
+from tests.support.sandbox import HeldWaits, wait_until
 
 KEY = "sk-sandbox-test-key"
 RID = re.compile(r"^[A-Za-z0-9]{31}$")
@@ -177,14 +178,11 @@ def test_4k_image_is_rendered_once_and_deterministic(b64sb: SandboxServer) -> No
     fields = gen_body(size="3840x2160", output_format="jpeg", output_compression=70)
     with api(b64sb) as c:
         first = c.post(GEN, json=fields).json()["data"][0]["b64_json"]
-        started = time.monotonic()
         second = c.post(GEN, json=fields).json()["data"][0]["b64_json"]
-        cached_seconds = time.monotonic() - started
         other = c.post(GEN, json={**fields, "prompt": "a blue whale"}).json()["data"][0]["b64_json"]
     assert decode(base64.b64decode(first)).size == (3840, 2160)
     assert first == second != other
     assert b64sb.state.renders.misses == 2 and b64sb.state.renders.hits == 1
-    assert cached_seconds < 1.0
 
 
 def test_same_request_same_bytes_across_servers() -> None:
@@ -406,17 +404,24 @@ def test_body_too_large_is_413() -> None:
 
 
 def test_concurrency_cap_answers_429_without_retry_after() -> None:
+    """With the cap's 2 requests held in their latency, 2 more are refused with 429."""
     with SandboxServer(max_concurrency=2, latency=0.8) as server:
+        waits = HeldWaits(server)
 
         def call(_: int) -> httpx.Response:
             with api(server) as c:
                 return c.post(GEN, json=gen_body())
 
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(call, range(4)))
+            admitted = [pool.submit(call, i) for i in range(2)]
+            waits.wait_asked(2)  # both in flight, held
+            refused = [pool.submit(call, i) for i in range(2, 4)]
+            refused_statuses = [f.result(timeout=15).status_code for f in refused]
+            waits.release_all()
+            results = [f.result(timeout=15) for f in admitted + refused]
         stats = server.ledger.stats()
-    statuses = sorted(r.status_code for r in results)
-    assert statuses == [200, 200, 429, 429]
+    assert refused_statuses == [429, 429]
+    assert [r.status_code for r in results] == [200, 200, 429, 429]
     for resp in results:
         if resp.status_code == 429:
             err = assert_error(resp, 429, "rate_limit_exceeded")
@@ -435,19 +440,23 @@ def test_retry_after_is_sent_only_when_configured() -> None:
 
 
 def test_latency_is_async_under_concurrency() -> None:
+    """16 callers' latencies are waited at once: all 16 are in their wait together (held there
+    until the test has seen it), not one after another."""
     with SandboxServer(latency=0.3) as server, api(server) as c:
+        waits = HeldWaits(server)
 
         def call(i: int) -> int:
             return c.post(GEN, json=gen_body(prompt=f"prompt {i % 4}")).status_code
 
-        started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
-            statuses = list(pool.map(call, range(48)))
-        elapsed = time.monotonic() - started
+            calls = [pool.submit(call, i) for i in range(48)]
+            waits.wait_asked(16)
+            in_flight_while_held = server.ledger.stats()["in_flight"]
+            waits.release_all()
+            statuses = [f.result() for f in calls]
         stats = server.ledger.stats()
-    assert statuses == [200] * 48
-    assert elapsed < 2.5  # 3 waves of 0.3 s; serial would be 14 s
-    assert stats["max_in_flight"] >= 8 and stats["billed_images"] == 48
+    assert statuses == [200] * 48 and waits.requested == [0.3] * 48
+    assert in_flight_while_held == 16 and stats["max_in_flight"] == 16 and stats["billed_images"] == 48
 
 
 # ---------------------------------------------------------------------------------------------
@@ -505,15 +514,20 @@ def test_edit_stream_uses_edit_events_and_options() -> None:
 
 
 def test_stream_latency_is_spread_over_events() -> None:
+    """The latency is waited in equal shares, one before each event, each event sent as soon as
+    its share is over: with every later share held, the event before it still arrives."""
     with SandboxServer(latency=0.6) as server, api(server) as c:
-        stamps = []
+        waits = HeldWaits(server)
+        events = []
         with c.stream("POST", GEN, json=gen_body(stream=True, partial_images=2)) as resp:
-            start = time.monotonic()
-            for line in resp.iter_lines():
-                if line.startswith("event: "):
-                    stamps.append(time.monotonic() - start)
-    assert len(stamps) == 3
-    assert 0.1 < stamps[0] < 0.45 and stamps[2] > 0.5
+            lines = resp.iter_lines()
+            for count in (1, 2, 3):
+                waits.wait_asked(count)
+                waits.release()  # this share only: the event must come before the next one
+                events.append(next(line for line in lines if line.startswith("event: ")))
+            rest = [line for line in lines if line.startswith("event: ")]
+    assert events == ["event: image_generation.partial_image"] * 2 + ["event: image_generation.completed"]
+    assert rest == [] and waits.requested == pytest.approx([0.2, 0.2, 0.2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,12 +575,17 @@ def test_drop_breaks_connection_after_billing(sb: SandboxServer) -> None:
 
 
 def test_slow_fault_delays_answer() -> None:
-    with SandboxServer(slow_seconds=0.4) as server, api(server) as c:
+    """A ``slow`` fault waits slow_seconds before answering: while that wait is held, nothing is
+    answered or billed."""
+    with SandboxServer(slow_seconds=0.4) as server, api(server) as c, ThreadPoolExecutor(1) as pool:
+        waits = HeldWaits(server)
         server.script_faults(["slow"])
-        started = time.monotonic()
-        resp = c.post(GEN, json=gen_body())
-        elapsed = time.monotonic() - started
-    assert resp.status_code == 200 and elapsed >= 0.4
+        answer = pool.submit(c.post, GEN, json=gen_body())
+        waits.wait_asked(1)
+        assert server.ledger.billed_requests == 0 and not answer.done()
+        waits.release()
+        resp = answer.result(timeout=15)
+    assert resp.status_code == 200 and waits.requested == [0.4]
     assert server.ledger.entries[0]["fault"] == "slow"
 
 
@@ -657,8 +676,10 @@ def test_flaky_media_kind_is_checked_and_given_from_the_cli() -> None:
     assert cfg.faults.probabilities == {"media_flaky:404:3": 0.5}
     with SandboxServer(cfg) as server, api(server) as c:
         urls = [c.post(GEN, json=gen_body()).json()["data"][0]["url"] for _ in range(12)]
-        flaky = {e["request_id"] for e in server.ledger.entries if e["fault"] == "media_flaky:404:3"}
-        assert 0 < len(flaky) < 12
+        entries = server.ledger.entries
+        flaky = {e["request_id"] for e in entries if e["fault"] == "media_flaky:404:3"}
+        assert [e["fault"] for e in entries] == _seeded_faults(cfg.faults, 12)  # as the seed draws
+        assert 0 < len(flaky) < 12  # seed 1 gives both kinds of URL, so both are checked below
         for url in urls:
             statuses = [httpx.get(url).status_code for _ in range(4)]
             rid = url.rsplit("/", 1)[1].partition("-")[0]
@@ -765,13 +786,34 @@ def test_scripted_stream_fault_on_plain_request_is_used_up(sb: SandboxServer) ->
 
 def test_client_timeout_is_still_billed_but_not_delivered() -> None:
     with SandboxServer(latency=0.5) as server:
+        waits = HeldWaits(server)  # the answer is held until the client has given up
         with api(server, timeout=0.15) as c, pytest.raises(httpx.ReadTimeout):
             c.post(GEN, json=gen_body())
-        deadline = time.monotonic() + 3
-        while server.ledger.billed_requests == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: server.ledger.requests[0]["client_gone"], "the sandbox saw the client leave")
+        waits.release_all()
+        wait_until(lambda: server.ledger.billed_requests == 1, "the timed-out request was billed")
         entries = server.ledger.entries
     assert len(entries) == 1 and entries[0]["delivered"] is False
+
+
+def _seeded_faults(faults: FaultConfig, count: int) -> list[str | None]:
+    """The faults ``count`` plain requests get under ``faults``, by the documented draw: one
+    ``random.Random(seed).random()`` per request, the kinds' chances stacked in FAULT_KINDS
+    order (parametrised kinds after them, sorted), ``stream_*`` kinds left out of a plain request."""
+    rng = random.Random(faults.seed)
+    kinds = [*FAULT_KINDS, *sorted(set(faults.probabilities) - set(FAULT_KINDS))]
+    drawn: list[str | None] = []
+    for _ in range(count):
+        point, total, fault = rng.random(), 0.0, None
+        for kind in kinds:
+            chance = faults.probabilities.get(kind, 0.0)
+            if chance and not kind.startswith("stream_"):
+                total += chance
+                if point < total:
+                    fault = kind
+                    break
+        drawn.append(fault)
+    return drawn
 
 
 def test_seeded_random_faults_are_reproducible() -> None:
@@ -784,7 +826,8 @@ def test_seeded_random_faults_are_reproducible() -> None:
             runs.append([c.post(GEN, json=gen_body()).status_code for _ in range(24)])
     assert runs[0] == runs[1] == runs[2] == runs[3]
     assert {200, 429, 500} <= set(runs[0])  # stream_error never hits plain requests
-    assert 4 <= runs[0].count(200) <= 20
+    expected = [int(fault) if fault else 200 for fault in _seeded_faults(faults, 24)]
+    assert runs[0] == expected  # the seed decides each draw, as documented
 
 
 def test_set_faults_at_runtime_and_over_json(sb: SandboxServer) -> None:
@@ -845,10 +888,16 @@ def test_ledger_and_request_log_over_json(sb: SandboxServer) -> None:
 
 
 def test_media_expires_after_ttl() -> None:
-    with SandboxServer(media_ttl=0.3) as server, api(server) as c:
+    """A result URL serves its image until media_ttl seconds have passed (by the media store's
+    clock, moved by the test), then 404s."""
+    with SandboxServer(media_ttl=30) as server, api(server) as c:
+        now = [1000.0]
+        server.state.media.clock = lambda: now[0]
         url = c.post(GEN, json=gen_body()).json()["data"][0]["url"]
         assert httpx.get(url).status_code == 200
-        time.sleep(0.4)
+        now[0] += 29.9
+        assert httpx.get(url).status_code == 200
+        now[0] += 0.1
         assert httpx.get(url).status_code == 404
         assert httpx.get(f"{server.url}/media/nope.png").status_code == 404
 

@@ -74,8 +74,9 @@ class _Exchange:
                 chunks.append(chunk)
         return None if too_big else b"".join(chunks)
 
-    def watch_disconnect(self) -> None:
-        """Note in ``client_gone`` if the client disconnects before the answer is complete."""
+    def watch_disconnect(self, on_gone: Callable[[], None] | None = None) -> None:
+        """Note in ``client_gone`` if the client disconnects before the answer is complete (and
+        call ``on_gone`` then, e.g. to say so in the request log)."""
 
         async def watch() -> None:
             """Wait for ``http.disconnect``."""
@@ -84,6 +85,8 @@ class _Exchange:
                 if message["type"] == "http.disconnect":
                     if not self.completed:
                         self.client_gone = True
+                        if on_gone is not None:
+                            on_gone()
                     return
 
         self._watcher = asyncio.get_running_loop().create_task(watch())

@@ -80,7 +80,7 @@ class ImagesEndpoint:
                 headers=_retry_after(cfg.retry_after),
             )
         ex.on_final = ledger.release
-        ex.watch_disconnect()
+        ex.watch_disconnect(on_gone=lambda: ledger.update_request(ex.request_id, client_gone=True))
         if self.kind == "generations":
             parsed = _parse_generation(self.state.ledger, ex, body)
         else:
@@ -120,12 +120,12 @@ class ImagesEndpoint:
         renders = asyncio.ensure_future(asyncio.gather(*(self.state.renders.get(spec) for spec in specs)))
         try:
             if fault == "slow":
-                await asyncio.sleep(cfg.slow_seconds)
+                await self.state.sleep(cfg.slow_seconds)
             if req.stream:
                 await _stream(self.state, self.kind, ex, parsed, renders, fault)
                 return
             if cfg.latency:
-                await asyncio.sleep(cfg.latency)
+                await self.state.sleep(cfg.latency)
             rendered = await renders
             await _respond(self.state, self.kind, ex, parsed, rendered, fault)
         finally:

@@ -50,7 +50,8 @@ class LoggedFile(TypedDict):
 
 
 class RequestLogEntry(TypedDict):
-    """One API request as the sandbox saw it (never the API key: only whether auth passed)."""
+    """One API request as the sandbox saw it (never the API key: only whether auth passed);
+    ``client_gone`` once the sandbox noticed the client leave before its answer was complete."""
 
     request_id: str
     endpoint: str
@@ -62,6 +63,7 @@ class RequestLogEntry(TypedDict):
     files: list[LoggedFile]
     started: float
     finished: float | None
+    client_gone: bool
 
 
 class LedgerStats(TypedDict):
@@ -214,6 +216,7 @@ class Ledger:
             files=[],
             started=time.time(),
             finished=None,
+            client_gone=False,
         )
         with self._lock:
             self._log.append(entry)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -38,10 +39,15 @@ class MediaCount(TypedDict):
 
 class MediaStore:
     """Result images by file name; expired ones are forgotten (their URL then 404s), their
-    counts are not (until :meth:`reset_counts`)."""
+    counts are not (until :meth:`reset_counts`).
 
-    def __init__(self) -> None:
-        """Start empty."""
+    ``clock`` (monotonic seconds, ``time.monotonic`` by default) decides expiry: a test may set
+    another to move a result URL past its lifetime without waiting for it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """Start empty, telling time by ``clock``."""
+        self.clock = clock
         self._lock = threading.Lock()
         self._items: dict[str, MediaItem] = {}
         self._counts: dict[str, MediaCount] = {}
@@ -58,7 +64,7 @@ class MediaStore:
         request_id: str | None = None,
     ) -> None:
         """Store ``data`` under ``name`` for ``ttl`` seconds (answering ``request_id``)."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             self._items[name] = MediaItem(data, content_type, now + ttl, fault)
             self._counts[name] = MediaCount(
@@ -69,7 +75,7 @@ class MediaStore:
 
     def hit(self, name: str, *, count: bool = True) -> MediaItem | None:
         """Return ``name`` (counting one GET if ``count``), or None if unknown or expired."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             counted = self._counts.get(name) if count else None
             if counted is not None:

@@ -42,7 +42,7 @@ async def _stream(
     rendered = None
     for i in range(k):
         if step:
-            await asyncio.sleep(step)
+            await state.sleep(step)
         rendered = (await renders)[0]
         event = {
             "type": f"{family}.partial_image",
@@ -74,7 +74,7 @@ async def _stream(
         await ex.chunk(b"", last=True)
         return
     if step:
-        await asyncio.sleep(step)
+        await state.sleep(step)
     completed: dict[str, Any] = {"type": f"{family}.completed"}
     if cfg.stream_completed_url or _forces_url(fault):
         completed["url"] = _publish(state, ex, rendered, 0, fault)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import socket
@@ -31,15 +32,17 @@ from prefect_gpt_image.api import (
     RateLimitError,
     RequestTooLargeError,
     ResponseTimeoutError,
+    RetryEvent,
     RetryPolicy,
     ServerError,
     StreamErrorEvent,
     Timeouts,
     UnsafeURLError,
 )
+from prefect_gpt_image.api import client as client_module
 from tests.support.images import decode, mask_bytes, png_bytes
 from tests.support.judge import media_gets
-from tests.support.sandbox import billed_images, sandbox_requests
+from tests.support.sandbox import HeldWaits, billed_images, sandbox_requests
 
 KEY = "sk-test-SECRET-4f1c9e2a77"
 FAST = RetryPolicy(
@@ -50,6 +53,36 @@ FAST = RetryPolicy(
 @pytest.fixture
 def sandbox(make_sandbox: Any) -> Any:
     return make_sandbox()
+
+
+class VirtualTime:
+    """The client module's clock and sleep, virtual: a retry wait is recorded and moves the
+    clock on by its seconds at once, so a test judges which waits the client made (and the time
+    bound it kept) by what it asked for, not by how long the test took."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+    def __getattr__(self, name: str) -> Any:  # everything else of asyncio and time, unchanged
+        return getattr(asyncio, name, None) or getattr(time, name)
+
+
+@pytest.fixture
+def virtual_time(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
+    """Virtual time for the client's retry loop (``prefect_gpt_image.api.client`` only)."""
+    virtual = VirtualTime()
+    monkeypatch.setattr(client_module, "asyncio", virtual)
+    monkeypatch.setattr(client_module, "time", virtual)
+    return virtual
 
 
 def client_for(sandbox: Any, **kw: Any) -> ImagesClient:
@@ -291,14 +324,15 @@ def test_retries_bounded_by_max_attempts(sandbox: Any) -> None:
     assert billed_images(sandbox) == 0
 
 
-def test_retries_bounded_by_total_time(sandbox: Any) -> None:
+def test_retries_bounded_by_total_time(sandbox: Any, virtual_time: VirtualTime) -> None:
     sandbox.script_faults(["429"] * 10)
     policy = RetryPolicy(
         max_attempts=10, initial_backoff=0.2, multiplier=1.0, jitter=0.0, max_total_seconds=0.5
     )
     with client_for(sandbox, retry=policy) as client, pytest.raises(RateLimitError):
         client.generate("a cat")
-    assert len(sandbox_requests(sandbox)) == 3  # waits 0.2 + 0.2; a third wait would pass 0.5 s
+    assert virtual_time.slept == [0.2, 0.2]  # a third wait would end past 0.5 s
+    assert len(sandbox_requests(sandbox)) == 3
 
 
 def test_backoff_doubles_from_initial() -> None:
@@ -308,14 +342,15 @@ def test_backoff_doubles_from_initial() -> None:
     assert all(1.0 <= jittered.backoff(1) <= 1.5 for _ in range(50))
 
 
-def test_retry_after_header_honoured(make_sandbox: Any) -> None:
-    sandbox = make_sandbox(retry_after=1)
+def test_retry_after_header_honoured(make_sandbox: Any, virtual_time: VirtualTime) -> None:
+    sandbox = make_sandbox(retry_after=7)
     sandbox.script_faults(["429"])
     policy = RetryPolicy(initial_backoff=0.01, jitter=0.0)
-    started = time.monotonic()
+    retries: list[RetryEvent] = []
     with client_for(sandbox, retry=policy) as client:
-        client.generate("a cat")
-    assert time.monotonic() - started >= 1.0
+        client.generate("a cat", on_retry=retries.append)
+    assert [(r.attempt, type(r.error), r.wait_seconds) for r in retries] == [(1, RateLimitError, 7.0)]
+    assert virtual_time.slept == [7.0]  # the wait reported is the wait made (not the 0.01 backoff)
     assert len(sandbox_requests(sandbox)) == 2
 
 
@@ -346,21 +381,25 @@ def test_dropped_connection_retried_when_opted_in(sandbox: Any) -> None:
 
 def test_read_timeout_is_outcome_unknown(make_sandbox: Any) -> None:
     sandbox = make_sandbox(slow_seconds=2.0)
+    waits = HeldWaits(sandbox)  # the slow answer is held until the client has given up
     sandbox.script_faults(["slow"])
     with client_for(sandbox, timeouts=Timeouts(read=0.3)) as client, pytest.raises(ResponseTimeoutError):
         client.generate("a cat")
-    assert len(sandbox_requests(sandbox)) == 1
+    waits.release_all()
+    assert len(sandbox_requests(sandbox)) == 1 and waits.requested == [2.0]
 
 
 def test_connection_refused_is_retried_then_raised() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     retries: list[Any] = []
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.01, jitter=0.0)
-    with ImagesClient(KEY, base_url=f"http://127.0.0.1:{port}/v1", retry=policy) as client:
-        with pytest.raises(ConnectionFailedError) as info:
-            client.generate("a cat", on_retry=retries.append)
+    # The port stays bound by this test, never listening: connections to it are refused, and no
+    # other process can take it meanwhile (a closed port could be anyone's by the time we call).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with ImagesClient(KEY, base_url=f"http://127.0.0.1:{port}/v1", retry=policy) as client:
+            with pytest.raises(ConnectionFailedError) as info:
+                client.generate("a cat", on_retry=retries.append)
     assert len(retries) == 2 and info.value.retryable and KEY not in str(info.value)
 
 
@@ -375,7 +414,9 @@ def test_media_failing_once_is_downloaded_on_retry(sandbox: Any) -> None:
 @pytest.mark.parametrize("mode", ["404", "403", "503", "reset", "truncated"])
 def test_media_failing_three_times_is_downloaded_within_the_window(sandbox: Any, mode: str) -> None:
     sandbox.script_faults([f"media_flaky:{mode}:3"])
-    with client_for(sandbox) as client:
+    # A window no busy machine outlasts: the promise is "fetched again until served", not a pace.
+    patient = dataclasses.replace(FAST, media_retry_seconds=30.0)
+    with client_for(sandbox, retry=patient) as client:
         (image,) = client.generate("a cat")
     (entry,) = sandbox.ledger.entries
     assert image.sha256 == entry["images"][0]["sha256"] and image.request_id == entry["request_id"]

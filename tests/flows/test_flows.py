@@ -77,7 +77,9 @@ def test_pipeline_generate_edit_blend_into_s3(env: Any, tmp_path: Path) -> None:
     chain = [a for a in artifacts if a["key"] == "gpt-image-pipeline"]
     assert chain and all(ref.sha256[:16] in chain[0]["data"] for ref in (generated, edited, blended))
     images = [a for a in artifacts if a["type"] == "image"]
-    assert len(images) >= 3
+    assert sorted(a["key"] for a in images) == sorted(
+        f"gpt-image-{ref.sha256[:16]}" for ref in (generated, edited, blended)
+    )  # one image artifact per step's image, no more, no fewer
     for artifact in images:
         assert decode(httpx.get(artifact["data"]).content).size == (1024, 1024)
     assert KEY not in json.dumps(artifacts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -19,6 +20,7 @@ import httpx
 import pytest
 from prefect import flow, unmapped
 from prefect.logging.handlers import APILogHandler
+from pydantic import SecretStr
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.local_s3 import LocalS3Server
@@ -33,6 +35,7 @@ from prefect_gpt_image.tasks import (
     read_manifest,
 )
 from tests.support.images import decode, mask_bytes, png_bytes
+from tests.support.judge import ledger_cost
 from tests.support.prefect import PrefectServer, flow_run, flow_run_artifacts, flow_run_logs
 from tests.support.sandbox import billed_images, sandbox_requests
 
@@ -81,8 +84,13 @@ def _store_of(storage: GptImageStorage) -> Any:
     return storage.get_store()
 
 
-def _check_stored(storage: GptImageStorage, refs: list[ImageRef], *, parents: tuple[str, ...] = ()) -> None:
+def _check_stored(
+    sandbox: Any, storage: GptImageStorage, refs: list[ImageRef], *, parents: tuple[str, ...] = ()
+) -> None:
+    """Each ref's bytes, manifest and lineage are stored; the cost each manifest and ref records
+    adds up, per request, to what the sandbox's ledger charged for it (at the ledger's price)."""
     store = _store_of(storage)
+    costs: dict[str, list[float]] = {}
     for ref in refs:
         key = store.image_key(ref.sha256, ref.format)
         data = store.read_bytes(key)
@@ -105,7 +113,10 @@ def _check_stored(storage: GptImageStorage, refs: list[ImageRef], *, parents: tu
             assert manifest[field] not in (None, ""), field
         assert manifest["prompt"] == ref.prompt and manifest["request_id"] == ref.request_id
         assert manifest["parents"] == list(parents)
-        assert manifest["cost"] == pytest.approx(0.0377)
+        assert manifest["cost"] == ref.cost
+        costs.setdefault(ref.request_id, []).append(ref.cost)
+    for request_id, recorded in costs.items():
+        assert math.fsum(recorded) == pytest.approx(ledger_cost(sandbox, [request_id])), request_id
 
 
 def test_generate_stores_images_and_manifests_locally_and_reruns_free(
@@ -115,7 +126,7 @@ def test_generate_stores_images_and_manifests_locally_and_reruns_free(
     assert len(refs) == 2 and billed_images(sandbox) == 2
     assert all(ref.link and ref.link.startswith("file://") for ref in refs)
     assert (refs[0].width, refs[0].height) == (1024, 640)
-    _check_stored(local_storage, refs)
+    _check_stored(sandbox, local_storage, refs)
     assert isinstance(_store_of(local_storage), LocalImageStore)
 
     again = asyncio.run(generate_flow("a lighthouse at dawn", credentials, settings, local_storage, n=2))
@@ -157,11 +168,12 @@ def test_s3_storage_lineage_and_inputs_of_every_kind(
     inputs: list[Any] = [style_path, s3_ref.uri, b"" + style, url]
     out = asyncio.run(lineage_flow(credentials, settings, s3_storage, inputs))
     base, edited, blended = out["base"], out["edited"], out["blended"]
-    _check_stored(s3_storage, base)
+    _check_stored(sandbox, s3_storage, base)
     mask_sha = hashlib.sha256(mask_bytes((1024, 640), (0, 0, 512, 320))).hexdigest()
-    _check_stored(s3_storage, edited, parents=(base[0].sha256, mask_sha))
+    _check_stored(sandbox, s3_storage, edited, parents=(base[0].sha256, mask_sha))
     style_sha, other_sha = hashlib.sha256(style).hexdigest(), hashlib.sha256(other).hexdigest()
     _check_stored(
+        sandbox,
         s3_storage,
         blended,
         parents=(base[0].sha256, edited[0].sha256, style_sha, other_sha, style_sha, other_sha),
@@ -286,10 +298,14 @@ def test_budget_stops_a_run_before_the_paid_call(
 
 
 def test_artifacts_and_retry_logs(
-    sandbox: Any, credentials: GptImageCredentials, settings: GptImageSettings, s3_storage: GptImageStorage
+    make_sandbox: Any, settings: GptImageSettings, s3_storage: GptImageStorage
 ) -> None:
+    # A sandbox charging another price than the contract's, and settings saying so: the card's
+    # cost must be the price the settings name, as the ledger charged it, not a built-in one.
+    sandbox = make_sandbox(latency=0.05, price_per_image=0.0512)
+    credentials = GptImageCredentials(api_key=SecretStr(CANARY_KEY), base_url=sandbox.base_url)
     sandbox.script_faults(["429"])
-    fast = settings.model_copy(update={"initial_backoff_seconds": 0.05})
+    fast = settings.model_copy(update={"initial_backoff_seconds": 0.05, "price_per_image": 0.0512})
     state = asyncio.run(generate_flow("an artifact fox", credentials, fast, s3_storage, return_state=True))
     refs = state.result()
     run_id = state.state_details.flow_run_id
@@ -303,7 +319,9 @@ def test_artifacts_and_retry_logs(
     got = httpx.get(url, timeout=10)
     assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == refs[0].sha256
     card = str(cards[0]["data"])
-    assert "an artifact fox" in card and refs[0].request_id in card and "0.0377" in card
+    assert "an artifact fox" in card and refs[0].request_id in card
+    assert ledger_cost(sandbox) == pytest.approx(0.0512)  # one image billed (the 429 was not)
+    assert f"| cost of the images | ${ledger_cost(sandbox):.4f} |" in card
     logs = "\n".join(flow_run_logs(run_id))
     assert "attempt 1 failed (request id" in logs and "retrying in" in logs
 
@@ -384,5 +402,10 @@ def test_streaming_sends_partials_and_shares_the_cache(
         return first, plain
 
     first, plain = asyncio.run(streamed())
-    assert partials and all(p.width > 0 for p in partials)
-    assert plain == first and len(sandbox_requests(sandbox)) == 1
+    (ref,) = first
+    (request,) = sandbox_requests(sandbox)  # the plain call was a cache hit of the streamed one
+    assert [(p.index, p.width, p.height, p.request_id) for p in partials] == [
+        (0, ref.width, ref.height, request["request_id"]),
+        (1, ref.width, ref.height, request["request_id"]),
+    ]  # both previews asked for, of the image's size, from its request
+    assert plain == first

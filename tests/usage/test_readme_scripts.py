@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from tests.support.judge import assert_stored_equals_delivered
+
 from .conftest import Usage
 
 
@@ -21,7 +23,7 @@ def test_readme_sync_flow(usage: Usage) -> None:
     assert run.returncode == 0, run.tail()
     # generate 1 + edit 1 + blend 1 + 3 mapped prompts; each stored once
     assert _billed(usage.sandbox) == {"generations": 4, "edits": 2}, run.tail()
-    assert len(usage.image_files()) == 6
+    assert len(assert_stored_equals_delivered(usage.sandbox, usage.storage)) == 6  # bytes hashed
     again = usage.run("readme_sync_flow.py")  # a new process: everything from the store
     assert again.returncode == 0, again.tail()
     assert usage.sandbox.ledger.billed_images == 6 and "Cached" in again.stdout + again.stderr
@@ -31,7 +33,7 @@ def test_readme_async_flow(usage: Usage) -> None:
     run = usage.run("readme_async_flow.py")
     assert run.returncode == 0, run.tail()
     assert _billed(usage.sandbox) == {"generations": 2}
-    assert len(usage.image_files()) == 2
+    assert len(assert_stored_equals_delivered(usage.sandbox, usage.storage)) == 2  # bytes hashed
 
 
 def test_readme_flows_from_a_script(usage: Usage) -> None:
