@@ -23,11 +23,11 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
-# The benchmarks of bench/README.md, one after another (about 15 minutes on 2 cores; scale.py,
+# The benchmarks of bench/README.md, one after another (about 20 minutes on 2 cores; scale.py,
 # 1,000 to 10,000 rows and a rerun, about 6 of them on a quiet machine).
 bench: $(BIN)/.installed
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	for b in throughput overhead rerun memory stream compose pipeline scale; do $(BIN)/python bench/$$b.py || exit 1; done
+	for b in throughput overhead rerun memory stream compose pipeline scale stops; do $(BIN)/python bench/$$b.py || exit 1; done
 	$(BIN)/python bench/throughput.py --n 1000
 
 lint: $(BIN)/.installed

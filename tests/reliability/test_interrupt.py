@@ -1,6 +1,6 @@
 """Ctrl-C (SIGINT to the process group, as a terminal sends it) of a script running
 ``batch_generate`` into a real S3 bucket, with calls in flight: the script stops (how fast is
-bench/interrupt.py's figure, not a test's), every image the sandbox delivered is in the bucket
+bench/stops.py's figure, not a test's), every image the sandbox delivered is in the bucket
 (its bytes, hashed) or the spool, and no lock or global-limit slot is left behind."""
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def test_flows_called_from_a_script_and_as_a_subflow(usage: Usage) -> None:
 
 def test_clients_never_closed_let_the_script_exit(usage: Usage) -> None:
     # a client left open must not keep the interpreter alive: a hang fails here (the timeout);
-    # how soon it exits is a benchmark's figure, not a test's
+    # how soon it exits is a benchmark's figure (bench/stops.py), not a test's
     run = usage.run("unclosed_clients.py", timeout=60)
     shas = run.result()
     assert shas["sync"] != shas["async"]
