@@ -101,9 +101,46 @@ class _Batch:
         """The test's batch script on these rows, K at once, in a new process group."""
         return crash_batch.start(self.prompts_file, self.storage, self.block, k, 600, self.log)
 
+    def signal_mid_run(self, sb: Any, k: int, sig: int) -> tuple[int, float, int | None]:
+        """Start the batch script, send ``sig`` to its process group once K answers were
+        delivered and at least 2 calls are in flight; (calls in flight then, seconds from the
+        signal to the exit or NaN if it hung, exit code)."""
+        sb.ledger.reset()
+        process = self.start(k)
+        try:
+            _wait_for(
+                "calls in flight",
+                lambda: _delivered(sb) >= k and sb.ledger.in_flight >= 2,
+                process,
+                self.log,
+            )
+            in_flight = sb.ledger.in_flight
+            signalled = time.monotonic()
+            os.killpg(process.pid, sig)
+            try:
+                code: int | None = process.wait(HANG_TIMEOUT)
+                seconds = time.monotonic() - signalled
+            except subprocess.TimeoutExpired:
+                code, seconds = None, float("nan")
+        finally:
+            stop_process(process)
+        return in_flight, seconds, code
+
     def run_here(self, prompts: list[str], k: int) -> tuple[float, Any]:
         """``batch_generate`` of ``prompts`` in this process: (wall seconds, BatchResult)."""
         return common.run_batch(prompts, storage=self.storage, settings_block=self.block, max_parallel=k)
+
+    def rerun(
+        self, sb: Any, k: int, label: str, problems: list[str], profile: str | None = None
+    ) -> tuple[float, int]:
+        """Every row again, in this process: (wall seconds, calls paid per the sandbox's ledger);
+        a rerun that does not store every row is a failed check."""
+        sb.ledger.reset()
+        with common.profiled(profile):
+            wall, result = self.run_here(self.prompts, k)
+        stored = getattr(result, "stored", -1) == len(self.prompts)
+        common.check(stored, f"{label}: the rerun did not store every row", problems)
+        return wall, len(sb.ledger.entries)
 
 
 def _delivered(sb: Any) -> int:
@@ -113,26 +150,8 @@ def _delivered(sb: Any) -> int:
 def ctrl_c_once(sb: Any, root: Path, run: int, n: int, k: int, problems: list[str]) -> dict[str, Any]:
     """SIGINT to a running batch script's group once K answers came and 2+ calls are in flight."""
     batch = _Batch(root, f"ctrl-c-{run}", n, k)
-    sb.ledger.reset()
-    process = batch.start(k)
-    seconds, code, in_flight = float("nan"), None, 0
-    try:
-        _wait_for(
-            "calls in flight",
-            lambda: _delivered(sb) >= k and sb.ledger.in_flight >= 2,
-            process,
-            batch.log,
-        )
-        in_flight = sb.ledger.in_flight
-        signalled = time.monotonic()
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            code = process.wait(HANG_TIMEOUT)
-            seconds = time.monotonic() - signalled
-        except subprocess.TimeoutExpired:
-            common.check(False, f"Ctrl-C run {run}: the script hung after SIGINT", problems)
-    finally:
-        stop_process(process)
+    in_flight, seconds, code = batch.signal_mid_run(sb, k, signal.SIGINT)
+    common.check(not math.isnan(seconds), f"Ctrl-C run {run}: the script hung after SIGINT", problems)
     common.check(code not in (None, 0), f"Ctrl-C run {run}: exit code {code} (expected non-zero)", problems)
     _drain(sb)
     return {
@@ -203,31 +222,11 @@ def crash_once(
     """kill -9 of a batch with rows stored and calls in flight, then its rerun; and a clean rerun
     paying for as many rows. Rows: (after kill -9, clean)."""
     batch = _Batch(root, f"crash-{run}", n, k)
-    sb.ledger.reset()
-    process = batch.start(k)
-    try:
-        _wait_for(
-            "rows stored and calls in flight",
-            lambda: _delivered(sb) >= k and sb.ledger.in_flight >= 2,
-            process,
-            batch.log,
-        )
-        in_flight = sb.ledger.in_flight
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
-    finally:
-        stop_process(process)
+    in_flight, _, code = batch.signal_mid_run(sb, k, signal.SIGKILL)
+    common.check(code == -signal.SIGKILL, f"crash run {run}: exit code {code} (expected -9)", problems)
     _drain(sb)
     leaked = _active_slots(batch.limit_name)
-    sb.ledger.reset()
-    with common.profiled(profile):
-        crashed_wall, result = batch.run_here(batch.prompts, k)
-    paid = len(sb.ledger.entries)
-    common.check(
-        getattr(result, "stored", -1) == n,
-        f"crash run {run}: the rerun did not store every row",
-        problems,
-    )
+    crashed_wall, paid = batch.rerun(sb, k, f"crash run {run}", problems, profile)
     crashed = {
         "figure": "rerun after kill -9",
         "run": run,
@@ -241,14 +240,7 @@ def crash_once(
     clean = _Batch(root, f"clean-{run}", n, k)
     _, first = clean.run_here(clean.prompts[: n - paid], k)
     common.check(getattr(first, "stored", -1) == n - paid, f"clean run {run}: first run failed", problems)
-    sb.ledger.reset()
-    clean_wall, result = clean.run_here(clean.prompts, k)
-    clean_paid = len(sb.ledger.entries)
-    common.check(
-        getattr(result, "stored", -1) == n,
-        f"clean run {run}: the rerun did not store every row",
-        problems,
-    )
+    clean_wall, clean_paid = clean.rerun(sb, k, f"clean run {run}", problems)
     common.check(clean_paid == paid, f"clean run {run}: paid {clean_paid}, the crash rerun {paid}", problems)
     return crashed, {
         "figure": "clean rerun",
