@@ -9,7 +9,7 @@ Rows whose images are already in the store (a rerun) are served from the cache r
 the others run the image call of ``generate_image`` (its lock, cache record, spool, budget and
 limits, and its retries) inside the flow run, without a task run per row (one cost more server
 and flow-process CPU than the rest of the row), holding their concurrency slots for the batch
-(see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no per-call
+(see :func:`~prefect_gpt_image.calls.concurrency.hold_slots`) and publishing no per-call
 artifacts (the table lists every row's image).
 """
 
@@ -33,19 +33,26 @@ from pydantic import BaseModel, Field
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.blocks import GptImageSettings
+from prefect_gpt_image.calls import (
+    CACHE_FOLDER,
+    BilledAttempts,
+    PartialDeliveryError,
+    batch_rows,
+    cache_key,
+    collect_maybe_billed,
+    csv_row,
+    hold_slots,
+    md_link,
+    md_table,
+    read_record,
+    record_name,
+    release_idle_leases,
+    run_row_call,
+    with_links,
+)
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.storage.base import IMAGES_FOLDER
-from prefect_gpt_image.tasks import ImageRef
-from prefect_gpt_image.tasks.cache import CACHE_FOLDER, cache_key, read_record, record_name
-from prefect_gpt_image.tasks.concurrency import (
-    hold_slots,
-    release_idle_leases,
-)
-from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.encoding import csv_row, md_link, md_table
-from prefect_gpt_image.tasks.errors import PartialDeliveryError
-from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
-from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
+from prefect_gpt_image.tasks import ImageRef, sync_or_async
 
 from .failures import Counted, FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records

@@ -29,15 +29,28 @@ from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.api.models import parse_size
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
+from prefect_gpt_image.calls import (
+    BilledAttempts,
+    InputCache,
+    batch_rows,
+    cache_key,
+    collect_maybe_billed,
+    edit_request,
+    generate_request,
+    hold_slots,
+    md_image,
+    md_link,
+    md_table,
+    md_text,
+    read_input,
+    read_once,
+    read_record,
+    run_cache,
+    run_row_call,
+    with_links,
+)
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, blend_images, edit_image, generate_image
-from prefect_gpt_image.tasks.cache import cache_key, read_record
-from prefect_gpt_image.tasks.concurrency import hold_slots
-from prefect_gpt_image.tasks.encoding import md_image, md_link, md_table, md_text
-from prefect_gpt_image.tasks.images import edit_request, generate_request
-from prefect_gpt_image.tasks.inputs import InputCache, read_input, read_once, run_cache
-from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
-from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
 
 from .failures import Counted, FailedRow, failure_counts, failure_message
 from .masks import MaskRegion, build_mask
@@ -626,7 +639,7 @@ def _arguments(
 
 async def _make(call: _Call, outputs: Mapping[str, ImageRef], rt: _Runtime, what: str) -> list[ImageRef]:
     """Make (or find) one step's images: in a batch the image call itself (no task run per step,
-    see :func:`~prefect_gpt_image.tasks.pipeline.run_row_call`), else with the step's task."""
+    see :func:`~prefect_gpt_image.calls.run_row_call`), else with the step's task."""
     if rt.batch:
         request = await asyncio.to_thread(_request, call, outputs, rt)
         made = await run_row_call(

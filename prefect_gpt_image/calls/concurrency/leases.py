@@ -45,7 +45,7 @@ MAX_POLL_SECONDS = 1.0
 """Longest wait between two tries of a denied (423) acquisition: slots held by other processes
 are polled at least this often, whatever Retry-After the server suggests."""
 
-_log = logging.getLogger("prefect_gpt_image.tasks.concurrency")
+_log = logging.getLogger("prefect_gpt_image.calls.concurrency")
 _T = TypeVar("_T")
 
 
