@@ -1,5 +1,9 @@
 """The lease service: one background thread and API client per server that acquires, renews,
-parks and releases the leases of global limits (all of them released at exit)."""
+parks and releases the leases of global limits (all of them released at exit).
+
+Over 400 lines on purpose: the service thread, its request queue and the lease records share one
+lock and one lifecycle (start, fork, exit); split, each half would reach into the other's state.
+"""
 
 from __future__ import annotations
 
