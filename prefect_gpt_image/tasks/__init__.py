@@ -4,6 +4,10 @@ They return :class:`ImageRef` records (never bytes), cache results in the image 
 anywhere pays nothing), make identical concurrent calls pay once (a lock per request), hold a
 slot of a Prefect global concurrency limit for every paid call, keep paid images in a local spool
 when storage fails, enforce per-run budgets and publish artifacts.
+
+This package is the Prefect face of one call (the tasks, sync/async dispatch, submission, the
+task runner); the call itself is the engine in :mod:`prefect_gpt_image.calls`. The names users
+import from here (the errors, ``ImageRef``, ``read_manifest``, the lock managers) are re-exported.
 """
 
 from prefect_gpt_image.calls import (
