@@ -15,9 +15,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-from prefect_gpt_image.api import (
-    ClientConfig,
-)
+from prefect_gpt_image.api import ClientConfig
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 
 __all__ = [

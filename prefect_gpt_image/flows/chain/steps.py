@@ -13,9 +13,7 @@ from pydantic import BaseModel, Field
 from prefect_gpt_image.api.images import InputImage
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.blocks import GptImageSettings
-from prefect_gpt_image.calls import (
-    InputCache,
-)
+from prefect_gpt_image.calls import InputCache
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef
 
