@@ -34,6 +34,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check prefect_gpt_image tests bench deployments
 	$(BIN)/ruff format --check prefect_gpt_image tests bench deployments
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) gpt-image-output .pytest_cache .mypy_cache .ruff_cache

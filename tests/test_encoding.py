@@ -1,4 +1,4 @@
-"""Output encoding (prefect_gpt_image.tasks.encoding): text that users or the gateway control
+"""Output encoding (prefect_gpt_image.calls.encoding): text that users or the gateway control
 renders as that text wherever markdown is rendered (a paragraph, a table cell, a heading, a
 quote, a link's text; on one line, line breaks read as spaces, no whitespace at the ends); no
 link, image, HTML, heading or table break can come from it; the plugin's own links keep their
@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import pytest
 
-from prefect_gpt_image.tasks.encoding import Markdown, csv_row, md_image, md_link, md_table, md_text
+from prefect_gpt_image.calls.encoding import Markdown, csv_row, md_image, md_link, md_table, md_text
 from tests.support.markdown import as_shown, cell_text, render
 
 NASTY = [

@@ -26,7 +26,7 @@
     ├── URLFetchError                  an allowed input URL could not be fetched as an image
     └── RefusedInputError              an input path or bucket the policy refuses (inputpolicy)
 
-Defined above this layer, on the same base (see :mod:`prefect_gpt_image.tasks.errors`):
+Defined above this layer, on the same base (see :mod:`prefect_gpt_image.calls.errors`):
 ``ImageTaskError`` and its subclasses (budget, input, lock, storage errors, and
 ``PartialDeliveryError``, a :class:`DownloadError` of an answer some of whose images were stored),
 ``BatchFailedError`` (what a batch flow or ``image_pipeline`` called without ``return_state=True``

@@ -2,7 +2,7 @@
 ``batch_edit`` (one edit over many images) and ``batch_pipeline`` (a chain of steps per manifest row)."""
 
 from prefect_gpt_image.api.errors import ConfigurationError
-from prefect_gpt_image.tasks.errors import BatchFailedError
+from prefect_gpt_image.calls import BatchFailedError
 
 from .batch import BatchResult, RowResult, batch_generate
 from .chain import ChainResult, StepResult

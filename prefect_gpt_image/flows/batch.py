@@ -9,45 +9,38 @@ Rows whose images are already in the store (a rerun) are served from the cache r
 the others run the image call of ``generate_image`` (its lock, cache record, spool, budget and
 limits, and its retries) inside the flow run, without a task run per row (one cost more server
 and flow-process CPU than the rest of the row), holding their concurrency slots for the batch
-(see :func:`~prefect_gpt_image.tasks.concurrency.hold_slots`) and publishing no per-call
+(see :func:`~prefect_gpt_image.calls.concurrency.hold_slots`) and publishing no per-call
 artifacts (the table lists every row's image).
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-from collections.abc import Iterator
 from typing import Any, Literal
-from uuid import uuid4
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_progress_artifact, acreate_table_artifact
 from prefect.client.schemas.objects import State
-from prefect.context import FlowRunContext
-from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect.states import Completed, Failed
-from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.blocks import GptImageSettings
-from prefect_gpt_image.storage import ImageStore
-from prefect_gpt_image.storage.base import IMAGES_FOLDER
-from prefect_gpt_image.tasks import ImageRef
-from prefect_gpt_image.tasks.cache import CACHE_FOLDER, cache_key, read_record, record_name
-from prefect_gpt_image.tasks.concurrency import (
+from prefect_gpt_image.calls import (
+    BilledAttempts,
+    PartialDeliveryError,
+    batch_rows,
+    collect_maybe_billed,
     hold_slots,
     release_idle_leases,
+    run_row_call,
 )
-from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.encoding import csv_row, md_link, md_table
-from prefect_gpt_image.tasks.errors import PartialDeliveryError
-from prefect_gpt_image.tasks.pipeline import batch_rows, run_row_call, with_links
-from prefect_gpt_image.tasks.retry import BilledAttempts, collect_maybe_billed
+from prefect_gpt_image.storage import ImageStore
+from prefect_gpt_image.tasks import ImageRef, sync_or_async
 
-from .failures import Counted, FailedRow, failure_counts, failure_message
+from .batch_lookups import StoreLookups
+from .batch_report import BatchResult, RowResult, publish_batch_table
+from .failures import FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
@@ -58,75 +51,8 @@ __all__ = ["BatchResult", "RowResult", "batch_generate"]
 
 BATCH_TABLE_KEY = "gpt-image-batch"
 BATCH_PROGRESS_KEY = "gpt-image-batch-progress"
-TABLE_ROWS = 1000
-"""Rows the table artifact lists at most; a larger batch's full table is a CSV report in the store."""
-REPORT_FOLDER = "reports"
-"""The folder of the CSV reports of large batches, under the store's prefix."""
 _PROGRESS_INTERVAL = 1.0
-_CACHE_LOOKUPS = 16
-_LIST_PAGE = 1000
-_LISTED_PER_ROW = 4
-"""A folder is listed while it holds at most this many objects per row of the batch (1,000 at
-least): beyond, asking for each row costs fewer requests."""
 _FIRST_WAVE_WAIT = 3.0
-
-
-class RowResult(BaseModel):
-    """What happened to one row of a batch."""
-
-    row: int = Field(description="1-based row number (the manifest line for manifests).")
-    id: str | None = None
-    prompt: str
-    status: Literal["stored", "failed", "invalid"]
-    images: list[ImageRef] = Field(default_factory=list)
-    error: str | None = None
-    error_type: str | None = None
-    request_id: str | None = None
-    maybe_billed: list[str] = Field(
-        default_factory=list,
-        description="Request ids of attempts that were sent and may have been billed but brought no "
-        "image, retried because the settings allow it (retry_outcome_unknown), and of answers whose "
-        "images were billed but not delivered (a result URL given up).",
-    )
-    undelivered: dict[str, int] = Field(
-        default_factory=dict,
-        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
-        "delivered (a result URL given up), with how many images each lost.",
-    )
-    undelivered_cost: float = Field(
-        default=0.0, description="Estimated cost of those images: part of the batch's cost."
-    )
-
-    @property
-    def cost(self) -> float:
-        """Estimated cost of the row: its stored images and those billed but not delivered."""
-        return sum(ref.cost for ref in self.images) + self.undelivered_cost
-
-
-class BatchResult(BaseModel):
-    """Every row's result, and counts."""
-
-    rows: list[RowResult]
-
-    @property
-    def stored(self) -> int:
-        """Rows whose images are stored."""
-        return sum(r.status == "stored" for r in self.rows)
-
-    @property
-    def failed(self) -> int:
-        """Rows that failed or were invalid."""
-        return len(self.rows) - self.stored
-
-    @property
-    def cost(self) -> float:
-        """Estimated cost of every stored image and every image billed but not delivered."""
-        return sum(r.cost for r in self.rows)
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        """Counts, not every row: a repr (in a log, a traceback, Prefect's messages) stays one
-        line at 10,000 rows."""
-        yield "rows", Counted(len(self.rows), self.stored, self.failed)
 
 
 @sync_or_async
@@ -197,7 +123,7 @@ async def batch_generate(
         total,
         invalid,
     )
-    lookups = _StoreLookups(todo, requests, variant, store, logger)
+    lookups = StoreLookups(todo, requests, variant, store, logger)
     try:
         if plan_only or has_budget(settings):
             plan = await _plan(parsed, results, requests, lookups, settings)
@@ -257,7 +183,7 @@ async def batch_generate(
         lookups.cancel()
 
     result = BatchResult(rows=[results[number] for number, _ in parsed])
-    table, description, report = await _table(result, total, store, logger)
+    table, description, report = await publish_batch_table(result, total, store, logger)
     # The kept slots go back while the artifacts are written (three round trips at once).
     await asyncio.gather(
         release_idle_leases(settings.concurrency_limit_name),
@@ -288,7 +214,7 @@ async def _plan(
     parsed: list[tuple[int, BatchRow | str]],
     results: dict[int, RowResult],
     requests: dict[int, GenerateRequest],
-    lookups: _StoreLookups,
+    lookups: StoreLookups,
     settings: GptImageSettings,
 ) -> RunPlan:
     """The batch's plan: every row invalid, found in the store, or a call of ``n`` images."""
@@ -394,162 +320,3 @@ def _stored(
         undelivered=lost.undelivered,
         undelivered_cost=lost.undelivered_images * price_per_image,
     )
-
-
-def _table_row(r: RowResult) -> dict[str, Any]:
-    """Row ``r`` as plain values (the CSV report's line; :func:`_artifact_rows` for the table)."""
-    first = r.images[0] if r.images else None
-    return {
-        "row": r.row,
-        "id": r.id or "",
-        "prompt": r.prompt[:200],
-        "status": r.status,
-        "images": len(r.images),
-        "image": (first.link or first.uri) if first else "",
-        "size": f"{first.width}x{first.height}" if first else "",
-        "request_id": r.request_id or "",
-        "maybe_billed": ", ".join(r.maybe_billed),
-        "cost": round(r.cost, 4),
-        "error": (r.error or "")[:300],
-    }
-
-
-def _artifact_rows(rows: list[RowResult]) -> list[dict[str, Any]]:
-    """The table artifact's rows: each image links to it (reading its URI), every other string
-    cell escaped (the UI renders each cell as markdown)."""
-    return md_table(
-        {**_table_row(r), "image": md_link(r.images[0].uri, r.images[0].link) if r.images else ""}
-        for r in rows
-    )
-
-
-async def _table(
-    result: BatchResult, total: int, store: ImageStore, logger: Any
-) -> tuple[list[dict[str, Any]], str, str | None]:
-    """The table artifact's rows and description, and the URI of the CSV report if one was
-    written. Up to :data:`TABLE_ROWS` rows it lists every row; a larger batch lists its failed
-    and invalid rows first, then stored ones up to that many, and its full table goes to the
-    store as a CSV report linked from the description (the UI renders a table of 10,000 rows
-    slowly, and the server stores it as one JSON value)."""
-    description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
-    if len(result.rows) <= TABLE_ROWS:
-        return _artifact_rows(result.rows), description, None
-    failed = [r for r in result.rows if r.status != "stored"]
-    shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
-    table = _artifact_rows(shown)
-    description += f"; {len(shown)} of {total} rows shown (failed first)"
-    try:
-        key = store.key(REPORT_FOLDER, f"batch-{_flow_run_id()}.csv")
-        link = await asyncio.to_thread(_write_report, store, key, result.rows)
-    except Exception as exc:  # the table still lists the failures
-        logger.warning("Writing the batch's CSV report failed: %s", exc)
-        return table, description, None
-    return table, f"{description}; every row: {md_link('CSV', link)}", store.uri_for(key)
-
-
-def _flow_run_id() -> str:
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
-    return str(run.id) if run is not None else uuid4().hex
-
-
-def _write_report(store: ImageStore, key: str, rows: list[RowResult]) -> str:
-    """Write every row's table line to ``key`` as CSV (cells that would start a spreadsheet
-    formula neutralised); a link to it."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(_table_row(rows[0]).keys()))
-    writer.writeheader()
-    writer.writerows(csv_row(_table_row(r)) for r in rows)
-    store.put_bytes(key, out.getvalue().encode(), "text/csv")
-    return store.link_for(key)
-
-
-class _StoreLookups:
-    """Cache lookups of a batch's rows, all started at once (at most ``_CACHE_LOOKUPS`` in flight,
-    in row order) while the first rows run, so a first run does not wait for the whole search.
-
-    The cache folder and the images folder are listed first (a request per 1,000 names), while
-    they hold at most a few times as many objects as the batch has rows: a row whose record is
-    not listed is a miss without a request of its own, and an image listed needs no HEAD. A row
-    whose record is found gets its result at once, without an image call. Only a certain hit
-    counts: a row whose record is missing, damaged or unreadable goes to the image call, which
-    looks again under its lock (and finds spooled images). Nothing is looked up under a refresh.
-    """
-
-    def __init__(
-        self,
-        todo: list[tuple[int, BatchRow, dict[str, Any]]],
-        requests: dict[int, GenerateRequest],
-        variant: int,
-        store: ImageStore,
-        logger: Any,
-    ) -> None:
-        self.hits = 0
-        self._rows = len(todo)
-        self._store, self._logger = store, logger
-        self._gate = asyncio.Semaphore(_CACHE_LOOKUPS)
-        self._found: dict[int, asyncio.Task[list[ImageRef] | None]] = {}
-        self._images: asyncio.Future[set[str] | None] | None = None  # listed at the first hit
-        self._records: asyncio.Future[set[str] | None] | None = None
-        if PREFECT_TASKS_REFRESH_CACHE.value():
-            return
-        self._at_most = _LISTED_PER_ROW * max(len(todo), _LIST_PAGE)
-        self._records = asyncio.ensure_future(self._list(CACHE_FOLDER))
-        for number, row, _ in todo:
-            key = cache_key(requests[number], row.variant if row.variant is not None else variant)
-            self._found[number] = asyncio.ensure_future(self._lookup(number, key))
-
-    async def _list(self, folder: str) -> set[str] | None:
-        try:
-            return await asyncio.to_thread(self._store.list_names, folder, at_most=self._at_most)
-        except Exception as exc:  # e.g. no list permission: ask for each row instead
-            self._logger.debug("listing %s failed: %s", folder, exc)
-            return None
-
-    async def _lookup(self, number: int, key: str) -> list[ImageRef] | None:
-        records = await self._records if self._records is not None else None
-        if records is not None and record_name(key) not in records:
-            return None  # not stored when listed: the image call looks again under its lock
-        async with self._gate:
-            if self._images is None:
-                self._images = asyncio.ensure_future(self._list(IMAGES_FOLDER))
-            images = await self._images
-            try:
-                refs = await asyncio.to_thread(_cached_refs, self._store, key, images or set(), self._logger)
-            except Exception as exc:  # the image call will look again and report a store failure
-                self._logger.debug("cache lookup of row %d failed: %s", number, exc)
-                return None
-        if refs is not None:
-            self.hits += 1
-        return refs
-
-    async def refs(self, number: int) -> list[ImageRef] | None:
-        """The stored images of row ``number`` (waiting for its lookup), or None: run it."""
-        lookup = self._found.get(number)
-        return None if lookup is None else await lookup
-
-    async def any_miss(self) -> bool:
-        """Whether some row must run; answers at the first miss (in row order), so a first run
-        starts after one lookup while a rerun waits for them all."""
-        if not self._found:
-            return self._rows > 0
-        for lookup in self._found.values():
-            if await lookup is None:
-                return True
-        return False
-
-    def cancel(self) -> None:
-        """Stop the lookups still waiting (the batch ended or failed)."""
-        lookups: list[asyncio.Future[Any]] = [*self._found.values(), *self._listings()]
-        for lookup in lookups:
-            lookup.cancel()
-
-    def _listings(self) -> list[asyncio.Future[set[str] | None]]:
-        return [f for f in (self._records, self._images) if f is not None]
-
-
-def _cached_refs(store: ImageStore, key: str, stored: set[str], logger: Any) -> list[ImageRef] | None:
-    """The refs of cache record ``key`` with fresh links, or None (``stored``: image names
-    known to be in the store)."""
-    refs = read_record(store, key, stored)
-    return None if refs is None else with_links(store, refs, logger)

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 
-from prefect_gpt_image.tasks.dispatch import sync_or_async
+from prefect_gpt_image.tasks import sync_or_async
 
 from .chain import ChainResult, ChainRow, run_batch
 from .masks import MaskRegion

@@ -1,7 +1,7 @@
 """What a failed batch says: a few lines, whatever the batch's size.
 
 A batch flow whose rows failed ends ``Failed`` with this message (the UI shows it, and a call
-without ``return_state=True`` raises :class:`~prefect_gpt_image.tasks.errors.BatchFailedError`
+without ``return_state=True`` raises :class:`~prefect_gpt_image.calls.errors.BatchFailedError`
 with it): the counts by error type, the first few failed rows (number, id, error, shortened) and
 where the full table (and the CSV report) are. The rows themselves stay in the result.
 """

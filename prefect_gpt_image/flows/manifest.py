@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
+from prefect_gpt_image.calls import local_input
 from prefect_gpt_image.storage import ImageStore, S3ImageStore, resolve_store
-from prefect_gpt_image.tasks.inputs import local_input
 
 from .templates import TemplateError, fill_template
 

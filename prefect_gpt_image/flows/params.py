@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+from prefect_gpt_image.calls import client_config
 from prefect_gpt_image.storage import ImageStore, resolve_store
-from prefect_gpt_image.tasks.pipeline import client_config
 
 from .masks import MaskRegion
 

@@ -14,10 +14,8 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from pydantic import BaseModel
 
-from prefect_gpt_image.tasks import BatchFailedError, ImageRef
-from prefect_gpt_image.tasks.dispatch import sync_or_async
-from prefect_gpt_image.tasks.encoding import md_text
-from prefect_gpt_image.tasks.inputs import read_once
+from prefect_gpt_image.calls import md_text, read_once
+from prefect_gpt_image.tasks import BatchFailedError, ImageRef, sync_or_async
 
 from .chain import (
     ChainResult,

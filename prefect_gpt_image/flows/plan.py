@@ -17,9 +17,8 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.blocks import GptImageSettings
+from prefect_gpt_image.calls import exceeded_cap, md_table, spent
 from prefect_gpt_image.tasks import BudgetExceededError
-from prefect_gpt_image.tasks.budget import exceeded_cap, spent
-from prefect_gpt_image.tasks.encoding import md_table
 
 __all__ = [
     "PLAN_TABLE_KEY",

@@ -14,7 +14,7 @@ from uuid import UUID
 import anyio
 from prefect.artifacts import aupdate_progress_artifact
 
-from prefect_gpt_image.tasks.concurrency import ensure_limit, slots_in_use
+from prefect_gpt_image.calls import ensure_limit, slots_in_use
 
 __all__ = ["Progress", "run_workers"]
 

@@ -12,8 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
+from prefect_gpt_image.calls import local_input
 from prefect_gpt_image.storage import ImageStore, S3ImageStore
-from prefect_gpt_image.tasks.inputs import local_input
 
 from .manifest import read_records
 

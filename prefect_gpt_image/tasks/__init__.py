@@ -4,26 +4,35 @@ They return :class:`ImageRef` records (never bytes), cache results in the image 
 anywhere pays nothing), make identical concurrent calls pay once (a lock per request), hold a
 slot of a Prefect global concurrency limit for every paid call, keep paid images in a local spool
 when storage fails, enforce per-run budgets and publish artifacts.
+
+This package is the Prefect face of one call (the tasks, sync/async dispatch, submission, the
+task runner); the call itself is the engine in :mod:`prefect_gpt_image.calls`. The names users
+import from here (the errors, ``ImageRef``, ``read_manifest``, the lock managers) are re-exported.
 """
 
-from .cache import read_manifest
-from .clients import aclose_clients
-from .errors import (
+from prefect_gpt_image.calls import (
     BatchFailedError,
     BudgetExceededError,
     CacheLockTimeoutError,
+    ImageInput,
+    ImageLockManager,
+    ImageRef,
     ImagesLostError,
     ImagesSpooledError,
     ImageStorageError,
     ImageTaskError,
     InputImageError,
     PartialDeliveryError,
+    aclose_clients,
+    get_lock_manager,
+    is_safe_to_retry,
+    read_manifest,
+    retry_condition,
+    use_lock_manager,
 )
+
+from .dispatch import sync_or_async
 from .images import StorageOption, blend_images, edit_image, generate_image
-from .inputs import ImageInput
-from .locks import ImageLockManager, get_lock_manager, use_lock_manager
-from .refs import ImageRef
-from .retry import is_safe_to_retry, retry_condition
 from .runner import bounded_task_runner
 
 __all__ = [
@@ -49,5 +58,6 @@ __all__ = [
     "is_safe_to_retry",
     "read_manifest",
     "retry_condition",
+    "sync_or_async",
     "use_lock_manager",
 ]

@@ -30,7 +30,8 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import get_call_parameters
 from pydantic import BaseModel
 
-from .errors import BatchFailedError
+from prefect_gpt_image.calls import BatchFailedError
+
 from .submission import Admission, SharedLoopSubmitter
 
 __all__ = ["Admission", "SyncOrAsyncFlow", "SyncOrAsyncTask", "sync_or_async"]

@@ -9,8 +9,8 @@ Each returns a list of :class:`~prefect_gpt_image.tasks.ImageRef` (one per image
 never image bytes: the images and their manifests are in storage before the task completes.
 Identical requests (same model, parameters, prompt, input images and ``variant``) are made once
 and then served from the cache records in the store, on any machine; ``refresh_cache=True`` or a
-new ``variant`` asks for new images on purpose. See :mod:`.pipeline` for the order of a call and
-:mod:`.retry` for when Prefect retries.
+new ``variant`` asks for new images on purpose. See :mod:`prefect_gpt_image.calls.call` for the
+order of a call and :mod:`prefect_gpt_image.calls.retry` for when Prefect retries.
 """
 
 from __future__ import annotations
@@ -33,23 +33,30 @@ from prefect_gpt_image.api import EditRequest, GenerateRequest, PartialCallback
 from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
 from prefect_gpt_image.api.models import Background, Moderation, OutputFormat, Quality
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+from prefect_gpt_image.calls import (
+    RETRIES,
+    RETRY_DELAYS,
+    CallResult,
+    ImageInput,
+    ImageRef,
+    InputImageError,
+    admitted,
+    edit_request,
+    generate_request,
+    in_batch,
+    read_input,
+    retry_condition,
+    run_image_call,
+)
 from prefect_gpt_image.storage import ImageStore, resolve_store
 
-from .concurrency import admitted
 from .dispatch import sync_or_async
-from .errors import InputImageError
-from .inputs import ImageInput, read_input
-from .pipeline import CallResult, in_batch, run_image_call
-from .refs import ImageRef
-from .retry import RETRIES, RETRY_DELAYS, retry_condition
 
 __all__ = [
     "StorageOption",
     "blend_images",
     "edit_image",
-    "edit_request",
     "generate_image",
-    "generate_request",
 ]
 
 StorageOption = GptImageStorage | ImageStore | S3Bucket | str | os.PathLike[str] | None
@@ -79,7 +86,7 @@ def _store(storage: StorageOption) -> ImageStore:
 
 def _admission(args: tuple[Any, ...], kwargs: dict[str, Any]) -> AbstractAsyncContextManager[None]:
     """An awaited call's place among the calls in progress in front of its concurrency limit
-    (see :mod:`.concurrency.admission`), before its task run starts."""
+    (see :mod:`prefect_gpt_image.calls.concurrency.admission`), before its task run starts."""
     if in_batch():  # a batch bounds its rows itself (max_parallel)
         return contextlib.nullcontext()
     settings = kwargs.get("settings")
@@ -96,31 +103,6 @@ def _task_result(result: CallResult) -> list[ImageRef]:
     message = f"{len(result.refs)} image(s) from the store's cache record (no API call)"
     state: State[list[ImageRef]] = Completed(name="Cached", message=message, data=result.refs)
     return cast("list[ImageRef]", state)
-
-
-def _fields(settings: GptImageSettings, *, moderation_allowed: bool, **given: Any) -> dict[str, Any]:
-    fields = settings.request_defaults(moderation=moderation_allowed)
-    fields.update({name: value for name, value in given.items() if value is not None})
-    return fields
-
-
-def generate_request(prompt: str, settings: GptImageSettings, **options: Any) -> GenerateRequest:
-    """The request :func:`generate_image` sends for ``prompt`` and ``options`` (unset ones, None,
-    from ``settings``); RequestValidationError before anything is paid."""
-    return GenerateRequest.build(prompt=prompt, **_fields(settings, moderation_allowed=True, **options))
-
-
-def edit_request(
-    prompt: str,
-    images: Sequence[InputImage],
-    mask: InputImage | None,
-    settings: GptImageSettings,
-    **options: Any,
-) -> EditRequest:
-    """The request :func:`edit_image` and :func:`blend_images` send for the read ``images`` (the
-    edited one first) and ``mask``; RequestValidationError before anything is paid."""
-    fields = _fields(settings, moderation_allowed=False, **options)
-    return EditRequest.build(prompt=prompt, images=tuple(images), mask=mask, **fields)
 
 
 async def _read_inputs(

@@ -43,7 +43,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.asyncutils import RUNNING_ASYNC_FLAG, RUNNING_IN_RUN_SYNC_LOOP_FLAG
 from pydantic import BaseModel
 
-from .concurrency.admission import progress, started_together
+from prefect_gpt_image.calls.concurrency.admission import progress, started_together
 
 __all__ = ["Admission", "SharedLoopSubmitter"]
 

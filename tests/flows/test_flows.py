@@ -210,10 +210,10 @@ def test_a_large_batch_lists_failures_first_and_reports_every_row(
 ) -> None:
     """Over TABLE_ROWS rows (2 here, 1,000 by default) the table shows the failed rows first, and
     the CSV report in the store, linked from the table's description, has every row."""
-    from prefect_gpt_image.flows import batch
+    from prefect_gpt_image.flows import batch_report
 
     sandbox, local_s3, storage = env
-    monkeypatch.setattr(batch, "TABLE_ROWS", 2)
+    monkeypatch.setattr(batch_report, "TABLE_ROWS", 2)
     prompts = ["a red lantern", "  ", "a blue lantern"]
     state = run(batch_generate(prompts=prompts, storage=storage, return_state=True))
     assert state.is_failed() and billed_images(sandbox) == 2

@@ -214,10 +214,10 @@ def test_batch_table_and_plan_show_hostile_rows_as_text(env: Any, monkeypatch: p
     """Ids, prompts, a refused option's value (in the error) and a refused call's gateway error
     in a batch's table (over TABLE_ROWS, so the description links the CSV report), and in the
     plan's table."""
-    from prefect_gpt_image.flows import batch
+    from prefect_gpt_image.flows import batch_report
 
     _, local_s3, storage = env
-    monkeypatch.setattr(batch, "TABLE_ROWS", 4)
+    monkeypatch.setattr(batch_report, "TABLE_ROWS", 4)
     bucket = storage.removeprefix("s3://").split("/")[0]
     storage = f"{storage}/{PREFIX}"
     rows = [
@@ -326,10 +326,10 @@ def test_csv_report_neutralises_cells_that_would_start_a_formula(
 ) -> None:
     """Prompts and ids beginning with = + - @ (and a tab): the report read from the store has
     them after a leading quote; numbers (row, images, cost) stay numbers; other cells as given."""
-    from prefect_gpt_image.flows import batch
+    from prefect_gpt_image.flows import batch_report
 
     _, local_s3, storage = env
-    monkeypatch.setattr(batch, "TABLE_ROWS", 1)  # a report is written over TABLE_ROWS rows
+    monkeypatch.setattr(batch_report, "TABLE_ROWS", 1)  # a report is written over TABLE_ROWS rows
     bucket = storage.removeprefix("s3://").split("/")[0]
     rows = [
         {"id": '=HYPERLINK("http://127.0.0.1:9/x","open")', "prompt": "=1+2 a kite"},

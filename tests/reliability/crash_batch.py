@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
 
     GptImageSettings.call_deadline_seconds = lambda self: float(hold)  # type: ignore[method-assign]
     if os.environ.get(HOST_ENV):
-        from prefect_gpt_image.tasks import locks
+        from prefect_gpt_image.calls import locks
 
         locks._HOST = os.environ[HOST_ENV]
     prompts = json.loads(Path(prompts_file).read_text())

@@ -18,9 +18,9 @@ from PIL import Image
 
 from prefect_gpt_image.api.images import MAX_INPUT_PIXELS
 from prefect_gpt_image.api.inputpolicy import InputPolicy
+from prefect_gpt_image.calls.inputs import read_input
 from prefect_gpt_image.storage import LocalImageStore
 from prefect_gpt_image.tasks import InputImageError
-from prefect_gpt_image.tasks.inputs import read_input
 from tests.support.images import png_bytes
 from tests.support.sandbox import billed_images, sandbox_requests
 

@@ -22,11 +22,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
+from prefect_gpt_image.calls.inputs import read_input
 from prefect_gpt_image.flows import ChainResult, batch_edit, image_pipeline
 from prefect_gpt_image.flows.params import BlendStep
 from prefect_gpt_image.storage import LocalImageStore, S3ImageStore
 from prefect_gpt_image.tasks import ImageStorageError, InputImageError, edit_image
-from prefect_gpt_image.tasks.inputs import read_input
 from tests.support.images import png_bytes
 from tests.support.sandbox import billed_images, sandbox_requests
 

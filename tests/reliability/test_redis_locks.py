@@ -152,8 +152,8 @@ def test_the_redis_lock_manager_is_chosen_by_configuration_and_releases_async_lo
 
     from prefect_redis.locking import RedisLockManager
 
+    from prefect_gpt_image.calls.redis_locks import RedisImageLockManager
     from prefect_gpt_image.tasks import get_lock_manager, use_lock_manager
-    from prefect_gpt_image.tasks.redis_locks import RedisImageLockManager
 
     monkeypatch.setenv("GPT_IMAGE_LOCK_URL", redis_url)
     locks = get_lock_manager()

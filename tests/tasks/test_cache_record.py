@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from prefect_gpt_image.calls.cache import CACHE_KEY_METADATA, read_record, write_record
 from prefect_gpt_image.storage import LocalImageStore
 from prefect_gpt_image.tasks import ImageRef, read_manifest
-from prefect_gpt_image.tasks.cache import CACHE_KEY_METADATA, read_record, write_record
 from tests.support.images import png_bytes
 
 

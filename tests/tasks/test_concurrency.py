@@ -12,9 +12,9 @@ from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+from prefect_gpt_image.calls.concurrency import admission
+from prefect_gpt_image.calls.concurrency.leases import _LeaseService
 from prefect_gpt_image.tasks import ImageRef, bounded_task_runner, generate_image
-from prefect_gpt_image.tasks.concurrency import admission
-from prefect_gpt_image.tasks.concurrency.leases import _LeaseService
 from tests.support.sandbox import HeldWaits, ledger, wait_until
 
 from .conftest import CANARY_KEY

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from prefect_gpt_image.tasks.concurrency import SlotGate
-from prefect_gpt_image.tasks.locks import ImageLockManager
+from prefect_gpt_image.calls.concurrency import SlotGate
+from prefect_gpt_image.calls.locks import ImageLockManager
 
 _HANG = 30.0
 """Seconds after which a wait that should have ended fails the test (a hang guard, not a goal)."""

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 
-from prefect_gpt_image.tasks.concurrency import api_slot, hold_slots, release_idle_leases
-from prefect_gpt_image.tasks.concurrency.admission import _admissions, admitted, demand, started_together
-from prefect_gpt_image.tasks.concurrency.limits import _gates, _server_key
+from prefect_gpt_image.calls.concurrency import api_slot, hold_slots, release_idle_leases
+from prefect_gpt_image.calls.concurrency.admission import _admissions, admitted, demand, started_together
+from prefect_gpt_image.calls.concurrency.limits import _gates, _server_key
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
 

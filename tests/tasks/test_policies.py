@@ -18,6 +18,9 @@ from prefect_gpt_image.api import (
     ResponseTimeoutError,
 )
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
+from prefect_gpt_image.calls import budget, spool
+from prefect_gpt_image.calls.cache import cache_key
+from prefect_gpt_image.calls.retry import allow_outcome_unknown_retry
 from prefect_gpt_image.tasks import (
     BudgetExceededError,
     ImageRef,
@@ -25,12 +28,8 @@ from prefect_gpt_image.tasks import (
     ImagesSpooledError,
     ImageStorageError,
     InputImageError,
-    budget,
     retry_condition,
-    spool,
 )
-from prefect_gpt_image.tasks.cache import cache_key
-from prefect_gpt_image.tasks.retry import allow_outcome_unknown_retry
 from tests.support.images import mask_bytes, png_bytes
 
 

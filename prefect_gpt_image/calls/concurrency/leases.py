@@ -1,5 +1,9 @@
 """The lease service: one background thread and API client per server that acquires, renews,
-parks and releases the leases of global limits (all of them released at exit)."""
+parks and releases the leases of global limits (all of them released at exit).
+
+Over 400 lines on purpose: the service thread, its request queue and the lease records share one
+lock and one lifecycle (start, fork, exit); split, each half would reach into the other's state.
+"""
 
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ MAX_POLL_SECONDS = 1.0
 """Longest wait between two tries of a denied (423) acquisition: slots held by other processes
 are polled at least this often, whatever Retry-After the server suggests."""
 
-_log = logging.getLogger("prefect_gpt_image.tasks.concurrency")
+_log = logging.getLogger("prefect_gpt_image.calls.concurrency")
 _T = TypeVar("_T")
 
 

@@ -16,7 +16,7 @@
 Each keeps the standard base it had (``InputImageError`` is a ``ValueError``,
 ``CacheLockTimeoutError`` a ``TimeoutError``), so existing handlers still catch them.
 
-Which errors Prefect may retry is decided in :mod:`prefect_gpt_image.tasks.retry`.
+Which errors Prefect may retry is decided in :mod:`prefect_gpt_image.calls.retry`.
 """
 
 from __future__ import annotations

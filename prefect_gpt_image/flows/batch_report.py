@@ -1,0 +1,170 @@
+"""What a batch made and how it is shown: :class:`RowResult` and :class:`BatchResult`, the table
+artifact (over :data:`TABLE_ROWS` rows, the failed ones first) and the CSV report of every row in
+the store."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any, Literal
+from uuid import uuid4
+
+from prefect.context import FlowRunContext
+from pydantic import BaseModel, Field
+
+from prefect_gpt_image.calls import (
+    csv_row,
+    md_link,
+    md_table,
+)
+from prefect_gpt_image.storage import ImageStore
+from prefect_gpt_image.tasks import ImageRef
+
+from .failures import Counted
+
+__all__ = [
+    "REPORT_FOLDER",
+    "TABLE_ROWS",
+    "BatchResult",
+    "RowResult",
+    "artifact_rows",
+    "flow_run_id",
+    "publish_batch_table",
+    "table_row",
+    "write_report",
+]
+
+TABLE_ROWS = 1000
+"""Rows the table artifact lists at most; a larger batch's full table is a CSV report in the store."""
+
+
+REPORT_FOLDER = "reports"
+"""The folder of the CSV reports of large batches, under the store's prefix."""
+
+
+class RowResult(BaseModel):
+    """What happened to one row of a batch."""
+
+    row: int = Field(description="1-based row number (the manifest line for manifests).")
+    id: str | None = None
+    prompt: str
+    status: Literal["stored", "failed", "invalid"]
+    images: list[ImageRef] = Field(default_factory=list)
+    error: str | None = None
+    error_type: str | None = None
+    request_id: str | None = None
+    maybe_billed: list[str] = Field(
+        default_factory=list,
+        description="Request ids of attempts that were sent and may have been billed but brought no "
+        "image, retried because the settings allow it (retry_outcome_unknown), and of answers whose "
+        "images were billed but not delivered (a result URL given up).",
+    )
+    undelivered: dict[str, int] = Field(
+        default_factory=dict,
+        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
+        "delivered (a result URL given up), with how many images each lost.",
+    )
+    undelivered_cost: float = Field(
+        default=0.0, description="Estimated cost of those images: part of the batch's cost."
+    )
+
+    @property
+    def cost(self) -> float:
+        """Estimated cost of the row: its stored images and those billed but not delivered."""
+        return sum(ref.cost for ref in self.images) + self.undelivered_cost
+
+
+class BatchResult(BaseModel):
+    """Every row's result, and counts."""
+
+    rows: list[RowResult]
+
+    @property
+    def stored(self) -> int:
+        """Rows whose images are stored."""
+        return sum(r.status == "stored" for r in self.rows)
+
+    @property
+    def failed(self) -> int:
+        """Rows that failed or were invalid."""
+        return len(self.rows) - self.stored
+
+    @property
+    def cost(self) -> float:
+        """Estimated cost of every stored image and every image billed but not delivered."""
+        return sum(r.cost for r in self.rows)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Counts, not every row: a repr (in a log, a traceback, Prefect's messages) stays one
+        line at 10,000 rows."""
+        yield "rows", Counted(len(self.rows), self.stored, self.failed)
+
+
+def table_row(r: RowResult) -> dict[str, Any]:
+    """Row ``r`` as plain values (the CSV report's line; :func:`artifact_rows` for the table)."""
+    first = r.images[0] if r.images else None
+    return {
+        "row": r.row,
+        "id": r.id or "",
+        "prompt": r.prompt[:200],
+        "status": r.status,
+        "images": len(r.images),
+        "image": (first.link or first.uri) if first else "",
+        "size": f"{first.width}x{first.height}" if first else "",
+        "request_id": r.request_id or "",
+        "maybe_billed": ", ".join(r.maybe_billed),
+        "cost": round(r.cost, 4),
+        "error": (r.error or "")[:300],
+    }
+
+
+def artifact_rows(rows: list[RowResult]) -> list[dict[str, Any]]:
+    """The table artifact's rows: each image links to it (reading its URI), every other string
+    cell escaped (the UI renders each cell as markdown)."""
+    return md_table(
+        {**table_row(r), "image": md_link(r.images[0].uri, r.images[0].link) if r.images else ""}
+        for r in rows
+    )
+
+
+async def publish_batch_table(
+    result: BatchResult, total: int, store: ImageStore, logger: Any
+) -> tuple[list[dict[str, Any]], str, str | None]:
+    """The table artifact's rows and description, and the URI of the CSV report if one was
+    written. Up to :data:`TABLE_ROWS` rows it lists every row; a larger batch lists its failed
+    and invalid rows first, then stored ones up to that many, and its full table goes to the
+    store as a CSV report linked from the description (the UI renders a table of 10,000 rows
+    slowly, and the server stores it as one JSON value)."""
+    description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
+    if len(result.rows) <= TABLE_ROWS:
+        return artifact_rows(result.rows), description, None
+    failed = [r for r in result.rows if r.status != "stored"]
+    shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
+    table = artifact_rows(shown)
+    description += f"; {len(shown)} of {total} rows shown (failed first)"
+    try:
+        key = store.key(REPORT_FOLDER, f"batch-{flow_run_id()}.csv")
+        link = await asyncio.to_thread(write_report, store, key, result.rows)
+    except Exception as exc:  # the table still lists the failures
+        logger.warning("Writing the batch's CSV report failed: %s", exc)
+        return table, description, None
+    return table, f"{description}; every row: {md_link('CSV', link)}", store.uri_for(key)
+
+
+def flow_run_id() -> str:
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return str(run.id) if run is not None else uuid4().hex
+
+
+def write_report(store: ImageStore, key: str, rows: list[RowResult]) -> str:
+    """Write every row's table line to ``key`` as CSV (cells that would start a spreadsheet
+    formula neutralised); a link to it."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(table_row(rows[0]).keys()))
+    writer.writeheader()
+    writer.writerows(csv_row(table_row(r)) for r in rows)
+    store.put_bytes(key, out.getvalue().encode(), "text/csv")
+    return store.link_for(key)

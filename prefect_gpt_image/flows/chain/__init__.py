@@ -1,0 +1,115 @@
+"""Run a chain of steps (generate, edit, blend) for each row: the one engine behind
+``image_pipeline`` (one row), ``batch_edit`` (one edit per image) and ``batch_pipeline``.
+
+Two phases. The *plan* validates every row and step before anything is paid for: prompt
+templates filled from the row's columns, inputs resolved (an earlier step's output, a column
+holding a URI, or a URI) and read (format, size, decodability), masks checked against their image
+(a region becomes a mask at that image's size), each request built as the API layer would, and
+every call whose inputs are known looked up in the store's cache records. The *run* then makes
+the rows' chains concurrently under the shared limits; a failed step fails its row only, and
+a rerun pays only for the steps never stored (every step is a cached call).
+
+The parts: :mod:`.steps` (rows, results, the prepared plan), :mod:`.planning`, :mod:`.running`
+and :mod:`.report` (the artifacts); :func:`run_batch` here ties them together for a batch flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
+
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
+from prefect_gpt_image.calls import read_once
+from prefect_gpt_image.storage import ImageStore
+
+from ..failures import failure_counts, failure_message
+from ..params import ImageOptions, PipelineStep
+from ..plan import enforce_budget, has_budget, publish_plan
+from .planning import edit_size, plan_chains
+from .report import chain_markdown, publish_chain_markdown, publish_chain_table
+from .running import run_chains
+from .steps import ChainResult, ChainRow, StepResult, failed_steps, step_names
+
+__all__ = [
+    "ChainResult",
+    "ChainRow",
+    "StepResult",
+    "chain_markdown",
+    "edit_size",
+    "failed_steps",
+    "plan_chains",
+    "publish_chain_markdown",
+    "publish_chain_table",
+    "run_batch",
+    "run_chains",
+    "step_names",
+]
+
+
+async def run_batch(
+    rows: Sequence[ChainRow],
+    steps: Sequence[PipelineStep],
+    *,
+    options: ImageOptions,
+    variant: int,
+    plan_only: bool,
+    max_parallel: int | None,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+    key: str,
+    title: str,
+    logger: Any,
+) -> State[Any]:
+    """A batch flow's body: plan every row (returned as is with ``plan_only``, checked against the
+    budget otherwise), run the chains, publish the table (``key``), the progress (``key-progress``)
+    and the first chains (``key-chains``); Failed when a row failed, naming why."""
+    with read_once():  # each remote input fetched once: the plan checks it, the call sends it
+        plan, prepared = await asyncio.to_thread(
+            plan_chains, rows, steps, options=options, variant=variant, settings=settings, store=store
+        )
+        logger.info(plan.summary())
+        if plan_only:
+            await publish_plan(plan)
+            return Completed(message=plan.summary(), data=plan)
+        if has_budget(settings):
+            await enforce_budget(plan, settings)
+        result, _ = await run_chains(
+            prepared,
+            variant=variant,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+            batch=True,
+            max_parallel=max_parallel,
+            progress_key=f"{key}-progress",
+            logger=logger,
+        )
+    made = sum(s.status == "stored" and not s.cached for s in result.steps)
+    hits = sum(s.cached for s in result.steps)
+    total = len(rows)
+    summary = (
+        f"{result.stored} of {total} rows stored ({made} step(s) made, {hits} found in the store; "
+        f"${result.cost:.4f})"
+    )
+    await asyncio.gather(
+        publish_chain_table(result, key=key, description=f"{title}: {summary}"),
+        publish_chain_markdown(
+            result, key=f"{key}-chains", title=title, description=f"{title}: the first rows"
+        ),
+    )
+    if undelivered := sum(n for s in result.steps for n in s.undelivered.values()):
+        summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
+    if lost := sum(rid not in s.undelivered for s in result.steps for rid in s.maybe_billed):
+        summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
+    if result.failed:
+        failed = failed_steps(result)
+        headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"
+        message = failure_message(headline, failed, artifact=f"table artifact {key!r}")
+        return Failed(message=message, data=result)
+    logger.info(summary)
+    return Completed(message=summary, data=result)

@@ -1,0 +1,83 @@
+"""A chain's artifacts: the row x step table and the first rows' chains as markdown (every string
+escaped: the UI renders it)."""
+
+from __future__ import annotations
+
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+
+from prefect_gpt_image.calls import (
+    md_image,
+    md_link,
+    md_table,
+    md_text,
+)
+
+from .steps import ChainResult
+
+__all__ = ["chain_markdown", "publish_chain_markdown", "publish_chain_table"]
+
+
+_PREVIEW_ROWS = 3
+
+
+async def publish_chain_table(result: ChainResult, *, key: str, description: str) -> None:
+    """Every row x step as a table artifact: source, output link, request id, cost, status, error
+    (every string cell escaped: the UI renders it as markdown)."""
+    table = []
+    for s in result.steps:
+        first = s.images[0] if s.images else None
+        table.append(
+            {
+                "row": s.row,
+                "id": s.id or "",
+                "step": s.step,
+                "status": s.status,
+                "source": s.source,
+                "image": md_link(first.uri, first.link) if first else "",
+                "request_id": s.request_id or "",
+                "cached": s.cached,
+                "cost": round(s.cost, 4),
+                "maybe_billed": ", ".join(s.maybe_billed),
+                "error": (s.error or "")[:300],
+            }
+        )
+    await acreate_table_artifact(table=md_table(table), key=key, description=description)
+
+
+def chain_markdown(result: ChainResult, *, title: str, rows: int = _PREVIEW_ROWS) -> str:
+    """The first ``rows`` rows' chains with their images, step by step; every string of a row
+    (id, step name, prompt, error, URIs, request id) escaped, the image built by ``md_image``."""
+    lines = [f"# {md_text(title)}", ""]
+    grouped = list(result.rows().items())
+    for number, steps in grouped[:rows]:
+        if len(grouped) > 1:
+            lines += [f"## row {number}" + (f" ({md_text(steps[0].id)})" if steps[0].id else ""), ""]
+        heading = "###" if len(grouped) > 1 else "##"
+        for index, s in enumerate(steps, start=1):
+            lines += [f"{heading} {index}. {md_text(s.step)}", "", f"> {md_text(s.prompt)}", ""]
+            if not s.images:
+                lines += [md_text(f"{s.status}: {s.error or ''}"), ""]
+                continue
+            ref = s.images[0]
+            parents = ", ".join(p[:16] for p in ref.parents)
+            lines += [
+                md_image(s.step, ref.link) if ref.link else md_text(ref.uri),
+                "",
+                md_text(
+                    f"{ref.width}x{ref.height} {ref.format}, sha256 {ref.sha256[:16]}, "
+                    f"request id {ref.request_id or '-'}, ${ref.cost:.4f}" + (" (cached)" if s.cached else "")
+                ),
+                "",
+                md_text(f"stored at {ref.uri}" + (f"; made from {parents}" if ref.parents else "")),
+                "",
+            ]
+    if len(grouped) > rows:
+        lines.append(f"... and {len(grouped) - rows} more rows (see the table artifact)")
+    return "\n".join(lines)
+
+
+async def publish_chain_markdown(result: ChainResult, *, key: str, title: str, description: str) -> None:
+    """:func:`chain_markdown` as a markdown artifact."""
+    await acreate_markdown_artifact(
+        markdown=chain_markdown(result, title=title), key=key, description=description
+    )

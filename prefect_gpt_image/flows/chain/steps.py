@@ -1,0 +1,185 @@
+"""What a chain is made of: the rows and steps given (:class:`ChainRow`), what each step of each
+row became (:class:`StepResult`, :class:`ChainResult`), and the validated plan of a row
+(:class:`PreparedRow` of :class:`StepCall`) that :mod:`.planning` builds and :mod:`.running` runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from prefect_gpt_image.api.images import InputImage
+from prefect_gpt_image.api.inputpolicy import InputPolicy
+from prefect_gpt_image.blocks import GptImageSettings
+from prefect_gpt_image.calls import InputCache
+from prefect_gpt_image.storage import ImageStore
+from prefect_gpt_image.tasks import ImageRef
+
+from ..failures import Counted, FailedRow
+from ..masks import MaskRegion
+from ..params import ImageOptions, PipelineStep
+
+__all__ = [
+    "ChainResult",
+    "ChainRow",
+    "PlanContext",
+    "PreparedRow",
+    "StepCall",
+    "StepInput",
+    "StepResult",
+    "failed_steps",
+    "step_names",
+]
+
+
+@dataclass(frozen=True)
+class ChainRow:
+    """One row of a chain run: its number, its own id, and its columns (the templates' values and
+    the inputs' URIs)."""
+
+    number: int
+    id: str | None = None
+    columns: Mapping[str, Any] | None = None
+    source: str = ""
+    """The row's input image, named in its results when it is invalid."""
+    templates: bool = True
+    """Whether prompts and URIs are templates filled from the columns (else taken as written)."""
+    error: str | None = None
+    """Why the row is invalid before any step (e.g. a manifest line that is no row)."""
+
+
+class StepResult(BaseModel):
+    """What happened to one step of one row."""
+
+    row: int = Field(description="1-based row number.")
+    id: str | None = None
+    step: str = Field(description="The step's name.")
+    kind: Literal["generate", "edit", "blend"]
+    prompt: str = ""
+    status: Literal["stored", "failed", "invalid", "skipped"]
+    images: list[ImageRef] = Field(default_factory=list)
+    cached: bool = Field(False, description="Served from the store's cache record (nothing paid).")
+    source: str = Field("", description="The step's input image (a URI, or the sha256 of an earlier output).")
+    request_id: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    maybe_billed: list[str] = Field(default_factory=list)
+    undelivered: dict[str, int] = Field(
+        default_factory=dict,
+        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
+        "delivered (a result URL given up), with how many images each lost.",
+    )
+    undelivered_cost: float = Field(0.0, description="Estimated USD of those images.")
+
+    @property
+    def cost(self) -> float:
+        """Estimated USD paid for this step in this run (0 for a cache hit), images billed but
+        not delivered included."""
+        return (0.0 if self.cached else sum(ref.cost for ref in self.images)) + self.undelivered_cost
+
+
+class ChainResult(BaseModel):
+    """Every row's steps, row after row, and counts."""
+
+    steps: list[StepResult]
+
+    def rows(self) -> dict[int, list[StepResult]]:
+        """The steps of each row, by row number."""
+        out: dict[int, list[StepResult]] = {}
+        for step in self.steps:
+            out.setdefault(step.row, []).append(step)
+        return out
+
+    @property
+    def stored(self) -> int:
+        """Rows whose every step is stored."""
+        return sum(all(s.status == "stored" for s in steps) for steps in self.rows().values())
+
+    @property
+    def failed(self) -> int:
+        """Rows with a failed, skipped or invalid step."""
+        return len(self.rows()) - self.stored
+
+    @property
+    def cost(self) -> float:
+        """Estimated USD paid in this run."""
+        return sum(s.cost for s in self.steps)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Counts, not every step: a repr stays one line at any size."""
+        yield "steps", Counted(len(self.rows()), self.stored, self.failed, steps=len(self.steps))
+
+    def final(self, row: int) -> ImageRef | None:
+        """The last image row ``row`` made, if its chain completed."""
+        steps = self.rows().get(row, [])
+        return steps[-1].images[0] if steps and all(s.status == "stored" for s in steps) else None
+
+
+def step_names(steps: Sequence[PipelineStep]) -> list[str]:
+    """Each step's name (its kind unless named); ValueError for no steps or a name used twice."""
+    if not steps:
+        raise ValueError("steps: give at least one step (generate, edit or blend)")
+    names = [step.name or step.kind for step in steps]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"steps: two steps are named {name!r}: give each a distinct name")
+    return names
+
+
+def failed_steps(result: ChainResult) -> list[FailedRow]:
+    """The failed and invalid steps of ``result`` (a skipped step is counted in its row)."""
+    return [
+        FailedRow(s.row, s.id, s.error_type or s.status, s.error, step=s.step)
+        for s in result.steps
+        if s.status in ("failed", "invalid")
+    ]
+
+
+@dataclass
+class StepInput:
+    """One input image of a step: an earlier step's output, or a URI read during the plan."""
+
+    label: str
+    step: str | None = None
+    uri: str | None = None
+    header: InputImage | None = None  # the URI's image, its bytes dropped after the plan
+
+
+@dataclass
+class StepCall:
+    """One step of one row, validated: all a run needs to make it (or serve it from the store)."""
+
+    name: str
+    step: PipelineStep
+    prompt: str
+    fields: dict[str, Any]
+    inputs: list[StepInput]
+    mask_uri: str | None = None
+    region: MaskRegion | None = None
+    dims: tuple[int, int] | None = None  # the output's size when it is known before the call
+    cached: list[ImageRef] | None = None
+    known: bool = False  # the request (so the cache key) was known in the plan
+
+
+@dataclass
+class PreparedRow:
+    row: ChainRow
+    calls: list[StepCall] = field(default_factory=list)
+    invalid_step: str | None = None
+    invalid_kind: Literal["generate", "edit", "blend"] = "generate"
+    error: BaseException | None = None
+
+
+@dataclass
+class PlanContext:
+    steps: Sequence[PipelineStep]
+    names: list[str]
+    options: ImageOptions
+    variant: int
+    settings: GptImageSettings
+    store: ImageStore
+    lookup: bool
+    policy: InputPolicy
+    cache: InputCache | None  # the run's reads (the plan's threads do not inherit its context)
