@@ -3,7 +3,8 @@
 This layer does not import Prefect, so it can be used (and tested) on its own.
 """
 
-from .client import AsyncImagesClient, ImagesClient, PartialCallback, RetryEvent
+from .callbacks import PartialCallback, RetryEvent
+from .client import AsyncImagesClient, ImagesClient
 from .config import DEFAULT_BASE_URL, OPENAI_BASE_URL, ClientConfig, RetryPolicy, Timeouts
 from .errors import (
     APIConnectionError,
@@ -29,14 +30,8 @@ from .errors import (
     UnsafeURLError,
 )
 from .images import InputImage, load_input_image
-from .models import (
-    EditRequest,
-    GeneratedImage,
-    GenerateRequest,
-    ImagesResponse,
-    PartialImage,
-    StreamEvent,
-)
+from .models import EditRequest, GenerateRequest
+from .responses import GeneratedImage, ImagesResponse, PartialImage, StreamEvent
 
 __all__ = [
     "DEFAULT_BASE_URL",
