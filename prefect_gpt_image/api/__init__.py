@@ -1,6 +1,16 @@
 """The gpt-image-2 HTTP client: request/response models, errors and the client itself.
 
-This layer does not import Prefect, so it can be used (and tested) on its own.
+This layer does not import Prefect, so it can be used (and tested) on its own. Its modules:
+
+- ``client``: :class:`AsyncImagesClient` and :class:`ImagesClient`, and one attempt of a call
+- ``wire`` (the HTTP request of a call), ``answers`` (reading a JSON answer and its images),
+  ``streaming`` (reading an SSE answer), ``retrying`` (the retry loop), ``callbacks`` (what a
+  caller is told during a call)
+- ``models`` (requests and the contract's rules), ``responses`` (answers and result images)
+- ``errors``: every exception of the package, in one hierarchy
+- ``config`` (settings, timeouts, retry policy, which key goes where), ``download`` (fetching and
+  checking result images), ``images`` (input images), ``netpolicy`` / ``inputpolicy`` (what a run
+  may fetch and read), ``loops`` (the sync client's event-loop thread)
 """
 
 from .callbacks import PartialCallback, RetryEvent
