@@ -12,6 +12,10 @@ under concurrent flows Prefect's SQLite database locks up (its busy timeout is 6
 back off on the resulting 503s): a 20-task batch took 13 s or 135 s at random on SQLite and 5-8 s
 on PostgreSQL.
 
+The cluster is in :mod:`prefect_gpt_image.local_postgres`, what both servers share (free ports,
+stopping a process group, the start/close shape) in :mod:`prefect_gpt_image.local_process`; their
+public names are imported from here too.
+
 Nothing here imports Prefect: a script can start a server and put :meth:`LocalPrefectServer.env`
 into ``os.environ`` before it imports ``prefect``, which reads its settings when imported. (Only
 :func:`drain_client_workers` touches Prefect, and only when this process has already imported it.)
@@ -27,15 +31,10 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import glob
 import http.client
-import importlib.util
 import inspect
 import os
-import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,9 +42,17 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
-from prefect_gpt_image.api.errors import GptImageError
+from .local_postgres import LocalPostgres, pg_binary, postgres_available
+from .local_process import (
+    HOST,
+    PORT_ATTEMPTS,
+    LocalPrefectError,
+    ThrowawayServer,
+    free_port,
+    stop_process,
+)
 
 __all__ = [
     "DEFAULT_SERVICES_OFF",
@@ -75,83 +82,9 @@ DEFAULT_SERVICES_OFF: tuple[str, ...] = (
 """Server services turned off by default (``PREFECT_SERVER_SERVICES_<NAME>_ENABLED=false``): a
 throwaway server schedules nothing, and their loops cost CPU and database locks."""
 
-_HOST = "127.0.0.1"
 _LOG_NAME = "server.log"
-_PG_LOG_NAME = "pg.log"
-_PG_USER = "prefect"
-_PG_SETTINGS = (
-    "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-    "-c max_connections=200"
-)
-_PORT_ATTEMPTS = 3
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """An HTTP opener that ignores ``HTTP_PROXY``: the health check talks to 127.0.0.1 only."""
-
-
-class LocalPrefectError(GptImageError, RuntimeError):
-    """A local Prefect server or PostgreSQL cluster could not be started."""
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, chosen by the OS (another process may take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    """Stop a child started with ``start_new_session=True``, and the processes it started: SIGTERM
-    to its process group, SIGKILL after ``timeout`` seconds. Nothing happens if it has ended."""
-    if process.poll() is not None:
-        return
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-_DEBIAN_PG_BIN = "/usr/lib/postgresql/*/bin"
-"""Where Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` (not on PATH there)."""
-
-
-def pg_binary(name: str) -> str | None:
-    """The path of PostgreSQL's ``name`` (``initdb``, ``pg_ctl``): on PATH, else in Debian's
-    ``/usr/lib/postgresql/<version>/bin`` (the newest version), else None."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = [Path(d) / name for d in glob.glob(_DEBIAN_PG_BIN)]
-    runnable = [c for c in candidates if os.access(c, os.X_OK)]
-    if not runnable:
-        return None
-    return str(max(runnable, key=lambda c: _version_key(c.parent.parent.name)))
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split(".") if part.isdigit())
-
-
-def postgres_available() -> bool:
-    """Whether :class:`LocalPostgres` can run here: ``initdb`` and ``pg_ctl`` found (:func:`pg_binary`),
-    ``asyncpg`` (Prefect's PostgreSQL driver) installed and, as root, ``runuser`` and a ``postgres``
-    user (PostgreSQL refuses to run as root)."""
-    if not (pg_binary("initdb") and pg_binary("pg_ctl")):
-        return False
-    if os.geteuid() == 0:
-        if not shutil.which("runuser"):
-            return False
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            return False
-    return importlib.util.find_spec("asyncpg") is not None
 
 
 def drain_client_workers() -> None:
@@ -176,170 +109,7 @@ def drain_client_workers() -> None:
         run_coro_as_sync(drain())
 
 
-class _Throwaway:
-    """A local server process: ``start()`` launches it, ``close()`` stops it and removes what it
-    left. As a context manager it is started on entry (and closed if that fails), closed on exit.
-    ``log_path`` is the file that receives the server's log.
-    """
-
-    log_path: Path
-
-    def start(self) -> Self:
-        """Start the server; return once it answers."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Stop the server and remove its files."""
-        raise NotImplementedError
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs, else None."""
-        raise NotImplementedError
-
-    @property
-    def running(self) -> bool:
-        """Whether the server's process is alive."""
-        return self.pid is not None
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last ``lines`` lines of the server's log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _describe(self) -> str:
-        return ""
-
-    def __enter__(self) -> Self:
-        with contextlib.ExitStack() as on_failure:
-            on_failure.callback(self.close)
-            self.start()
-            on_failure.pop_all()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        state = f"pid={self.pid}" if self.running else "stopped"
-        return f"{type(self).__name__}({self._describe()}, {state})"
-
-
-class LocalPostgres(_Throwaway):
-    """A throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``) on a free port of 127.0.0.1.
-
-    Made for a Prefect server's database in tests: user ``prefect`` with trust authentication,
-    durability off (``fsync``, synchronous commit, full-page writes), 200 connections, its data,
-    socket and log in a new temporary directory. As root it runs as the ``postgres`` user through
-    ``runuser``. ``stop()`` ends it and keeps its data (``start()`` brings it back); ``close()``
-    (or leaving the ``with`` block) stops it and deletes the directory. Attributes: ``dir`` (that
-    directory), ``data_dir``, ``log_path``, ``port``.
-    """
-
-    def __init__(self, *, port: int | None = None) -> None:
-        """Prepare (not start) a cluster in a new temporary directory; ``port`` defaults to a free one."""
-        self.dir = Path(tempfile.mkdtemp(prefix="local-prefect-pg-"))
-        self.data_dir = self.dir / "data"
-        self.log_path = self.dir / _PG_LOG_NAME
-        self.port = port if port is not None else free_port()
-        self._choose_port = port is None  # until the first start: a port taken meanwhile is replaced
-        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-
-    def _describe(self) -> str:
-        return f"url={self.url!r}, dir='{self.dir}'"
-
-    @property
-    def url(self) -> str:
-        """The SQLAlchemy URL a Prefect server connects with (``PREFECT_API_DATABASE_CONNECTION_URL``)."""
-        return f"postgresql+asyncpg://{_PG_USER}@{_HOST}:{self.port}/postgres"
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while it runs (from ``postmaster.pid``), else None."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass  # alive, another user's
-        return pid
-
-    def start(self) -> Self:
-        """Create the cluster (first time only) and start it; return once it accepts connections."""
-        if self.running:
-            return self
-        initdb, pg_ctl = pg_binary("initdb"), pg_binary("pg_ctl")
-        if not (initdb and pg_ctl):
-            raise LocalPrefectError(
-                "PostgreSQL's initdb and pg_ctl are neither on PATH nor in /usr/lib/postgresql/*/bin"
-            )
-        if self._as:
-            try:
-                user = pwd.getpwnam("postgres")
-            except KeyError:
-                raise LocalPrefectError("running as root, and there is no 'postgres' user") from None
-            os.chown(self.dir, user.pw_uid, user.pw_gid)
-        if not (self.data_dir / "PG_VERSION").exists():
-            self._run(
-                initdb, "-D", str(self.data_dir), "-U", _PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"
-            )
-        for attempt in range(_PORT_ATTEMPTS):
-            options = f"-p {self.port} -k {self.dir} {_PG_SETTINGS}"
-            try:
-                self._run(
-                    pg_ctl, "-D", str(self.data_dir), "-o", options, "-l", str(self.log_path), "-w", "start"
-                )
-                break
-            except LocalPrefectError:
-                # A port taken between choosing and binding: choose again (first start only).
-                taken = "already in use" in self.log_tail(20)
-                if self._choose_port and taken and attempt < _PORT_ATTEMPTS - 1:
-                    self.port = free_port()
-                    continue
-                raise
-        self._choose_port = False  # a restart after stop() keeps the port clients know
-        atexit.register(self.stop)
-        return self
-
-    def stop(self) -> None:
-        """Stop the cluster at once (``pg_ctl stop -m immediate``); its data is kept."""
-        pg_ctl = pg_binary("pg_ctl")
-        if pg_ctl and (self.data_dir / "postmaster.pid").exists():
-            subprocess.run(  # noqa: S603 - fixed binary and flags, no shell
-                [*self._as, pg_ctl, "-D", str(self.data_dir), "-m", "immediate", "stop"],
-                capture_output=True,
-                check=False,
-            )
-        atexit.unregister(self.stop)
-
-    def close(self) -> None:
-        """Stop the cluster and delete its directory."""
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def _run(self, *command: str) -> None:
-        try:
-            result = subprocess.run(  # noqa: S603 - fixed binaries and flags, no shell
-                [*self._as, *command], capture_output=True, check=False
-            )
-        except OSError as exc:
-            raise LocalPrefectError(f"{Path(command[0]).name} could not run: {exc}") from exc
-        if result.returncode != 0:
-            output = (result.stdout + result.stderr).decode(errors="replace").strip()[-3000:]
-            raise LocalPrefectError(
-                f"{Path(command[0]).name} failed ({result.returncode}):\n{output}\n"
-                f"log tail:\n{self.log_tail()}"
-            )
-
-
-class LocalPrefectServer(_Throwaway):
+class LocalPrefectServer(ThrowawayServer):
     """A ``prefect server start`` process on a free port of 127.0.0.1, with its own home.
 
     ``database``: ``"auto"`` runs it on a :class:`LocalPostgres` when :func:`postgres_available`
@@ -386,7 +156,7 @@ class LocalPrefectServer(_Throwaway):
     @property
     def api_url(self) -> str:
         """The API's URL, ``http://127.0.0.1:PORT/api`` (empty before the first ``start()``)."""
-        return f"http://{_HOST}:{self.port}/api" if self.port else ""
+        return f"http://{HOST}:{self.port}/api" if self.port else ""
 
     @property
     def database(self) -> str:
@@ -405,7 +175,7 @@ class LocalPrefectServer(_Throwaway):
             return self
         self._start_database()
         choose_port = self.port is None
-        for attempt in range(_PORT_ATTEMPTS):
+        for attempt in range(PORT_ATTEMPTS):
             if choose_port:
                 self.port = free_port()
             self._spawn()
@@ -415,7 +185,7 @@ class LocalPrefectServer(_Throwaway):
             except LocalPrefectError:
                 self._terminate()
                 # A port taken between choosing and binding: choose again.
-                if choose_port and attempt < _PORT_ATTEMPTS - 1 and "already in use" in self.log_tail(5):
+                if choose_port and attempt < PORT_ATTEMPTS - 1 and "already in use" in self.log_tail(5):
                     continue
                 raise
         atexit.register(self._terminate)
@@ -484,7 +254,7 @@ class LocalPrefectServer(_Throwaway):
         env.update(
             {
                 "PREFECT_HOME": str(self.home),
-                "PREFECT_SERVER_API_HOST": _HOST,
+                "PREFECT_SERVER_APIHOST": HOST,
                 "PREFECT_SERVER_API_PORT": str(self.port),
                 "PREFECT_API_URL": self.api_url,
                 "PREFECT_SERVER_UI_ENABLED": "true" if self.ui else "false",
@@ -502,7 +272,7 @@ class LocalPrefectServer(_Throwaway):
 
     def _spawn(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "prefect", "server", "start", "--host", _HOST]
+        command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST]
         command += ["--port", str(self.port)]
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(  # noqa: S603 - this Python, fixed arguments, no shell

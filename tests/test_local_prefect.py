@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from prefect_gpt_image import local_prefect
+from prefect_gpt_image import local_postgres
 from prefect_gpt_image.local_prefect import LocalPostgres, LocalPrefectServer, pg_binary
 
 _CLIENT = """
@@ -57,7 +57,7 @@ def test_postgres_binaries_are_found_where_debian_puts_them(
             (bin_dir / name).chmod(0o755)
     (tmp_path / "16" / "bin").mkdir(parents=True)  # a version without the server binaries
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(local_prefect, "_DEBIAN_PG_BIN", str(tmp_path / "*" / "bin"))
+    monkeypatch.setattr(local_postgres, "_DEBIAN_PG_BIN", str(tmp_path / "*" / "bin"))
     assert pg_binary("initdb") == str(tmp_path / "15" / "bin" / "initdb")
     assert pg_binary("pg_ctl") == str(tmp_path / "15" / "bin" / "pg_ctl")
     assert pg_binary("postgres") is None

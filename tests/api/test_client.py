@@ -39,7 +39,7 @@ from prefect_gpt_image.api import (
     Timeouts,
     UnsafeURLError,
 )
-from prefect_gpt_image.api import client as client_module
+from prefect_gpt_image.api import retrying as retry_module
 from tests.support.images import decode, mask_bytes, png_bytes
 from tests.support.judge import media_gets
 from tests.support.sandbox import HeldWaits, billed_images, sandbox_requests
@@ -78,10 +78,10 @@ class VirtualTime:
 
 @pytest.fixture
 def virtual_time(monkeypatch: pytest.MonkeyPatch) -> VirtualTime:
-    """Virtual time for the client's retry loop (``prefect_gpt_image.api.client`` only)."""
+    """Virtual time for the client's retry loop (``prefect_gpt_image.api.retrying`` only)."""
     virtual = VirtualTime()
-    monkeypatch.setattr(client_module, "asyncio", virtual)
-    monkeypatch.setattr(client_module, "time", virtual)
+    monkeypatch.setattr(retry_module, "asyncio", virtual)
+    monkeypatch.setattr(retry_module, "time", virtual)
     return virtual
 
 
