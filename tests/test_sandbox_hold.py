@@ -4,19 +4,12 @@ wait (in process and over HTTP), and a release lets them all go on."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import httpx
 
 from prefect_gpt_image.sandbox import SandboxServer
-
-
-def _wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "the sandbox never reached the state waited for"
-        time.sleep(0.01)
+from tests.support.sandbox import wait_until
 
 
 def test_held_downloads_wait_until_released_and_the_count_is_readable() -> None:
@@ -29,7 +22,7 @@ def test_held_downloads_wait_until_released_and_the_count_is_readable() -> None:
         results: dict[str, int] = {}
         getter = threading.Thread(target=lambda: results.update(first=http.get(first).status_code))
         getter.start()
-        _wait_until(lambda: len(sandbox.hold.held) == 1)
+        wait_until(lambda: len(sandbox.hold.held) == 1, "one download held")
         assert sandbox.hold.held == [first.rsplit("/", 1)[-1]]
         assert http.get("/sandbox/hold").json()["held"] == sandbox.hold.held
         # only the next download was to be held: the second goes through at once
@@ -56,7 +49,7 @@ def test_stopping_the_server_releases_what_it_holds() -> None:
 
     getter = threading.Thread(target=get)
     getter.start()
-    _wait_until(lambda: sandbox.hold.held == ["unknown.png"])
+    wait_until(lambda: sandbox.hold.held == ["unknown.png"], "the unknown name's download held")
     stopped = threading.Thread(target=sandbox.stop)
     stopped.start()
     stopped.join(10)

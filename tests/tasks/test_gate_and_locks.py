@@ -15,6 +15,7 @@ import pytest
 
 from prefect_gpt_image.calls.concurrency import SlotGate
 from prefect_gpt_image.calls.locks import ImageLockManager
+from tests.support.sandbox import wait_until
 
 _HANG = 30.0
 """Seconds after which a wait that should have ended fails the test (a hang guard, not a goal)."""
@@ -81,7 +82,7 @@ def _all_accounted_for(gate: SlotGate, total: int, in_or_done: Callable[[], int]
     """A holder stays in until every one of the ``total`` callers is in, done or queued at the
     gate: none is still on its way, so each was either admitted or made to wait while this
     holder was in (the gate's own state, no sleep standing in for work)."""
-    _wait_until(lambda: gate.waiting + in_or_done() == total)
+    wait_until(lambda: gate.waiting + in_or_done() == total, "every caller admitted or waiting", _HANG)
 
 
 def test_a_released_slot_goes_to_the_waiter_on_its_own_loop_at_once() -> None:
@@ -99,20 +100,12 @@ def test_a_released_slot_goes_to_the_waiter_on_its_own_loop_at_once() -> None:
 
     thread = threading.Thread(target=asyncio.run, args=(waiter(),))
     thread.start()
-    _wait_until(lambda: gate.waiting == 1)
+    wait_until(lambda: gate.waiting == 1, "the waiter at the gate", _HANG)
     gate.release()
     assert (gate.held, gate.waiting) == (1, 0)  # granted to the waiter within release()
     assert entered.wait(_HANG)
     thread.join(_HANG)
     assert gate.held == 0
-
-
-def _wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (the gate's or lock's own state) until true; fail after ``_HANG`` s."""
-    deadline = time.monotonic() + _HANG
-    while not condition():
-        assert time.monotonic() < deadline, "the state waited for never came"
-        time.sleep(0.005)
 
 
 def test_cancelled_waiter_does_not_leak_a_slot() -> None:
