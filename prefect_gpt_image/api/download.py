@@ -25,7 +25,7 @@ import httpx
 from .config import ClientConfig, is_loopback_host
 from .errors import DownloadError, UnsafeURLError
 from .images import ImageFormat, probe_image
-from .netpolicy import address_kind
+from .netpolicy import address_kind, safe_url
 
 __all__ = ["Downloaded", "check_url", "download_image", "verify_image", "verify_in_worker"]
 
@@ -145,12 +145,12 @@ async def download_image(
                 raise DownloadError(
                     f"result URL given up after {attempt} attempt(s) over {now - first_failure:.1f} s "
                     f"(media_retry_seconds={policy.media_retry_seconds:g}), the last: {exc}",
-                    url=_safe_url(url),
+                    url=safe_url(url),
                     request_id=request_id,
                 ) from None
             log.warning(
                 "download of %s failed (%s); retry %d in %.1fs (request id: %s)",
-                _safe_url(url),
+                safe_url(url),
                 exc,
                 attempt,
                 wait,
@@ -192,20 +192,20 @@ async def _fetch_once(
                     raise _TransientDownload(f"HTTP {response.status_code}")
                 if response.status_code != 200:
                     raise DownloadError(
-                        f"result URL answered HTTP {response.status_code}", url=_safe_url(current)
+                        f"result URL answered HTTP {response.status_code}", url=safe_url(current)
                     )
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > config.max_download_bytes:
                     raise DownloadError(
                         f"result is {declared} bytes, over the {config.max_download_bytes} cap",
-                        url=_safe_url(current),
+                        url=safe_url(current),
                     )
                 return await _receive(
                     response, config, expected_format=expected_format, expected_size=expected_size
                 )
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise _TransientDownload(type(exc).__name__) from None
-    raise UnsafeURLError(f"more than {_MAX_REDIRECTS} redirects", url=_safe_url(url))
+    raise UnsafeURLError(f"more than {_MAX_REDIRECTS} redirects", url=safe_url(url))
 
 
 _SPOOL_FLUSH_BYTES = 4 * 1024 * 1024
@@ -260,7 +260,7 @@ async def _receive(
             if total > config.max_download_bytes:
                 raise DownloadError(
                     f"result exceeds the {config.max_download_bytes}-byte cap",
-                    url=_safe_url(str(response.url)),
+                    url=safe_url(str(response.url)),
                 )
             chunks.append(chunk)
             buffered += len(chunk)
@@ -281,7 +281,7 @@ async def _receive(
             )
         except ValueError as exc:
             raise DownloadError(
-                f"result is not a valid image: {exc}", url=_safe_url(str(response.url))
+                f"result is not a valid image: {exc}", url=safe_url(str(response.url))
             ) from None
     except BaseException:
         spool.discard()
@@ -315,9 +315,3 @@ def _finish(
     os.replace(spool.path, final)
     spool.path = final
     return Downloaded(None, final, fmt, width, height, sha, total)
-
-
-def _safe_url(url: str) -> str:
-    """The URL without its query string (presigned signatures stay out of logs)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
