@@ -22,6 +22,10 @@ alone costs for the same fan-outs: tasks that sleep L holding one of K semaphore
 server), the baselines' ``prefect_map_over_ideal``, ``prefect_gather_over_ideal``, and the same
 with ``_ephemeral``.
 
+A third run is the newcomer's first fan-out (:data:`NEWCOMER`): a sync ``.map`` of 24 calls under
+a limit of 4 at L = 0.5 s on the ephemeral default, beside Prefect alone (``--no-newcomer`` skips
+it); its last-line figures end in ``_newcomer``.
+
 Usage: ``python bench/compose.py [--n 200] [--k 16] [--latency 1.0] [--server both|local|ephemeral]``
 """
 
@@ -48,6 +52,9 @@ BASELINES = ("prefect map", "prefect gather")
 """Prefect alone, no plugin: the same fan-outs of tasks that each sleep L while holding one of K
 slots (a semaphore), so the plugin's rows can be read against what Prefect itself costs."""
 _RESULT = "COMPOSE-RESULT "
+NEWCOMER = (24, 4, 0.5)
+"""The newcomer's first fan-out (N, K, L): a sync flow's ``.map`` of 24 calls under a limit of 4
+at 0.5 s, on Prefect's ephemeral default (no server configured); target 1.3 x the bound."""
 
 
 def _prompts(tag: str, n: int) -> list[str]:
@@ -156,13 +163,13 @@ def _measure(
     return row
 
 
-def child(server: str, n: int, k: int, latency: float, db: str) -> int:
-    """Measure both styles on one kind of server; print one result line per style."""
+def child(server: str, n: int, k: int, latency: float, db: str, styles: tuple[str, ...]) -> int:
+    """Measure ``styles`` on one kind of server; print one result line per style."""
     flags = common.sandbox_flags(latency, k)
     if server == "local":
         with common.start_stack(db) as stack:
             with common.sandbox_process(stack.root, *flags) as sandbox:
-                for style in STYLES + BASELINES:
+                for style in styles:
                     row = _measure(style, n, k, latency, sandbox, stack.root / f"images-{style}")
                     print(_RESULT + json.dumps({"server": f"local ({stack.database})", **row}), flush=True)
         return 0
@@ -178,7 +185,7 @@ def child(server: str, n: int, k: int, latency: float, db: str) -> int:
     for name in ("PREFECT_API_URL", "GPT_IMAGE_LOCK_DIR", "GPT_IMAGE_STORAGE"):
         os.environ.pop(name, None)
     with common.sandbox_process(root, *flags) as sandbox:
-        for style in STYLES + BASELINES:
+        for style in styles:
             row = _measure(style, n, k, latency, sandbox, root / f"images-{style}")
             print(_RESULT + json.dumps({"server": "ephemeral (SQLite)", **row}), flush=True)
     return 0
@@ -188,45 +195,53 @@ def main() -> int:
     p = common.parser(__doc__.split("\n\n")[0], n=200, k=16, latency=1.0)
     p.add_argument("--server", choices=("both", "local", "ephemeral"), default="both")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--styles", default=",".join(STYLES + BASELINES), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--no-newcomer", action="store_true", help="skip the newcomer's case (N=24, K=4, L=0.5, ephemeral)"
+    )
     args = p.parse_args()
     if args.child:
-        return child(args.server, args.n, args.k, args.latency, args.db)
+        return child(args.server, args.n, args.k, args.latency, args.db, tuple(args.styles.split(",")))
     rows: list[dict[str, Any]] = []
     problems: list[str] = []
     servers = ("local", "ephemeral") if args.server == "both" else (args.server,)
-    for server in servers:
-        command = [sys.executable, __file__, "--child", "--server", server]
-        command += ["--n", str(args.n), "--k", str(args.k), "--latency", str(args.latency), "--db", args.db]
+    runs = [(server, args.n, args.k, args.latency, STYLES + BASELINES, "") for server in servers]
+    if not args.no_newcomer:
+        runs.append(("ephemeral", *NEWCOMER, ("map", "prefect map"), "_newcomer"))
+    last: dict[str, Any] = {}
+    for server, n, k, latency, styles, tag in runs:
+        command = [sys.executable, __file__, "--child", "--server", server, "--styles", ",".join(styles)]
+        command += ["--n", str(n), "--k", str(k), "--latency", str(latency), "--db", args.db]
         done = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         found = [
             json.loads(line[len(_RESULT) :]) for line in done.stdout.splitlines() if line.startswith(_RESULT)
         ]
-        if done.returncode != 0 or len(found) != len(STYLES + BASELINES):
+        if done.returncode != 0 or len(found) != len(styles):
             print(done.stdout[-3000:], done.stderr[-5000:], sep="\n", file=sys.stderr)
-            problems.append(f"{server}: the child exited {done.returncode} with {len(found)} results")
+            problems.append(f"{server}{tag}: the child exited {done.returncode} with {len(found)} results")
         noisy = done.stdout.count("database is locked") + done.stderr.count("database is locked")
         for row in found:
             row["'database is locked'"] = noisy
+            common.check(row["stored"] == n, f"{server} {row['style']}: stored {row['stored']}", problems)
             common.check(
-                row["stored"] == args.n, f"{server} {row['style']}: stored {row['stored']}", problems
-            )
-            common.check(
-                row["max in flight"] <= args.k,
-                f"{server} {row['style']}: {row['max in flight']} in flight, over K={args.k}",
+                row["max in flight"] <= k,
+                f"{server} {row['style']}: {row['max in flight']} in flight, over K={k}",
                 problems,
             )
             rows.append(row)
-    last: dict[str, Any] = {}
-    for row in rows:
-        suffix = "" if row["server"].startswith("local") else "_ephemeral"
-        style = row["style"].replace("prefect ", "prefect_")
-        last[f"{style}_over_ideal{suffix}"] = row["over ideal"]
-    # The target is on a local server (the ephemeral one is not a target: its SQLite stalls).
+            suffix = tag or ("" if server == "local" else "_ephemeral")
+            last[f"{row['style'].replace('prefect ', 'prefect_')}_over_ideal{suffix}"] = row["over ideal"]
+    # The targets: both styles on a local server (N=200, K=16, L=1), and the newcomer's first
+    # fan-out on the ephemeral default (a sync .map, N=24, K=4, L=0.5; issue 25).
     verdicts = [
         common.compare(f"{style}_over_ideal", last.get(f"{style}_over_ideal", math.nan), 1.15)
         for style in STYLES
         if "local" in servers
     ]
+    if not args.no_newcomer:
+        verdicts.append(
+            common.compare("map_over_ideal_newcomer", last.get("map_over_ideal_newcomer", math.nan), 1.3)
+        )
     common.report(
         f"compose: a user's flow fanning out N={args.n} calls, K={args.k}, L={args.latency:g} s",
         ["python", *sys.argv],

@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from prefect import flow, unmapped
+from prefect import flow, task_engine, unmapped
 from prefect.client.orchestration import get_client
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.calls.concurrency.leases import _LeaseService
-from prefect_gpt_image.tasks import ImageRef, bounded_task_runner, generate_image
+from prefect_gpt_image.tasks import ImageRef, bounded_task_runner, generate_image, submission
 from tests.support.sandbox import ledger
 
 from .conftest import CANARY_KEY
@@ -46,6 +46,66 @@ def _mapped_flow(
         return [future.result() for future in futures]
 
     return mapped
+
+
+def _spy_order(monkeypatch: pytest.MonkeyPatch, limit_name: str) -> list[tuple[str, int]]:
+    """What happens first: ("lease", slots) for each lease asked of limit ``limit_name``,
+    ("run", 0) for each task run's engine started (map: our submitter's, awaited: Prefect's)."""
+    order: list[tuple[str, int]] = []
+    grant = _LeaseService._grant
+
+    async def spy_grant(self: _LeaseService, client: Any, name: str, duration: float, slots: int) -> Any:
+        if name == limit_name:
+            order.append(("lease", slots))
+        return await grant(self, client, name, duration, slots)
+
+    def spy_engine(original: Any) -> Any:
+        def started(*args: Any, **kwargs: Any) -> Any:
+            order.append(("run", 0))
+            return original(*args, **kwargs)
+
+        return started
+
+    monkeypatch.setattr(_LeaseService, "_grant", spy_grant)
+    monkeypatch.setattr(submission, "run_task_async", spy_engine(submission.run_task_async))
+    monkeypatch.setattr(task_engine, "run_task_async", spy_engine(task_engine.run_task_async))
+    return order
+
+
+@pytest.mark.parametrize("style", ["map", "gather"])
+def test_a_fan_out_takes_its_first_wave_of_slots_before_its_first_task_run_starts(
+    style: str,
+    make_sandbox: Any,
+    settings: GptImageSettings,
+    local_storage: GptImageStorage,
+    limit_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first wave's lease is asked for before any task run of the fan-out starts: once they
+    have, their writes hold the database of Prefect's ephemeral SQLite server, and the lease
+    waited 2-2.5 s (bench/compose.py, the ephemeral case), most of a small fan-out's time."""
+    sandbox = make_sandbox(latency=0.2)
+    credentials = GptImageCredentials(api_key=CANARY_KEY, base_url=sandbox.base_url)
+    order = _spy_order(monkeypatch, limit_name)
+    prompts = [f"{style} egret number {i}" for i in range(8)]
+
+    if style == "map":
+        assert len(_mapped_flow(f"{style} egret", 8, credentials, settings, local_storage)()) == 8
+    else:
+
+        @flow
+        async def gathered() -> list[list[ImageRef]]:
+            calls = (
+                generate_image(p, credentials=credentials, settings=settings, storage=local_storage)
+                for p in prompts
+            )
+            return list(await asyncio.gather(*calls))
+
+        assert len(asyncio.run(gathered())) == 8
+    assert ledger(sandbox)["stats"]["billed_images"] == 8
+    assert order[0] == ("lease", 4), order[:6]
+    assert order.count(("run", 0)) == 8
+    assert _limit(limit_name).active_slots == 0
 
 
 def test_twenty_calls_under_a_missing_limit_of_four(

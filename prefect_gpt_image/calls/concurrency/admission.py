@@ -16,6 +16,8 @@ ephemeral SQLite server, under the load of a fan-out, hundreds of milliseconds).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -28,7 +30,8 @@ from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_API_URL
 
 from .gate import SlotGate
-from .limits import _gates, _registry_lock, _server_key
+from .leases import _service_for, lease_seconds
+from .limits import _gates, _registry_lock, _server_key, ensure_limit
 
 __all__ = [
     "ADMISSION_FACTOR",
@@ -53,6 +56,8 @@ _CALL: ContextVar[list[Any] | None] = ContextVar("prefect_gpt_image_admitted_cal
 _FAN_OUT: ContextVar[int] = ContextVar("prefect_gpt_image_fan_out", default=1)
 """How many calls were started together with the current one (:func:`started_together`)."""
 _lock = threading.Lock()
+_leasing_ahead: dict[tuple[str, str], concurrent.futures.Future[None]] = {}
+"""Limits whose slots a call is leasing ahead of the calls started with it (:func:`_lease_ahead`)."""
 _counts = [0, 0]
 """Admitted calls of this process that came for their API slot, and calls that waited to be admitted."""
 
@@ -74,10 +79,12 @@ def _gate(name: str, slots: int) -> SlotGate:
 
 def on_the_way(key: tuple[str, str]) -> bool:
     """Whether a call in front of limit ``key`` (server, name) is admitted and has not yet come
-    for its API slot (:func:`arrived`): a lease given back now would soon be asked for again.
-    (A call that then hits the cache never comes: a kept lease goes back soon.)"""
+    for its API slot (:func:`arrived`), or waits to be admitted (it comes when a call ends its
+    task run): a lease given back now would soon be asked for again. (A call that then hits the
+    cache never comes: a kept lease goes back soon.)"""
     with _lock:
-        return _on_the_way.get(key, 0) > 0
+        gate = _admissions.get(key)
+        return _on_the_way.get(key, 0) > 0 or (gate is not None and gate.waiting > 0)
 
 
 def arrived(key: tuple[str, str]) -> None:
@@ -131,6 +138,7 @@ async def admitted(name: str, slots: int) -> AsyncIterator[None]:
             _on_the_way[key] = _on_the_way.get(key, 0) + 1
         reset = _CALL.set(token)
         try:
+            await _lease_ahead(name, slots, key)
             yield
         finally:
             _CALL.reset(reset)
@@ -138,6 +146,46 @@ async def admitted(name: str, slots: int) -> AsyncIterator[None]:
             if arrived_token:
                 with _lock:
                     _on_the_way[key] -= 1
+
+
+async def _lease_ahead(name: str, slots: int, key: tuple[str, str]) -> None:
+    """Before the first task run of calls started together, take their first wave's slots in
+    one lease (parked for them), unless this process already holds a lease of the limit.
+
+    Why before the task runs start: their creation writes to the Prefect server's database, and
+    on Prefect's ephemeral default (SQLite) a lease asked for meanwhile waits for the database
+    lock. Measured on 3.9.1 (2 cores): asked for right before a ``.map`` of 24, 10-180 ms; right
+    after it, 2.0-2.5 s, once 60 s (the server's busy timeout). The calls that come meanwhile
+    wait for it (a few milliseconds on an idle server) rather than start their task runs, and
+    take their slots from it at the gate. Nothing is asked for a lone call, or when the slots
+    are not all free (each call then asks for its own, as before). Calls that turn out to be
+    cache hits leave the slots parked until they go back after
+    :data:`~.leases.IDLE_LEASE_SECONDS`.
+    """
+    with _lock:
+        pending = _leasing_ahead.get(key)
+        mine = pending is None
+        if mine:
+            pending = _leasing_ahead[key] = concurrent.futures.Future()
+    assert pending is not None
+    if not mine:
+        await asyncio.shield(asyncio.wrap_future(pending))
+        return
+    try:
+        await asyncio.sleep(0)  # the calls started together with this one come in and are counted
+        service = _service_for(name)
+        want = demand(key)
+        if want > 1 and not service.holds(key):
+            info = await ensure_limit(name, slots)
+            if info.active:
+                prefetch = service.prefetch(name, lease_seconds(), min(want, info.limit))
+                await asyncio.shield(asyncio.wrap_future(service.submit(prefetch)))
+    except Exception as exc:  # each call then acquires its own lease, and reports what fails
+        _log.debug("Leasing slots of %r ahead of a fan-out: %s", name, exc)
+    finally:
+        with _lock:
+            del _leasing_ahead[key]
+        pending.set_result(None)
 
 
 EPHEMERAL_ADVICE = (

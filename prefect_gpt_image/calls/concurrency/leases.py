@@ -191,7 +191,7 @@ class _LeaseService:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(signal.wait(), MAX_POLL_SECONDS)
                     continue
-                if want > 1 and not self._holds(key):
+                if want > 1 and not self.holds(key):
                     await self.prefetch(name, duration, want)
                     want = 1  # taken from the parked ones next, or (not all free) asked for alone
                     continue
@@ -254,7 +254,7 @@ class _LeaseService:
             self._prefetching[key] -= 1
             self._wake(key)  # calls waiting for this prefetch look again
 
-    def _holds(self, key: tuple[str, str]) -> bool:
+    def holds(self, key: tuple[str, str]) -> bool:
         """Whether this process holds a lease of limit ``key`` (in use or parked)."""
         with self._lock:
             return any(grant.key == key for grant in self._grants.values())
