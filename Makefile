@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean docs docs-serve
 
 $(BIN)/.installed: pyproject.toml tests/e2e/ui/package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -36,5 +36,19 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# The documentation site (mkdocs.yml, docs/): the `docs` extra installed into .venv once (the venv
+# made if missing), then a strict build into site/ (a broken link, anchor or reference, or a
+# docstring griffe cannot read, fails it).
+$(BIN)/.docs-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 clean:
-	rm -rf $(VENV) gpt-image-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) gpt-image-output site .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Every name the docs show still imports: a module move can never silently break the README.
 
-The docs are README.md, bench/README.md and the deployment entrypoints of deployments/prefect.yaml.
+The docs are README.md, bench/README.md, every page of the documentation site (docs/**/*.md) and
+the deployment entrypoints of deployments/prefect.yaml.
 A name is any ``prefect_gpt_image.x.y`` they write (in prose or code), and every name a Python code
 block imports from ``prefect_gpt_image``; each must resolve, as a module or an attribute of one.
 Every repository file a doc links to must exist.
@@ -17,7 +18,12 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", REPO / "bench" / "README.md", REPO / "deployments" / "prefect.yaml"]
+DOCS = [
+    REPO / "README.md",
+    REPO / "bench" / "README.md",
+    *sorted((REPO / "docs").rglob("*.md")),
+    REPO / "deployments" / "prefect.yaml",
+]
 
 # A dotted name, also when a line break splits it after a dot (`prefect_gpt_image.calls.x.
 # Name` in a wrapped paragraph). A trailing ``*`` (a wildcard in prose) is not part of it.
@@ -76,7 +82,7 @@ SHOWN = _shown_names()
 
 
 def test_the_docs_show_names_of_every_layer() -> None:
-    """The scan finds what the README is known to show (a broken regex must not pass as 'no names')."""
+    """The scan finds what the docs are known to show (a broken regex must not pass as 'no names')."""
     names = {name for _, name in SHOWN}
     for expected in (
         "prefect_gpt_image.tasks.generate_image",
