@@ -70,7 +70,8 @@ class BillLine(BaseModel):
     paid: float = Field(default=0.0, description="USD paid for those images.")
     deployment: str | None = Field(default=None, description="A flow run's deployment (name, else id).")
     by_deployment: dict[str, float] = Field(
-        default_factory=dict, description="A day's USD paid per deployment (name, else id): the chart's bars."
+        default_factory=dict,
+        description="A day's USD paid per deployment id ('' for none): the chart's bars.",
     )
 
 
@@ -89,8 +90,11 @@ class Bill(BaseModel):
     unpriced: int = Field(default=0, description="Images in the period whose manifest names no cost.")
     undelivered: int = Field(
         default=0,
-        description="Images billed but never delivered (partial records last written in the period); "
-        "not in ``paid``: their records name no cost for them.",
+        description="Images billed but never delivered (their record, last written in the period, names "
+        "fewer images than its request asked for); not in ``paid``: no manifest names their cost.",
+    )
+    undelivered_paid: float = Field(
+        default=0.0, description="Their estimated cost: each at the cost of the images its call delivered."
     )
 
     def summary(self) -> str:
@@ -100,7 +104,10 @@ class Bill(BaseModel):
             f"in {len(self.flow_runs)} flow run(s)"
         )
         if self.undelivered:
-            line += f"; {self.undelivered} image(s) billed but not delivered"
+            line += (
+                f"; {self.undelivered} image(s) billed but not delivered "
+                f"(about ${self.undelivered_paid:.4f}, not in the total)"
+            )
         if self.unpriced:
             line += f"; {self.unpriced} image(s) with no cost recorded"
         return line
@@ -158,7 +165,11 @@ def collect_bill(store: ImageStore, start: dt.date | None = None, end: dt.date |
     bill = Bill(start=start, end=end, store=store.describe(), records=len(records))
     for record in records:
         manifests = [m for m in record.get("manifests") or [] if isinstance(m, dict)]
-        bill.undelivered += _undelivered(record, manifests, start, end)
+        missing = _undelivered(record, manifests, start, end)
+        if missing:
+            costs = [c for c in map(_cost, manifests) if c is not None]
+            bill.undelivered += missing
+            bill.undelivered_paid += missing * (sum(costs) / len(costs) if costs else 0.0)
         for manifest in manifests:
             made = _day(manifest.get("created"))
             if made is None or not start <= made <= end:
@@ -180,7 +191,7 @@ def collect_bill(store: ImageStore, start: dt.date | None = None, end: dt.date |
                 line.images += 1
                 line.paid += paid
             split = lines[0].by_deployment
-            split[deployment] = split.get(deployment, 0.0) + paid
+            split[deployment_id] = split.get(deployment_id, 0.0) + paid
             bill.images += 1
             bill.paid += paid
     bill.days = list(days.values())
@@ -235,7 +246,7 @@ def chart_of(bill: Bill) -> bytes | None:
     """The PNG of ``bill``'s paid amounts per day stacked by deployment, or None without matplotlib."""
     title = f"gpt-image bill {bill.start} to {bill.end}: ${bill.paid:.2f} for {bill.images} image(s)"
     days = [(line.key, line.by_deployment) for line in bill.days]
-    return draw_chart(days, [line.name for line in bill.deployments], title)
+    return draw_chart(days, [(line.key, line.name) for line in bill.deployments], title)
 
 
 def _report_name(bill: Bill, ext: str) -> str:

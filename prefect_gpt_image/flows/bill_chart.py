@@ -21,34 +21,34 @@ MAX_SERIES = 8
 
 
 def draw_chart(
-    days: Sequence[tuple[str, Mapping[str, float]]], series: Sequence[str], title: str
+    days: Sequence[tuple[str, Mapping[str, float]]], series: Sequence[tuple[str, str]], title: str
 ) -> bytes | None:
-    """The PNG of the USD paid on each of ``days`` (``(YYYY-MM-DD, {deployment: paid})``), a bar
-    per day stacked by the deployments of ``series`` (most paid first), or None without matplotlib."""
+    """The PNG of the USD paid on each of ``days`` (``(YYYY-MM-DD, {deployment key: paid})``), a
+    bar per day stacked by the deployments of ``series`` (``(key, name)``, most paid first), or
+    None without matplotlib."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    names = list(series)
-    shown = names if len(names) <= MAX_SERIES else [*names[: MAX_SERIES - 1], "other"]
-    own = set(shown) - {"other"} if len(names) > MAX_SERIES else set(shown)
+    own = list(series) if len(series) <= MAX_SERIES else list(series[: MAX_SERIES - 1])
+    others = len(series) > MAX_SERIES
     figure = Figure(figsize=(9, 4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     bottom = [0.0] * len(days)
-    for name in shown:
-        values = [
-            sum(v for k, v in split.items() if k not in own) if name not in own else split.get(name, 0.0)
-            for _, split in days
-        ]
+    bars = [(name, [split.get(key, 0.0) for _, split in days]) for key, name in own]
+    if others:
+        drawn = {key for key, _ in own}
+        bars.append(("other", [sum(v for k, v in split.items() if k not in drawn) for _, split in days]))
+    for name, values in bars:
         axes.bar(range(len(days)), values, bottom=bottom, label=_plain(name))
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     step = max(1, len(days) // 10)
     axes.set_xticks(range(0, len(days), step), [days[i][0][5:] for i in range(0, len(days), step)])
     axes.set_ylabel("USD paid")
     axes.set_title(_plain(title))
-    if shown:
+    if bars:
         axes.legend(fontsize="small", loc="upper left")
     out = io.BytesIO()
     figure.savefig(out, format="png")

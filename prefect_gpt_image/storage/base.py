@@ -13,6 +13,7 @@ operation (validation, hashing, JSON) is written once, here.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import re
@@ -47,7 +48,9 @@ def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
     order. Independent writes then cost one round trip to the store instead of one each."""
     if not calls:
         return []
-    futures = [_WRITERS.submit(call) for call in calls[1:]]
+    # Each in a copy of the caller's context, as asyncio.to_thread does (what the caller set, e.g.
+    # the time records are dated with, holds in the pool too).
+    futures = [_WRITERS.submit(contextvars.copy_context().run, call) for call in calls[1:]]
     first: BaseException | None = None
     results: list[Any] = [None]
     try:

@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from prefect_gpt_image.tasks import read_manifest
 from tests.support.prefect import flow_run_artifacts
 from tests.support.sandbox import ledger
 
-from .conftest import KEY, run
+from .conftest import KEY, run, saved_settings
 
 TODAY = dt.datetime.now(dt.UTC).date()
 YESTERDAY = TODAY - dt.timedelta(days=1)
@@ -228,6 +229,19 @@ def test_on_s3_the_report_works_without_matplotlib_and_a_large_chart_is_linked(
         lambda: batch_generate(prompts=["a kite over the sea"], n=2, storage=storage, return_state=True),
     )
     assert images_a == 2
+    # an answer of 3 whose third result URL never serves: 2 stored, 1 billed and not delivered
+    sandbox.script_faults(["media_flaky:404:50@2"])
+    before, _ = billed(sandbox)
+    partly = batch_generate(
+        prompts=["three kites over a dune"],
+        n=3,
+        storage=storage,
+        settings_block=saved_settings(media_retry_seconds=0.5),
+        return_state=True,
+    )
+    assert not partly.is_completed()
+    paid_partly, price = billed(sandbox)[0] - before, sandbox.ledger.price_per_image
+    assert paid_partly == pytest.approx(3 * price)
 
     # with matplotlib, a chart too large to show inline is linked, presigned, and loads
     import prefect_gpt_image.flows.bill as bill_module
@@ -236,7 +250,10 @@ def test_on_s3_the_report_works_without_matplotlib_and_a_large_chart_is_linked(
     state = run(bill_report(storage=storage, return_state=True))
     assert state.is_completed(), state.message
     report: BillReport = state.result()  # type: ignore[assignment]
-    assert by_key(report.bill.flow_runs) == {run_a: (2, round(paid_a, 6))}
+    run_p = str(partly.state_details.flow_run_id)
+    assert by_key(report.bill.flow_runs) == {run_a: (2, round(paid_a, 6)), run_p: (2, round(2 * price, 6))}
+    assert (report.bill.undelivered, report.bill.undelivered_paid) == (1, pytest.approx(price))
+    assert report.bill.paid + report.bill.undelivered_paid == pytest.approx(billed(sandbox)[0])
     markdown = next(
         a["data"]
         for a in flow_run_artifacts(state.state_details.flow_run_id)
@@ -261,7 +278,42 @@ def test_on_s3_the_report_works_without_matplotlib_and_a_large_chart_is_linked(
     )
     assert "prefect\\-gpt\\-image\\[chart\\]" in markdown and "data:image" not in markdown
     store = resolve_store(storage)
-    assert json.loads(store.read_bytes(plain.json_uri))["images"] == 2
+    assert json.loads(store.read_bytes(plain.json_uri))["images"] == 4
     assert cli_bill.run(argparse_args("--storage", storage, "--chart", "unused.png")) == 1
     out, err = capsys.readouterr()
     assert "paid $" in out and CHART_HINT in err
+
+
+def test_records_last_written_before_the_period_are_not_read(
+    prefect_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record the store last wrote days before the period holds nothing made in it: it is left
+    unread (one listing, no read per old record), and read again for a period that covers it."""
+    sandbox = make_sandbox(latency=0.05)
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", KEY)
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    storage = str(tmp_path / "store")
+    ten_days_ago = dt.datetime.combine(TODAY - dt.timedelta(days=10), dt.time(9), tzinfo=dt.UTC)
+    with use_clock(ten_days_ago):
+        old_run, old_paid, _ = paid_run(
+            sandbox, lambda: batch_generate(prompts=["an old kite"], storage=storage, return_state=True)
+        )
+    new_run, new_paid, _ = paid_run(
+        sandbox, lambda: batch_generate(prompts=["a new kite"], storage=storage, return_state=True)
+    )
+    store = resolve_store(storage)
+    # the old call's record as the store would have it had it been written ten days ago
+    (old_record,) = [
+        name
+        for name in store.list_names("cache", at_most=10) or set()
+        if json.loads(store.read_bytes(f"cache/{name}"))["created"].startswith(
+            ten_days_ago.date().isoformat()
+        )
+    ]
+    os.utime(tmp_path / "store" / "cache" / old_record, (ten_days_ago.timestamp(),) * 2)
+
+    recent = collect_bill(store, TODAY - dt.timedelta(days=2), TODAY)
+    assert recent.records == 1 and by_key(recent.flow_runs) == {new_run: (1, round(new_paid, 6))}
+    month = collect_bill(store)  # the last 30 days
+    assert month.records == 2
+    assert by_key(month.flow_runs) == {old_run: (1, round(old_paid, 6)), new_run: (1, round(new_paid, 6))}
