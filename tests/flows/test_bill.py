@@ -21,15 +21,17 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 
 from prefect_gpt_image import cli_bill
+from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.calls import use_clock
 from prefect_gpt_image.flows import BillReport, batch_generate, bill_report, collect_bill
 from prefect_gpt_image.flows.bill_chart import CHART_HINT
 from prefect_gpt_image.storage import resolve_store
-from prefect_gpt_image.tasks import read_manifest
+from prefect_gpt_image.tasks import ImageRef, generate_image, read_manifest
 from tests.support.prefect import flow_run_artifacts
 from tests.support.sandbox import ledger
 
@@ -70,6 +72,12 @@ def deployment_run(prompts: list[str], storage: str) -> tuple[str, str, str]:
     return str(flow_run.id), str(deployment_id), name
 
 
+@flow
+def one_image(prompt: str, storage: str) -> list[ImageRef]:
+    """The image task in a flow of its own (a rerun of it is the engine's cache hit)."""
+    return generate_image(prompt, storage=storage, settings=GptImageSettings(size="1024x640", quality="low"))
+
+
 def by_key(lines: list[Any]) -> dict[str, tuple[int, float]]:
     return {line.key: (line.images, round(line.paid, 6)) for line in lines if line.images}
 
@@ -103,16 +111,24 @@ def test_the_bill_of_two_days_matches_the_ledger_and_a_rerun_adds_nothing(
         run_a, paid_a, images_a = paid_run(
             sandbox, lambda: batch_generate(prompts=yesterday, storage=storage, return_state=True)
         )
+        run_t, paid_t, images_t = paid_run(  # the image task, in a flow of its own
+            sandbox, lambda: one_image("a kite on a string", storage, return_state=True)
+        )
     cost_b, count_b = billed(sandbox)
     run_b, deployment_id, deployment_name = deployment_run(
         ["a green kite", "a kite at dusk", "a box kite"], storage
     )
     paid_b, images_b = billed(sandbox)[0] - cost_b, billed(sandbox)[1] - count_b
-    run_c, paid_c, images_c = paid_run(  # today, served from the store: nothing paid
+    # today, served from the store (a batch's lookups, the image task's cache hit): nothing paid
+    run_c, paid_c, images_c = paid_run(
         sandbox, lambda: batch_generate(prompts=yesterday, storage=storage, return_state=True)
     )
-    assert (images_a, images_b, images_c, paid_c) == (2, 3, 0, 0.0)
+    run_e, paid_e, images_e = paid_run(
+        sandbox, lambda: one_image("a kite on a string", storage, return_state=True)
+    )
+    assert (images_a, images_t, images_b, images_c, images_e, paid_c, paid_e) == (2, 1, 3, 0, 0, 0.0, 0.0)
     assert paid_a > 0 and paid_b > 0
+    images_a, paid_a = images_a + images_t, paid_a + paid_t  # yesterday's runs
 
     store = resolve_store(storage)
     names = store.list_names("images", at_most=100) or set()
@@ -134,10 +150,11 @@ def test_the_bill_of_two_days_matches_the_ledger_and_a_rerun_adds_nothing(
         TODAY.isoformat(): (images_b, round(paid_b, 6)),
     }
     assert by_key(bill.flow_runs) == {
-        run_a: (images_a, round(paid_a, 6)),
+        run_a: (images_a - images_t, round(paid_a - paid_t, 6)),
+        run_t: (images_t, round(paid_t, 6)),
         run_b: (images_b, round(paid_b, 6)),
     }
-    assert run_c not in {line.key for line in bill.flow_runs}  # the served rerun is on no bill line
+    assert not {run_c, run_e} & {line.key for line in bill.flow_runs}  # the served reruns are on no line
     assert by_key(bill.deployments) == {
         "": (images_a, round(paid_a, 6)),
         deployment_id: (images_b, round(paid_b, 6)),
@@ -198,7 +215,7 @@ def test_the_bill_of_two_days_matches_the_ledger_and_a_rerun_adds_nothing(
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert f"paid ${bill.paid:.4f} for {bill.images} image(s) in 2 flow run(s)" in done.stdout
+    assert f"paid ${bill.paid:.4f} for {bill.images} image(s) in 3 flow run(s)" in done.stdout
     assert deployment_name in done.stdout and run_b in done.stdout
     decodes_as_png(chart.read_bytes())
 
