@@ -1,7 +1,7 @@
-"""The bill over a period: real paid calls through the sandbox on two days (yesterday's written
-under ``use_clock``), one of them a deployment's run, summed from the store's records and
-checked against the sandbox's ledger; a served rerun adds nothing; the chart is a PNG that decodes,
-and the report works without matplotlib."""
+"""The bill over a period: real paid calls through the sandbox on two days (each dated by
+``use_clock``: yesterday, and today even past midnight), one of them a deployment's run, summed
+from the store's records and checked against the sandbox's ledger; served reruns add nothing; the
+chart is a PNG that decodes, and the report works without matplotlib."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,13 @@ from .conftest import KEY, run, saved_settings
 
 TODAY = dt.datetime.now(dt.UTC).date()
 YESTERDAY = TODAY - dt.timedelta(days=1)
+
+
+@pytest.fixture
+def dated_today() -> Iterator[None]:
+    """Records and manifests of the test say TODAY even if the test runs past midnight (UTC)."""
+    with use_clock(dt.datetime.combine(TODAY, dt.time(0, 0, 1), tzinfo=dt.UTC)):
+        yield
 
 
 def billed(sandbox: Any) -> tuple[float, int]:
@@ -97,6 +104,7 @@ def decodes_as_png(data: bytes) -> tuple[int, int]:
 
 def test_the_bill_of_two_days_matches_the_ledger_and_a_rerun_adds_nothing(
     prefect_env: Path,
+    dated_today: None,
     make_sandbox: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -302,7 +310,7 @@ def test_on_s3_the_report_works_without_matplotlib_and_a_large_chart_is_linked(
 
 
 def test_records_last_written_before_the_period_are_not_read(
-    prefect_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_env: Path, dated_today: None, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record the store last wrote days before the period holds nothing made in it: it is left
     unread (one listing, no read per old record), and read again for a period that covers it."""
