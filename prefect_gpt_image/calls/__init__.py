@@ -14,13 +14,14 @@ call :func:`run_row_call` directly (a Prefect task run per row would cost more t
 """
 
 from .budget import exceeded_cap, spent
-from .cache import CACHE_FOLDER, cache_key, read_manifest, read_record, record_name
+from .cache import CACHE_FOLDER, cache_key, read_manifest, read_record, read_records, record_name
 from .call import CallResult, run_image_call
 from .clients import aclose_clients
+from .clock import use_clock
 from .concurrency import admitted, ensure_limit, hold_slots, release_idle_leases, slots_in_use
 from .context import batch_rows, client_config, in_batch
 from .delivery import with_links
-from .encoding import csv_row, md_image, md_link, md_table, md_text
+from .encoding import csv_row, md_image, md_inline_png, md_link, md_table, md_text
 from .errors import (
     BatchFailedError,
     BudgetExceededError,
@@ -82,6 +83,7 @@ __all__ = [
     "is_safe_to_retry",
     "local_input",
     "md_image",
+    "md_inline_png",
     "md_link",
     "md_table",
     "md_text",
@@ -89,6 +91,7 @@ __all__ = [
     "read_manifest",
     "read_once",
     "read_record",
+    "read_records",
     "record_name",
     "release_idle_leases",
     "retry_condition",
@@ -97,6 +100,7 @@ __all__ = [
     "run_row_call",
     "slots_in_use",
     "spent",
+    "use_clock",
     "use_lock_manager",
     "with_links",
 ]

@@ -39,11 +39,14 @@ import hashlib
 import json
 from collections.abc import Set
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest
 from prefect_gpt_image.storage import ImageStore
+from prefect_gpt_image.storage.base import run_concurrently
 
+from .clock import utc_now
 from .refs import ImageRef
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "read_entry",
     "read_manifest",
     "read_record",
+    "read_records",
     "record_key",
     "record_name",
     "write_record",
@@ -67,6 +71,9 @@ CACHE_KEY_METADATA = "cache-key"
 TRANSPORT_FIELDS = frozenset({"stream", "partial_images", "user"})
 """Request fields that do not change the images, left out of the key."""
 _KEY_VERSION = 1
+CLOCK_SLACK = dt.timedelta(days=1)
+"""How far the clocks of the machines writing records and of the store may disagree: a record last
+written this long before a time is taken to describe nothing made after it."""
 
 
 def endpoint_of(request: GenerateRequest | EditRequest) -> str:
@@ -192,9 +199,26 @@ def write_record(
         record_key(store, key),
         {
             "key": key,
-            "created": dt.datetime.now(dt.UTC).isoformat(),
+            "created": utc_now().isoformat(),
             "request": request,
             "refs": [ref.without_link().model_dump(mode="json") for ref in refs],
             "manifests": manifests,
         },
     )
+
+
+def read_records(store: ImageStore, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Every cache record in ``store`` as stored (damaged ones left out), or with ``since`` (a
+    timezone-aware time) those the store last wrote at most :data:`CLOCK_SLACK` before it: a
+    record written earlier holds no manifest made since, so a report over recent days reads only
+    the records those days touched. One listing of the cache folder (a request per 1,000 records
+    on S3), then the records read a few at a time."""
+    listed = store.list_modified(CACHE_FOLDER)
+    cutoff = None if since is None else (since - CLOCK_SLACK).timestamp()
+    keys = [
+        name.removesuffix(".json")
+        for name, modified in listed.items()
+        if name.endswith(".json") and (cutoff is None or modified >= cutoff)
+    ]
+    found = run_concurrently(*(partial(_read, store, key) for key in keys))
+    return [record for record in found if record is not None]

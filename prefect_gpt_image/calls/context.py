@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
@@ -24,6 +25,7 @@ __all__ = [
     "in_batch",
     "in_thread",
     "refresh_requested",
+    "run_deployment",
     "run_ids",
     "run_logger",
 ]
@@ -72,6 +74,30 @@ def run_ids() -> tuple[str | None, str | None]:
     elif task_ctx is not None and task_ctx.task_run.flow_run_id is not None:
         flow_run_id = str(task_ctx.task_run.flow_run_id)
     return flow_run_id, task_run_id
+
+
+_DEPLOYMENT_NAMES: dict[str, str | None] = {}
+
+
+def run_deployment() -> tuple[str | None, str | None]:
+    """The id and name of the deployment whose flow run makes the call (None, None outside a
+    deployment's run). The id is in the run's context; the name is read from the Prefect API once
+    per deployment and process (None, with a warning, if that read fails: the id still says which
+    deployment paid)."""
+    flow_ctx = FlowRunContext.get()
+    flow_run = flow_ctx.flow_run if flow_ctx is not None else None
+    deployment_id = getattr(flow_run, "deployment_id", None)
+    if deployment_id is None:
+        return None, None
+    key = str(deployment_id)
+    if key not in _DEPLOYMENT_NAMES:
+        try:
+            with get_client(sync_client=True) as client:
+                _DEPLOYMENT_NAMES[key] = client.read_deployment(deployment_id).name
+        except Exception as exc:
+            _fallback_logger.warning("Reading the name of deployment %s failed: %s", key, exc)
+            _DEPLOYMENT_NAMES[key] = None
+    return key, _DEPLOYMENT_NAMES[key]
 
 
 def refresh_requested() -> bool:

@@ -4,7 +4,6 @@ spool, and the call's artifacts (see :mod:`.call` for where each step sits)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -23,7 +22,8 @@ from prefect_gpt_image.storage.base import run_concurrently
 from . import spool
 from .artifacts import claim_artifact_slot, publish_artifacts
 from .cache import CACHE_KEY_METADATA, CacheRecord, endpoint_of, write_record
-from .context import in_batch, in_thread, run_ids
+from .clock import utc_now
+from .context import in_batch, in_thread, run_deployment, run_ids
 from .errors import (
     ImagesLostError,
     ImagesSpooledError,
@@ -81,7 +81,8 @@ def describe_images(
     record already holds come before)."""
     parents = parents_of(request)
     summary = request.summary()
-    created = dt.datetime.now(dt.UTC).isoformat()
+    created = utc_now().isoformat()
+    deployment_id, deployment_name = run_deployment()
     refs: list[ImageRef] = []
     manifests: list[dict[str, Any]] = []
     for i, image in enumerate(images):
@@ -127,6 +128,8 @@ def describe_images(
                 "variant": variant,
                 "flow_run_id": flow_run_id,
                 "task_run_id": task_run_id,
+                "deployment_id": deployment_id,
+                "deployment_name": deployment_name,
                 "generator": f"prefect-gpt-image {__version__}",
             }
         )

@@ -14,13 +14,14 @@ No Prefect import: the engine and the flows both use it.
 
 from __future__ import annotations
 
+import base64
 import re
 import string
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-__all__ = ["Markdown", "csv_row", "md_image", "md_link", "md_table", "md_text"]
+__all__ = ["Markdown", "csv_row", "md_image", "md_inline_png", "md_link", "md_table", "md_text"]
 
 
 class Markdown(str):
@@ -93,6 +94,14 @@ def md_image(alt: str, url: str | None) -> Markdown:
     when there is no such URL."""
     link = md_link(alt, url)
     return Markdown("!" + link) if link.startswith("[") else link
+
+
+def md_inline_png(alt: str, png: bytes) -> Markdown:
+    """The PNG ``png`` (the plugin's own, e.g. a chart it drew) shown inline as a ``data:`` URI,
+    with ``alt`` text: it loads wherever the markdown is shown, with no link to a store (a local
+    store's ``file://`` link does not load in a browser). Base64 has no character a destination
+    must escape. Keep it small: the whole image is in the markdown."""
+    return Markdown(f"![{md_text(alt)}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
 def md_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

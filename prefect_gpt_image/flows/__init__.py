@@ -1,10 +1,12 @@
 """Prefect flows: ``image_pipeline`` (generate → mask edit → reference blend), ``batch_generate``,
-``batch_edit`` (one edit over many images) and ``batch_pipeline`` (a chain of steps per manifest row)."""
+``batch_edit`` (one edit over many images), ``batch_pipeline`` (a chain of steps per manifest row)
+and ``bill_report`` (what the store's records say was paid over a period)."""
 
 from prefect_gpt_image.api.errors import ConfigurationError
 from prefect_gpt_image.calls import BatchFailedError
 
 from .batch import BatchResult, RowResult, batch_generate
+from .bill import Bill, BillLine, BillReport, bill_report, collect_bill
 from .chain import ChainResult, StepResult
 from .edit import batch_edit
 from .manifest import BatchRow
@@ -17,6 +19,9 @@ __all__ = [
     "BatchFailedError",
     "BatchResult",
     "BatchRow",
+    "Bill",
+    "BillLine",
+    "BillReport",
     "BlendStep",
     "ChainResult",
     "ConfigurationError",
@@ -34,6 +39,8 @@ __all__ = [
     "batch_edit",
     "batch_generate",
     "batch_pipeline",
+    "bill_report",
     "build_mask",
+    "collect_bill",
     "image_pipeline",
 ]

@@ -13,9 +13,11 @@ operation (validation, hashing, JSON) is written once, here.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +48,9 @@ def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
     order. Independent writes then cost one round trip to the store instead of one each."""
     if not calls:
         return []
-    futures = [_WRITERS.submit(call) for call in calls[1:]]
+    # Each in a copy of the caller's context, as asyncio.to_thread does (what the caller set, e.g.
+    # the time records are dated with, holds in the pool too).
+    futures = [_WRITERS.submit(contextvars.copy_context().run, call) for call in calls[1:]]
     first: BaseException | None = None
     results: list[Any] = [None]
     try:
@@ -259,7 +263,17 @@ class ImageStore(ABC):
         """The names of the objects in ``{prefix}/{folder}/`` (not in its subfolders), or None if
         there are more than ``at_most``. On S3 a request per 1,000 names: a batch lists what is
         stored once instead of asking for each of its rows, while that is cheaper."""
-        return self._list(self.key(folder) + "/", at_most)
+        listed = self._list(self.key(folder) + "/", at_most)
+        return None if listed is None else set(listed)
+
+    def list_modified(self, folder: str) -> dict[str, float]:
+        """Every object in ``{prefix}/{folder}/`` (not in its subfolders): its name and when it
+        was last written (seconds since the epoch, the backend's clock). On S3 a request per
+        1,000 names; a reader of many records skips those written before the time it wants
+        without reading them."""
+        listed = self._list(self.key(folder) + "/", sys.maxsize)
+        assert listed is not None  # never more than sys.maxsize
+        return listed
 
     def uri_for(self, key: str) -> str:
         """The URI of ``key``: ``s3://bucket/key`` or an absolute local path."""
@@ -297,9 +311,10 @@ class ImageStore(ABC):
         """The metadata of the object at ``key`` (``{}`` if it has none), or None if there is none."""
 
     @abstractmethod
-    def _list(self, prefix: str, at_most: int) -> set[str] | None:
-        """The keys under ``prefix`` (ending in "/"), without it and without deeper folders; None
-        once more than ``at_most`` are found."""
+    def _list(self, prefix: str, at_most: int) -> dict[str, float] | None:
+        """The keys under ``prefix`` (ending in "/"), without it and without deeper folders, each
+        with when it was last written (seconds since the epoch); None once more than ``at_most``
+        are found."""
 
     @abstractmethod
     def _uri(self, key: str) -> str:

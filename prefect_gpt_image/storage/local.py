@@ -136,8 +136,8 @@ class LocalImageStore(ImageStore):
             return {}
         return metadata
 
-    def _list(self, prefix: str, at_most: int) -> set[str] | None:
-        names: set[str] = set()
+    def _list(self, prefix: str, at_most: int) -> dict[str, float] | None:
+        names: dict[str, float] = {}
         try:
             entries = os.scandir(self.root / prefix)
         except (FileNotFoundError, NotADirectoryError):
@@ -147,7 +147,7 @@ class LocalImageStore(ImageStore):
                 # temporary files of writes in progress start with "."; metadata files are not objects
                 if entry.name.startswith(".") or entry.name.endswith(_METADATA_SUFFIX) or not entry.is_file():
                     continue
-                names.add(entry.name)
+                names[entry.name] = entry.stat().st_mtime
                 if len(names) > at_most:
                     return None
         return names

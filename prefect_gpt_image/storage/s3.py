@@ -209,8 +209,8 @@ class S3ImageStore(ImageStore):
             raise
         return dict(response.get("Metadata", {}))
 
-    def _list(self, prefix: str, at_most: int) -> set[str] | None:
-        names: set[str] = set()
+    def _list(self, prefix: str, at_most: int) -> dict[str, float] | None:
+        names: dict[str, float] = {}
         token: str | None = None
         while True:
             page = (
@@ -220,7 +220,10 @@ class S3ImageStore(ImageStore):
                 if token
                 else self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, Delimiter="/")
             )
-            names.update(item["Key"][len(prefix) :] for item in page.get("Contents", []))
+            names.update(
+                (item["Key"][len(prefix) :], item["LastModified"].timestamp())
+                for item in page.get("Contents", [])
+            )
             if len(names) > at_most:
                 return None
             token = page.get("NextContinuationToken")
