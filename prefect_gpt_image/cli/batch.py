@@ -9,7 +9,7 @@ from pathlib import Path
 from .exits import UsageError
 from .flowrun import flow_options, local_path, run_flow
 from .report import Outcome
-from .session import add_image_options, add_session_options, image_options, open_session
+from .session import add_image_options, add_session_options, image_options
 
 __all__ = ["add_arguments", "run"]
 
@@ -51,11 +51,8 @@ def run(args: argparse.Namespace) -> Outcome:
         **source,
         "options": options,
         "n": args.n,
-        "variant": args.variant,
-        "max_parallel": args.max_parallel,
     }
-    with open_session(args) as session:
-        return run_flow("batch", batch_generate, kwargs, session, args)
+    return run_flow("batch", batch_generate, kwargs, args)
 
 
 def _prompts(path: Path) -> list[str]:

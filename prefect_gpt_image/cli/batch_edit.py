@@ -8,7 +8,7 @@ import argparse
 from .flowrun import flow_options, local_path, run_flow
 from .regions import parse_region
 from .report import Outcome
-from .session import add_image_options, add_session_options, image_options, open_session
+from .session import add_image_options, add_session_options, image_options
 
 __all__ = ["add_arguments", "run"]
 
@@ -47,8 +47,5 @@ def run(args: argparse.Namespace) -> Outcome:
         "references": args.reference or None,
         "options": options,
         "image_column": args.image_column,
-        "variant": args.variant,
-        "max_parallel": args.max_parallel,
     }
-    with open_session(args) as session:
-        return run_flow("batch-edit", batch_edit, kwargs, session, args)
+    return run_flow("batch-edit", batch_edit, kwargs, args)

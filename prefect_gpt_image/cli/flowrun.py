@@ -14,7 +14,7 @@ from typing import Any
 
 from .exits import FAILED, UsageError
 from .report import Outcome, progress
-from .session import Session
+from .session import Session, open_session
 from .single import plan_document
 
 __all__ = ["flow_options", "local_path", "run_flow"]
@@ -48,13 +48,21 @@ def local_path(location: str) -> str:
     return str(path.resolve())
 
 
-def run_flow(
+def run_flow(command: str, flow: Any, kwargs: dict[str, Any], args: argparse.Namespace) -> Outcome:
+    """Run ``flow(**kwargs)`` with the options every batch flow takes (planning only with
+    ``plan``) in the command's session, and describe what it made."""
+    with open_session(args) as session:
+        return _run_flow(command, flow, kwargs, session, args)
+
+
+def _run_flow(
     command: str, flow: Any, kwargs: dict[str, Any], session: Session, args: argparse.Namespace
 ) -> Outcome:
-    """Run ``flow(**kwargs)`` (planning only with ``plan``) and describe what it made."""
     from prefect_gpt_image.flows import BatchResult, ChainResult, RunPlan
 
     common = {
+        "variant": args.variant,
+        "max_parallel": args.max_parallel,
         "plan_only": args.plan,
         "storage": args.storage,
         "credentials_block": args.credentials_block,
@@ -84,15 +92,7 @@ def _batch(outcome: Outcome, result: Any, session: Session, flow_run_id: str) ->
 
     for row in result.rows:
         if row.status != "stored":
-            outcome.failures.append(
-                {
-                    "what": f"row {row.row}",
-                    "row": row.row,
-                    "id": row.id,
-                    "status": row.status,
-                    "error": row.error,
-                }
-            )
+            outcome.add_failure(f"row {row.row}", row.error, row=row.row, id=row.id, status=row.status)
             continue
         for ref in row.images:
             manifest = read_manifest(session.store, ref.sha256, ref.format) or {}
@@ -104,15 +104,8 @@ def _chain(outcome: Outcome, result: Any) -> None:
     for step in result.steps:
         if step.status != "stored":
             if step.status != "skipped":
-                outcome.failures.append(
-                    {
-                        "what": f"row {step.row} step {step.step}",
-                        "row": step.row,
-                        "step": step.step,
-                        "status": step.status,
-                        "error": step.error,
-                    }
-                )
+                what = f"row {step.row} step {step.step}"
+                outcome.add_failure(what, step.error, row=step.row, step=step.step, status=step.status)
             continue
         for ref in step.images:
             outcome.add_image(

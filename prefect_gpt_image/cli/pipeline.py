@@ -11,7 +11,7 @@ from typing import Any
 from .exits import UsageError
 from .flowrun import flow_options, local_path, run_flow
 from .report import Outcome
-from .session import add_image_options, add_session_options, image_options, open_session
+from .session import add_image_options, add_session_options, image_options
 
 __all__ = ["add_arguments", "read_steps", "run"]
 
@@ -65,8 +65,5 @@ def run(args: argparse.Namespace) -> Outcome:
         "manifest": local_path(args.manifest),
         "steps": steps,
         "options": options,
-        "variant": args.variant,
-        "max_parallel": args.max_parallel,
     }
-    with open_session(args) as session:
-        return run_flow("pipeline", batch_pipeline, kwargs, session, args)
+    return run_flow("pipeline", batch_pipeline, kwargs, args)

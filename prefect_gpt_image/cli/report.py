@@ -54,6 +54,10 @@ class Outcome:
             }
         )
 
+    def add_failure(self, what: str, error: str | None, **fields: Any) -> None:
+        """Add a failed row or step (``what`` names it for people)."""
+        self.failures.append({"what": what, **fields, "error": error})
+
     def cost(self) -> dict[str, Any]:
         """Paid and served-from-the-store totals (an image listed twice counts once)."""
         seen: dict[str, dict[str, Any]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,27 +14,15 @@ from typing import Any
 
 import pytest
 
-from tests.usage.conftest import clean_env
+from tests.usage.conftest import ScriptRun, clean_env
 
 COMMAND = str(Path(sys.executable).with_name("prefect-gpt-image"))
 API_KEY = "sk-cli-tests-5d2f9a"
 TIMEOUT = 180.0
 
 
-@dataclass
-class Run:
-    """One finished command."""
-
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return (
-            f"$ prefect-gpt-image {' '.join(self.args)}\n-> exit {self.returncode}\n"
-            f"--- stdout:\n{self.stdout[-3000:]}\n--- stderr:\n{self.stderr[-3000:]}"
-        )
+class Run(ScriptRun):
+    """One finished command (``name`` is its arguments)."""
 
     def json(self) -> Any:
         """The one JSON document on stdout."""
@@ -51,6 +40,7 @@ class Cli:
 
     def run(self, *args: str, env: dict[str, str] | None = None) -> Run:
         """Run ``prefect-gpt-image *args`` in this test's folder, stdin not a terminal."""
+        started = time.monotonic()
         done = subprocess.run(
             [COMMAND, *args],
             cwd=self.root,
@@ -60,8 +50,9 @@ class Cli:
             text=True,
             timeout=TIMEOUT,
         )
-        run = Run(list(args), done.returncode, done.stdout, done.stderr)
-        print(run)
+        name = "prefect-gpt-image " + " ".join(args)
+        run = Run(name, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+        print(run.tail())
         return run
 
     def billed_images(self) -> int:

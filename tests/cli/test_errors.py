@@ -15,7 +15,7 @@ from .conftest import API_KEY, COMMAND, Cli
 
 def test_api_key_option_is_refused_saying_why_and_never_echoed(cli: Cli) -> None:
     run = cli.run("generate", "a fox", "--api-key", "sk-typed-on-the-line-123")
-    assert run.returncode == 2, run
+    assert run.returncode == 2, run.tail()
     assert "shell history" in run.stderr and "`ps`" in run.stderr
     assert "GPT_IMAGE_API_KEY" in run.stderr and "--credentials-block" in run.stderr
     assert "sk-typed-on-the-line-123" not in run.stdout + run.stderr
@@ -26,22 +26,22 @@ def test_api_key_option_is_refused_saying_why_and_never_echoed(cli: Cli) -> None
 
 def test_misspellings_name_the_closest_valid_verb_option_choice_and_size(cli: Cli) -> None:
     run = cli.run("genrate", "a fox")
-    assert run.returncode == 2 and "did you mean 'generate'" in run.stderr, run
+    assert run.returncode == 2 and "did you mean 'generate'" in run.stderr, run.tail()
     run = cli.run("generate", "a fox", "--qualty", "low")
-    assert run.returncode == 2 and "did you mean --quality" in run.stderr, run
+    assert run.returncode == 2 and "did you mean --quality" in run.stderr, run.tail()
     run = cli.run("plan", "batch-edti", "x")
-    assert run.returncode == 2 and "did you mean 'batch-edit'" in run.stderr, run
+    assert run.returncode == 2 and "did you mean 'batch-edit'" in run.stderr, run.tail()
     run = cli.run("generate", "a fox", "--quality", "hihg")
-    assert run.returncode == 2 and "did you mean 'high'" in run.stderr, run
+    assert run.returncode == 2 and "did you mean 'high'" in run.stderr, run.tail()
     run = cli.run("generate", "a fox", "--size", "1000x1000")
-    assert run.returncode == 2 and "multiples of 16" in run.stderr and "1024x1024" in run.stderr, run
+    assert run.returncode == 2 and "multiples of 16" in run.stderr and "1024x1024" in run.stderr, run.tail()
     assert cli.sandbox.ledger.requests == []
 
 
 def test_no_key_without_a_terminal_exits_3_naming_where_a_key_comes_from(cli: Cli) -> None:
     env = {k: v for k, v in cli.env.items() if k != "GPT_IMAGE_API_KEY"}
     run = cli.run("generate", "a fox", "--json", env=env)
-    assert run.returncode == 3, run
+    assert run.returncode == 3, run.tail()
     document = run.json()
     assert document["ok"] is False and document["error_type"] == "ConfigurationError"
     assert "GPT_IMAGE_API_KEY" in document["error"]
@@ -62,7 +62,7 @@ def _files_text(root: os.PathLike[str]) -> bytes:
 def test_the_environment_key_appears_in_no_output_and_no_written_file(cli: Cli) -> None:
     for args in (["generate", "a fox"], ["generate", "a fox", "--json"], ["plan", "generate", "a fox"]):
         run = cli.run(*args, "--quality", "low")
-        assert run.returncode == 0, run
+        assert run.returncode == 0, run.tail()
         assert API_KEY not in run.stdout + run.stderr
     assert all(r["auth_ok"] for r in cli.sandbox.ledger.requests)
     assert API_KEY.encode() not in _files_text(cli.root)

@@ -30,7 +30,7 @@ def test_a_repeated_generate_is_served_from_the_store_and_starts_no_prefect_serv
     nothing. No Prefect API is configured and the ephemeral mode is off: the command would fail
     if anything asked Prefect's API (an ephemeral server would be started for it otherwise)."""
     first = cli.run("generate", "a red fox in the snow", *OPTIONS, "--json")
-    assert first.returncode == 0, first
+    assert first.returncode == 0, first.tail()
     made = first.json()
     assert cli.billed_images() == 1
     assert [i["cached"] for i in made["images"]] == [False]
@@ -41,7 +41,7 @@ def test_a_repeated_generate_is_served_from_the_store_and_starts_no_prefect_serv
     assert image["request_id"] == cli.sandbox.ledger.entries[0]["request_id"]
 
     again = cli.run("generate", "a red fox in the snow", *OPTIONS, "--json")
-    assert again.returncode == 0, again
+    assert again.returncode == 0, again.tail()
     served = again.json()
     assert cli.billed_images() == 1, "the repeat was billed"
     assert [i["sha256"] for i in served["images"]] == [image["sha256"]]
@@ -54,7 +54,7 @@ def test_a_repeated_generate_is_served_from_the_store_and_starts_no_prefect_serv
 
 def test_plan_pays_nothing_and_sees_the_store(cli: Cli) -> None:
     before = cli.run("plan", "generate", "a lighthouse", *OPTIONS, "-n", "2", "--json")
-    assert before.returncode == 0, before
+    assert before.returncode == 0, before.tail()
     plan = before.json()["plan"]
     assert (plan["calls"], plan["images"], plan["cache_hits"]) == (1, 2, 0)
     assert plan["estimated_cost"] == round(2 * plan["price_per_image"], 6)
@@ -76,7 +76,7 @@ def test_edit_with_a_mask_file_sends_that_mask(cli: Cli) -> None:
     photo = _png(cli.root / "photo.png", (1024, 1024))
     mask = _png(cli.root / "mask.png", (1024, 1024), alpha=True)
     run = cli.run("edit", "add a rainbow", str(photo), "--mask", str(mask), "--quality", "low", "--json")
-    assert run.returncode == 0, run
+    assert run.returncode == 0, run.tail()
     files = {f["field"]: f for f in _edit_request(cli)["files"]}
     assert files["mask"]["sha256"] == hashlib.sha256(mask.read_bytes()).hexdigest()
     assert run.json()["images"][0]["cached"] is False
@@ -87,7 +87,7 @@ def test_edit_with_a_region_sends_a_mask_of_the_image_size(cli: Cli) -> None:
     logo = _png(cli.root / "logo.png", (1024, 1024))
     args = ["edit", "a sunset sky", str(photo), "--region", "0,0,1,0.35", "--reference", str(logo)]
     run = cli.run(*args, "--quality", "low")
-    assert run.returncode == 0, run
+    assert run.returncode == 0, run.tail()
     request = _edit_request(cli)
     masks = [f for f in request["files"] if f["field"] == "mask"]
     assert len(masks) == 1
@@ -112,7 +112,7 @@ def test_generate_on_a_configured_server_holds_the_global_limit(cli_on_server: C
     block = f"cli-settings-{uuid.uuid4().hex[:8]}"
     GptImageSettings(concurrency_limit_name=limit, concurrency_limit=3).save(block)
     run = cli_on_server.run("generate", "a kite", *OPTIONS, "--settings-block", block)
-    assert run.returncode == 0, run
+    assert run.returncode == 0, run.tail()
     assert cli_on_server.billed_images() == 1
     with get_client(sync_client=True) as client:
         found = client.read_global_concurrency_limit_by_name(limit)
