@@ -18,7 +18,14 @@ from .cache import CACHE_FOLDER, cache_key, read_manifest, read_record, read_rec
 from .call import CallResult, run_image_call
 from .clients import aclose_clients
 from .clock import use_clock
-from .concurrency import admitted, ensure_limit, hold_slots, release_idle_leases, slots_in_use
+from .concurrency import (
+    admitted,
+    ensure_limit,
+    hold_slots,
+    process_limits,
+    release_idle_leases,
+    slots_in_use,
+)
 from .context import batch_rows, client_config, in_batch
 from .delivery import with_links
 from .encoding import csv_row, md_image, md_inline_png, md_link, md_table, md_text
@@ -87,6 +94,7 @@ __all__ = [
     "md_link",
     "md_table",
     "md_text",
+    "process_limits",
     "read_input",
     "read_manifest",
     "read_once",

@@ -47,7 +47,7 @@ from .admission import admitted
 from .gate import SlotGate
 from .leases import IDLE_LEASE_SECONDS
 from .limits import LimitInfo, ensure_limit, gate_for, slots_in_use
-from .slots import ApiSlot, api_slot, hold_slots, release_idle_leases
+from .slots import ApiSlot, api_slot, hold_slots, process_limits, release_idle_leases
 
 __all__ = [
     "IDLE_LEASE_SECONDS",
@@ -59,6 +59,7 @@ __all__ = [
     "ensure_limit",
     "gate_for",
     "hold_slots",
+    "process_limits",
     "release_idle_leases",
     "slots_in_use",
 ]

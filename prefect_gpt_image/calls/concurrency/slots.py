@@ -1,13 +1,17 @@
 """What a paid call and a batch hold: :func:`api_slot` (a gate slot, a lease and a rate-limit
-token for one call) and :func:`hold_slots` (leases kept, and prefetched, for a batch)."""
+token for one call) and :func:`hold_slots` (leases kept, and prefetched, for a batch).
+
+:func:`process_limits` is the one way to make calls with no Prefect server at all: inside it a
+call holds only this process's gate, no lease (see its docstring for when that is right)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import contextlib
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, rate_limit
@@ -18,9 +22,28 @@ from .gate import SlotGate
 from .leases import _Lease, _LimitNotFound, _service_for, _services
 from .limits import _forget_limit, _registry_lock, _server_key, ensure_limit, gate_for
 
-__all__ = ["ApiSlot", "api_slot", "hold_slots", "release_idle_leases"]
+__all__ = ["ApiSlot", "api_slot", "hold_slots", "process_limits", "release_idle_leases"]
 
 _T = TypeVar("_T")
+_PROCESS_ONLY: ContextVar[bool] = ContextVar("prefect_gpt_image_process_limits", default=False)
+
+
+@contextmanager
+def process_limits() -> Iterator[None]:
+    """Paid calls made inside hold only this process's gate (sized to the settings'
+    ``concurrency_limit``), no lease of the server's global limit and no rate-limit token: they
+    make no request to a Prefect API.
+
+    For one call made where no Prefect server is configured (the command line's ``generate``,
+    ``edit``): the global limit lives on a server, and reading it there would start Prefect's
+    ephemeral server (about 10 s) only to count one call. Calls of other processes are then not
+    counted against it, which is why flows and tasks never use this. Everything else of the call
+    (cache record, lock, spool, budget, retries) is unchanged."""
+    token = _PROCESS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _PROCESS_ONLY.reset(token)
 
 
 class ApiSlot:
@@ -75,7 +98,17 @@ async def api_slot(
     ``name`` (created with ``slots`` if missing; an error if it cannot be found) and, with
     ``requests_per_minute``, a token of the rate limit ``rate_limit_name``. ``lease_seconds``: the
     lease's duration (default :func:`~.leases.lease_seconds`). Yields an
-    :class:`ApiSlot` that may be released before the block ends."""
+    :class:`ApiSlot` that may be released before the block ends. Inside :func:`process_limits`
+    only the local gate is held, sized ``slots``."""
+    if _PROCESS_ONLY.get():
+        local = gate_for(name, slots)
+        await local.acquire_async()
+        only_gate = ApiSlot(local, None)
+        try:
+            yield only_gate
+        finally:
+            await only_gate.release()
+        return
     info = await ensure_limit(name, slots, logger=logger)
     if not info.active and logger is not None:
         logger.warning("The global concurrency limit %r is inactive: Prefect does not enforce it", name)
