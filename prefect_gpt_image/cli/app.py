@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from . import batch, batch_edit, edit, generate, pipeline
+from . import batch, batch_edit, bill, edit, generate, pipeline
 from .exits import EPILOG, USAGE, UsageError, exit_code
 from .parsing import Parser, refuse_api_key, unknown_options
 
@@ -113,6 +113,12 @@ def _parser() -> Parser:
         p = plan_sub.add_parser(name, help=f"plan: {module.HELP}", epilog=EPILOG)
         module.add_arguments(p)
         p.set_defaults(run=module.run, verb=module, verb_parser=p, plan=True)
+
+    p = sub.add_parser(
+        "bill", help="what the store's records say was paid, per day, deployment and flow run"
+    )
+    bill.add_arguments(p)
+    p.set_defaults(run=bill.run)
 
     p = sub.add_parser("sandbox", help="run the local gpt-image-2 sandbox server")
     sandbox_cli.add_arguments(p)

@@ -25,7 +25,7 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 
-from prefect_gpt_image import cli_bill
+from prefect_gpt_image.cli import bill as cli_bill
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.calls import use_clock
 from prefect_gpt_image.flows import BillReport, batch_generate, bill_report, collect_bill
@@ -209,7 +209,7 @@ def test_the_bill_of_two_days_matches_the_ledger_and_a_rerun_adds_nothing(
         [
             sys.executable,
             "-m",
-            "prefect_gpt_image.cli_bill",
+            "prefect_gpt_image.cli.bill",
             "--storage",
             storage,
             "--since",

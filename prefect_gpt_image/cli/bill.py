@@ -1,5 +1,5 @@
 """``prefect-gpt-image bill``: what the store's records say was paid over a period, per day, per
-deployment and per flow run (``python -m prefect_gpt_image.cli_bill`` runs it alone).
+deployment and per flow run (``python -m prefect_gpt_image.cli.bill`` runs it alone).
 
 It only reads the store (a folder, an ``s3://`` URI, or a saved block's slug; default
 ``$GPT_IMAGE_STORAGE`` or ./gpt-image-output); the ``bill_report`` flow also publishes artifacts
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point: parse ``argv`` and :func:`run`."""
     parser = argparse.ArgumentParser(
-        prog="python -m prefect_gpt_image.cli_bill",
+        prog="python -m prefect_gpt_image.cli.bill",
         description="What the store's records say was paid, per day, deployment and flow run.",
     )
     add_arguments(parser)
