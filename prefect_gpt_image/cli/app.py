@@ -114,9 +114,7 @@ def _parser() -> Parser:
         module.add_arguments(p)
         p.set_defaults(run=module.run, verb=module, verb_parser=p, plan=True)
 
-    p = sub.add_parser(
-        "bill", help="what the store's records say was paid, per day, deployment and flow run"
-    )
+    p = sub.add_parser("bill", help="what the store's records say was paid, per day, deployment and flow run")
     bill.add_arguments(p)
     p.set_defaults(run=bill.run)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .flows import Bill
+    from prefect_gpt_image.flows import Bill
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -75,10 +75,10 @@ def _print_table(bill: Bill) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the bill (a table, or JSON with ``--json``), write the chart with ``--chart``.
     Returns 0, 1 when the store cannot be read or the chart cannot be drawn, 2 for bad dates."""
-    from .flows import collect_bill
-    from .flows.bill import chart_of, period
-    from .flows.bill_chart import CHART_HINT
-    from .flows.params import load_storage
+    from prefect_gpt_image.flows import collect_bill
+    from prefect_gpt_image.flows.bill import chart_of, period
+    from prefect_gpt_image.flows.bill_chart import CHART_HINT
+    from prefect_gpt_image.flows.params import load_storage
 
     try:
         start, end = period(args.since, args.until)

@@ -25,9 +25,9 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.flow_engine import run_flow
 
-from prefect_gpt_image.cli import bill as cli_bill
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.calls import use_clock
+from prefect_gpt_image.cli import bill as cli_bill
 from prefect_gpt_image.flows import BillReport, batch_generate, bill_report, collect_bill
 from prefect_gpt_image.flows.bill_chart import CHART_HINT
 from prefect_gpt_image.storage import resolve_store
