@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m prefect_gpt_image.demo [--out DIR] [--s3] [--keep-server]``."""
-    parser = argparse.ArgumentParser(prog="prefect-gpt-image demo", description=__doc__.split("\n\n")[0])
+    summary = (__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="prefect-gpt-image demo", description=summary)
     add_arguments(parser)
     args = parser.parse_args(argv)
     return run_demo(out=Path(args.out), s3=args.s3, keep_server=args.keep_server)
