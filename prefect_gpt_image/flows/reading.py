@@ -50,7 +50,7 @@ def _explain(parameter: str, uri: str, store_bucket: str | None, exc: Exception)
     elif isinstance(exc, EndpointConnectionError):
         cause = "the S3 endpoint cannot be reached"
     elif isinstance(exc, FileNotFoundError):
-        cause = "no such object"
+        cause = _MISSING["NoSuchKey"]
     elif isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
         cause = _MISSING.get(code) or ("access denied" if code in _DENIED else f"S3 error {code}")
@@ -64,6 +64,11 @@ def _explain(parameter: str, uri: str, store_bucket: str | None, exc: Exception)
         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role; AWS_ENDPOINT_URL "
         "for an S3-compatible server); a prefix in the storage block's bucket uses that block's"
     )
+    if cause in _MISSING.values():  # nothing to fix in the credentials: the URI names nothing
+        return (
+            f"{parameter}: cannot read {uri!r}: {cause} ({type(exc).__name__}: {exc}). Set the "
+            f"{parameter!r} parameter to an existing folder, s3:// prefix or object"
+        )
     return (
         f"{parameter}: cannot read {uri!r}: {cause} ({type(exc).__name__}: {exc}). Set the {parameter!r} "
         f"parameter to a folder or s3:// URI this worker can read; {where}"

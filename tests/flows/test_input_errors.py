@@ -65,6 +65,7 @@ def test_a_bucket_that_does_not_exist_and_an_s3_manifest(env: Any, tmp_path: Pat
     message = str(state.message)
     assert state.is_failed()
     assert "images: cannot read 's3://no-such-bucket-e2e/in/': the bucket does not exist" in message, message
+    assert "Set the 'images' parameter to an existing" in message, message
 
     bucket = store.split("/")[2]
     manifest = f"s3://{bucket}/manifests/missing.csv"
@@ -72,5 +73,5 @@ def test_a_bucket_that_does_not_exist_and_an_s3_manifest(env: Any, tmp_path: Pat
     message = str(state.message)
     assert state.is_failed()
     assert f"manifest: cannot read '{manifest}': no such object" in message, message
-    assert "the storage's bucket, read with the storage block's credentials" in message, message
+    assert "Set the 'manifest' parameter to an existing folder, s3:// prefix or object" in message, message
     assert sandbox.ledger.requests == []
