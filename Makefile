@@ -1,4 +1,5 @@
-# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv and install first.
+# Two commands on a fresh clone: `make demo` and `make test`. Both create .venv and install first:
+# the demo only the package (`pip install -e .`), the tests and lint the test extra and npm too.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,17 +7,24 @@ export DO_NOT_TRACK := 1
 
 .PHONY: demo test lint bench install clean docs docs-serve
 
+$(BIN)/.installed-package: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
 $(BIN)/.installed: pyproject.toml tests/e2e/ui/package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	if command -v npm >/dev/null 2>&1; then npm ci --prefix tests/e2e/ui --no-audit --no-fund --silent; fi
-	touch $@
+	touch $@ $(BIN)/.installed-package
 
 install: $(BIN)/.installed
 
-demo: $(BIN)/.installed
-	$(BIN)/prefect-gpt-image demo
+# DEMO_ARGS=--keep-server keeps a Prefect server (and its UI, with the runs) up until Ctrl-C.
+demo: $(BIN)/.installed-package
+	$(BIN)/python -m prefect_gpt_image.demo $(DEMO_ARGS)
 
 # Two processes, a test file each at a time (each with its own Prefect server and stacks: the
 # tests wait on servers and latencies far more than they compute).

@@ -9,7 +9,7 @@ on the Prefect server that ``PREFECT_API_URL`` points at:
   rest in the UI, which a later run of this script keeps), and what a run may read: local inputs
   only inside ``--input-root`` folders (a new block: :data:`DEFAULT_INPUT_ROOTS`, the shipped
   manifests and ``./inputs``), ``s3://`` inputs only in the store's bucket and ``--input-bucket``
-  ones (whoever can start a deployment run from the UI names its inputs; see README, "Security");
+  ones (whoever can start a deployment run from the UI names its inputs; see docs/deployments.md);
 * ``GptImageStorage``: ``--s3-bucket-block NAME`` (a saved prefect-aws ``S3Bucket`` block, whose
   credentials and endpoint the workers then use) or ``--storage`` (a folder or ``s3://bucket/prefix``
   with boto3's standard credentials on the worker).
@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
+from pydantic import ValidationError
 
 from prefect_gpt_image.api import DEFAULT_BASE_URL
 
-__all__ = ["DEFAULT_BLOCK_NAME", "DEFAULT_INPUT_ROOTS", "main", "save_blocks"]
+__all__ = ["DEFAULT_BLOCK_NAME", "DEFAULT_INPUT_ROOTS", "BlocksError", "main", "save_blocks"]
 
 DEFAULT_BLOCK_NAME = "gpt-image"
 """The block name the deployments use for credentials, settings and storage."""
@@ -47,6 +48,10 @@ DEFAULT_INPUT_ROOTS = (str(_REPO_ROOT / "deployments" / "manifests"), str(_REPO_
 B = TypeVar("B", bound=Block)
 
 
+class BlocksError(ValueError):
+    """A value given to :func:`save_blocks` that cannot work; raised before any block is saved."""
+
+
 def _existing(block_type: type[B], name: str) -> B | None:
     """The saved block ``name`` of ``block_type``, or None when there is none."""
     try:
@@ -55,6 +60,34 @@ def _existing(block_type: type[B], name: str) -> B | None:
         return None
     assert isinstance(block, block_type)  # a sync caller gets the block, not a coroutine
     return block
+
+
+def _saved_names(slug: str) -> list[str]:
+    """The names of the saved blocks of type ``slug`` (for a "did you mean")."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        documents = client.read_block_documents_by_type(slug, include_secrets=False)
+    return [d.name for d in documents if d.name and not d.is_anonymous]
+
+
+def _s3_bucket(name: str) -> Any:
+    """The saved prefect-aws ``S3Bucket`` block ``name``; :class:`BlocksError` naming the saved
+    ones (the closest first) when there is none."""
+    from prefect_aws import S3Bucket
+
+    from prefect_gpt_image.api.suggest import did_you_mean
+
+    bucket = _existing(S3Bucket, name)
+    if bucket is None:
+        saved = _saved_names("s3-bucket")
+        hint = did_you_mean(name, saved, "S3Bucket block") if saved else "none is saved yet"
+        raise BlocksError(
+            f"--s3-bucket-block: no S3Bucket block named {name!r} ({hint}): save it first (in the UI's "
+            "Blocks page, or in Python, see docs/deployments.md), or give --storage instead; nothing "
+            "was saved"
+        )
+    return bucket
 
 
 def save_blocks(
@@ -71,17 +104,24 @@ def save_blocks(
     """Save the credentials, settings and storage blocks under ``name``; return the parameters
     that name them.
 
+    Everything given is checked first (the S3Bucket block exists, the key may go to the base URL,
+    the settings and storage values are valid); only then are the three blocks saved, so a
+    mistake saves nothing (:class:`BlocksError` or pydantic's ``ValidationError`` naming it).
+
     The credentials are replaced. The settings and storage blocks keep what was saved before
     (e.g. edited in the UI) except the values given here (they are not rewritten when nothing is
     given); missing ones start from the defaults.
     """
     from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
+    from prefect_gpt_image.calls import client_config
 
     if storage and s3_bucket_block:
-        raise ValueError("give storage or s3_bucket_block, not both")
-    GptImageCredentials(api_key=api_key, base_url=base_url).save(name, overwrite=True)
+        raise BlocksError("give storage or s3_bucket_block, not both")
+    to_save: list[Block] = []
 
+    # -- check and build everything -------------------------------------------------------------
     current = _existing(GptImageSettings, name)
+    new_settings: GptImageSettings | None = None
     if current is None or settings:
         # A new block confines local inputs (a run from the UI names its own inputs); the store's
         # bucket is the only bucket allowed unless input_buckets names more.
@@ -90,26 +130,43 @@ def save_blocks(
             if current is not None
             else {"input_roots": list(DEFAULT_INPUT_ROOTS)}
         )
-        GptImageSettings.model_validate({**values, **(settings or {})}).save(name, overwrite=True)
+        new_settings = GptImageSettings.model_validate({**values, **(settings or {})})
+    credentials = GptImageCredentials(api_key=api_key, base_url=base_url)
+    try:
+        client_config(credentials, new_settings or current or GptImageSettings())
+    except ValueError as exc:  # ConfigurationError: e.g. a key over plain http to another host
+        raise BlocksError(f"--base-url {base_url}: {exc}; nothing was saved") from None
+    to_save.append(credentials)
+    if new_settings is not None:
+        to_save.append(new_settings)
 
     old = _existing(GptImageStorage, name)
-    if old is not None and not (storage or s3_bucket_block or public_base_url or presign_ttl_seconds):
-        return _parameters(name)  # nothing to change: the storage block stays as it is
-    location, bucket = (old.location, old.s3_bucket) if old is not None else (None, None)
-    if storage:
-        location, bucket = storage, None
-    if s3_bucket_block:
-        from prefect_aws import S3Bucket
+    if old is None or storage or s3_bucket_block or public_base_url or presign_ttl_seconds:
+        location, bucket = (old.location, old.s3_bucket) if old is not None else (None, None)
+        if storage:
+            location, bucket = storage, None
+            if storage.startswith("s3://"):
+                from prefect_gpt_image.storage import S3ImageStore
 
-        location, bucket = None, _existing(S3Bucket, s3_bucket_block)
-        if bucket is None:
-            raise ValueError(f"no S3Bucket block named {s3_bucket_block!r}: save it first (see README)")
-    GptImageStorage(
-        location=location,
-        s3_bucket=bucket,
-        public_base_url=public_base_url or (old.public_base_url if old is not None else None),
-        presign_ttl_seconds=presign_ttl_seconds or (old.presign_ttl_seconds if old is not None else 3600),
-    ).save(name, overwrite=True)
+                try:
+                    S3ImageStore.from_uri(storage)  # the URI's form only: nothing is sent
+                except ValueError as exc:
+                    raise BlocksError(f"--storage {storage}: {exc}; nothing was saved") from None
+        if s3_bucket_block:
+            location, bucket = None, _s3_bucket(s3_bucket_block)
+        to_save.append(
+            GptImageStorage(
+                location=location,
+                s3_bucket=bucket,
+                public_base_url=public_base_url or (old.public_base_url if old is not None else None),
+                presign_ttl_seconds=presign_ttl_seconds
+                or (old.presign_ttl_seconds if old is not None else 3600),
+            )
+        )
+
+    # -- then save ------------------------------------------------------------------------------
+    for block in to_save:
+        block.save(name, overwrite=True)
     return _parameters(name)
 
 
@@ -162,7 +219,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("set GPT_IMAGE_API_KEY to the API key first", file=sys.stderr)
         return 2
     base_url = args.base_url or os.environ.get("GPT_IMAGE_BASE_URL", "").strip() or DEFAULT_BASE_URL
-    slugs = save_blocks(
+    try:
+        slugs = _save(args, api_key, base_url)
+    except (BlocksError, ValidationError) as exc:
+        print(f"blocks.py: {_short(exc)}", file=sys.stderr)
+        return 2
+    for parameter, value in slugs.items():
+        print(f"{parameter}: {value}")
+    return 0
+
+
+def _short(exc: Exception) -> str:
+    """A pydantic error as ``field: message`` lines (no URLs, no input echo: it may hold a key)."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False)
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in errors]
+        return "; ".join(lines) + "; nothing was saved"
+    return str(exc)
+
+
+def _save(args: argparse.Namespace, api_key: str, base_url: str) -> dict[str, str]:
+    return save_blocks(
         name=args.name,
         api_key=api_key,
         base_url=base_url,
@@ -181,9 +258,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if value is not None
         },
     )
-    for parameter, value in slugs.items():
-        print(f"{parameter}: {value}")
-    return 0
 
 
 if __name__ == "__main__":

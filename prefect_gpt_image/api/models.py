@@ -32,6 +32,7 @@ from .images import (
     InputImage,
     load_input_image,
 )
+from .suggest import nearest_sizes, unknown_name
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -54,6 +55,8 @@ MAX_SIDE = 3840
 MIN_PIXELS = 655_360
 MAX_PIXELS = 8_294_400
 MAX_RATIO = 3
+COMMON_SIZES = ("1024x1024", "1536x1024", "1024x1536")
+"""The sizes the contract names as common (§2)."""
 
 Quality = Literal["auto", "low", "medium", "high"]
 Background = Literal["auto", "opaque"]
@@ -72,21 +75,30 @@ _SIZE_RE = re.compile(r"^([0-9]+)x([0-9]+)$")
 def parse_size(size: str) -> tuple[int, int]:
     """Check a ``WxH`` size against contract §2 and return ``(width, height)``.
 
-    Raises ``ValueError`` naming the rule it breaks.
+    Raises ``ValueError`` naming the rule it breaks and the nearest valid sizes.
     """
     match = _SIZE_RE.match(size)
     if not match:
-        raise ValueError("must be 'auto' or WIDTHxHEIGHT, e.g. '1024x1024'")
+        raise ValueError(f"must be 'auto' or WIDTHxHEIGHT, e.g. one of {', '.join(COMMON_SIZES)}")
     width, height = int(match.group(1)), int(match.group(2))
-    if width % 16 or height % 16:
-        raise ValueError("width and height must be multiples of 16")
-    if width > MAX_SIDE or height > MAX_SIDE:
-        raise ValueError(f"each side must be at most {MAX_SIDE}")
-    if not MIN_PIXELS <= width * height <= MAX_PIXELS:
-        raise ValueError(f"width*height must be between {MIN_PIXELS} and {MAX_PIXELS} pixels")
-    if max(width, height) > MAX_RATIO * min(width, height):
-        raise ValueError(f"long side / short side must be at most {MAX_RATIO}")
+    rule = _size_rule(width, height)
+    if rule:
+        nearest = nearest_sizes(width, height, lambda w, h: _size_rule(w, h) is None, max_side=MAX_SIDE)
+        raise ValueError(f"{rule}; nearest valid sizes: {', '.join(nearest)}")
     return width, height
+
+
+def _size_rule(width: int, height: int) -> str | None:
+    """The contract's size rule ``width`` x ``height`` breaks, or None."""
+    if width % 16 or height % 16:
+        return "width and height must be multiples of 16"
+    if width > MAX_SIDE or height > MAX_SIDE:
+        return f"each side must be at most {MAX_SIDE}"
+    if not MIN_PIXELS <= width * height <= MAX_PIXELS:
+        return f"width*height must be between {MIN_PIXELS} and {MAX_PIXELS} pixels"
+    if max(width, height) > MAX_RATIO * min(width, height):
+        return f"long side / short side must be at most {MAX_RATIO}"
+    return None
 
 
 class ImageRequest(BaseModel):
@@ -200,7 +212,7 @@ class ImageRequest(BaseModel):
         except _FieldError as exc:
             raise RequestValidationError([(exc.field, exc.value, exc.rule)]) from None
         except ValidationError as exc:
-            raise RequestValidationError(_explain(exc, fields)) from None
+            raise RequestValidationError(_explain(exc, fields, cls)) from None
 
 
 class GenerateRequest(ImageRequest):
@@ -290,7 +302,9 @@ class _FieldError(ValueError):
         self.field, self.value, self.rule = field, value, rule
 
 
-def _explain(exc: ValidationError, fields: dict[str, Any]) -> list[tuple[str, Any, str]]:
+def _explain(
+    exc: ValidationError, fields: dict[str, Any], model: type[BaseModel]
+) -> list[tuple[str, Any, str]]:
     out: list[tuple[str, Any, str]] = []
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "request"
@@ -300,7 +314,7 @@ def _explain(exc: ValidationError, fields: dict[str, Any]) -> list[tuple[str, An
             continue
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown field: not a parameter of this endpoint"
+            message = unknown_name(str(err["loc"][0]), model.model_fields, "field")
         value = fields.get(str(err["loc"][0]), err.get("input")) if err["loc"] else err.get("input")
         if err["type"] == "missing":
             message, value = "is required", None

@@ -20,6 +20,7 @@ from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import local_input
 from prefect_gpt_image.storage import ImageStore, S3ImageStore, resolve_store
 
+from .reading import reading
 from .templates import TemplateError, fill_template
 
 __all__ = ["BatchRow", "batch_row", "parse_manifest", "parse_records", "read_manifest_text", "read_records"]
@@ -58,18 +59,18 @@ def read_records(
     resolved), an ``s3://`` one in the store's bucket or an allowed one; ValueError otherwise.
     """
     readable = location
+    store_bucket = store.bucket if isinstance(store, S3ImageStore) else None
     try:
         scheme = urlsplit(location).scheme
         if scheme == "s3":
-            store_bucket = store.bucket if isinstance(store, S3ImageStore) else None
             policy.check_bucket(urlsplit(location).netloc, store_bucket=store_bucket)
         elif scheme in ("", "file"):
             readable = str(local_input(location, store, policy))
     except ValueError as exc:
         raise ValueError(f"manifest: {exc}") from None
-    return parse_records(
-        read_manifest_text(readable, read_s3=_s3_reader(store)), name=location, require=require
-    )
+    with reading("manifest", location, store_bucket):
+        text = read_manifest_text(readable, read_s3=_s3_reader(store))
+    return parse_records(text, name=location, require=require)
 
 
 def _s3_reader(store: ImageStore) -> Any:

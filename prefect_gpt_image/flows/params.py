@@ -8,10 +8,20 @@ bad value typed in the UI fails the run at once with the field and the rule.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from prefect_gpt_image.api.models import parse_size
+from prefect_gpt_image.api.suggest import with_suggestions
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 from prefect_gpt_image.calls import client_config
 from prefect_gpt_image.storage import ImageStore, resolve_store
@@ -45,10 +55,32 @@ SizePreset = Literal[
 """Common sizes offered in the UI (any ``WxH`` allowed by the API works from Python)."""
 
 
-class ImageOptions(BaseModel):
-    """Image options shared by every step; unset ones fall back to the settings block."""
+class _Strict(BaseModel):
+    """A parameter model whose errors say what to do: an unknown key names the closest valid one
+    (``options.qualty: Extra inputs are not permitted; did you mean 'quality'?``), a value that is
+    none of the choices the closest choice; typed in the UI or passed from Python, before anything
+    runs."""
 
     model_config = ConfigDict(extra="forbid")
+    names: ClassVar[str] = "option"
+    """What a key is called in the errors."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _suggest(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise with_suggestions(exc, cls.model_fields, cls.names, cls._advice) from None
+
+    @classmethod
+    def _advice(cls, field: str, value: Any) -> str | None:
+        """More to say about a bad value of ``field`` (None: nothing)."""
+        return None
+
+
+class ImageOptions(_Strict):
+    """Image options shared by every step; unset ones fall back to the settings block."""
 
     size: SizePreset | None = Field(None, description="Image size; unset: the settings' size.")
     quality: Literal["auto", "low", "medium", "high"] | None = Field(
@@ -59,6 +91,17 @@ class ImageOptions(BaseModel):
     )
     output_compression: int | None = Field(None, ge=0, le=100, description="0..100, only for jpeg or webp.")
     background: Literal["auto", "opaque"] | None = Field(None, description="Background.")
+
+    @classmethod
+    def _advice(cls, field: str, value: Any) -> str | None:
+        """A size that is not a preset: the rule it breaks and the nearest valid sizes."""
+        if field != "size" or not isinstance(value, str):
+            return None
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            return f"{value}: {exc}"
+        return f"{value} is a valid size of the API: pass it to the tasks (size=...), which take any WxH"
 
     def fields(self) -> dict[str, Any]:
         """The options that are set, as API field names."""
@@ -80,10 +123,10 @@ _IMAGE = Field(
 _OPTIONS = Field(None, description="Options of this step; unset ones come from the flow's options.")
 
 
-class GenerateStep(BaseModel):
+class GenerateStep(_Strict):
     """Generate an image from a prompt (a template filled from the row's columns in batches)."""
 
-    model_config = ConfigDict(extra="forbid")
+    names: ClassVar[str] = "step field"
 
     kind: Literal["generate"] = Field("generate", description="A generation.")
     name: str | None = _NAME
@@ -96,10 +139,10 @@ class GenerateStep(BaseModel):
         return _non_empty(value, "generate")
 
 
-class EditStep(BaseModel):
+class EditStep(_Strict):
     """Edit the generated image: where (a mask image, or a box) and how (a prompt)."""
 
-    model_config = ConfigDict(extra="forbid")
+    names: ClassVar[str] = "step field"
 
     kind: Literal["edit"] = Field("edit", description="An edit (with a mask or a box).")
     name: str | None = _NAME
@@ -126,10 +169,10 @@ class EditStep(BaseModel):
         return _non_empty(value, "edit")
 
 
-class BlendStep(BaseModel):
+class BlendStep(_Strict):
     """Blend the current image with reference images (style, subjects, scenes)."""
 
-    model_config = ConfigDict(extra="forbid")
+    names: ClassVar[str] = "step field"
 
     kind: Literal["blend"] = Field("blend", description="A blend with references.")
     name: str | None = _NAME

@@ -16,6 +16,7 @@ from prefect_gpt_image.calls import local_input
 from prefect_gpt_image.storage import ImageStore, S3ImageStore
 
 from .manifest import read_records
+from .reading import reading
 
 __all__ = ["IMAGE_SUFFIXES", "S3_PAGE_SIZE", "ImageSource", "image_sources", "is_manifest"]
 
@@ -58,7 +59,8 @@ def image_sources(
             policy.check_bucket(urlsplit(location).netloc, store_bucket=store_bucket)
         except ValueError as exc:
             raise ValueError(f"images: {exc}") from None
-        uris = _s3_images(location, store)
+        with reading("images", location, store_bucket):
+            uris = _s3_images(location, store)
     else:
         try:
             folder = local_input(location, store, policy)

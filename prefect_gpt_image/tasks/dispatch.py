@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -30,6 +31,8 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect.utilities.callables import get_call_parameters
 from pydantic import BaseModel
 
+from prefect_gpt_image.api.models import FORBIDDEN_FIELDS
+from prefect_gpt_image.api.suggest import check_keywords
 from prefect_gpt_image.calls import BatchFailedError
 
 from .submission import Admission, SharedLoopSubmitter
@@ -38,6 +41,8 @@ __all__ = ["Admission", "SyncOrAsyncFlow", "SyncOrAsyncTask", "sync_or_async"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_CALL_KEYWORDS = frozenset({"return_state", "wait_for"})
+"""Keywords Prefect takes beside the function's parameters (``.map`` also takes ``deferred``)."""
 
 
 class _Dispatch(Generic[P, R]):
@@ -47,6 +52,7 @@ class _Dispatch(Generic[P, R]):
         """Run and return the result from sync code; return the awaitable from async code (typed
         ``Any``: which one depends on the caller; ``.aio`` is typed)."""
         forced = kwargs.pop("_sync", None)
+        self._check_keywords(kwargs, _CALL_KEYWORDS)
         awaitable = self._awaitable(*args, **kwargs)
         run_sync = bool(forced) if forced is not None else not is_in_async_context()
         return run_coro_as_sync(awaitable) if run_sync else awaitable
@@ -57,7 +63,23 @@ class _Dispatch(Generic[P, R]):
     @property
     def aio(self) -> Callable[..., Coroutine[Any, Any, R]]:
         """The call that always returns an awaitable (for async code that must not dispatch)."""
-        return self._awaitable
+
+        def checked(*args: Any, **kwargs: Any) -> Coroutine[Any, Any, R]:
+            self._check_keywords(kwargs, _CALL_KEYWORDS)
+            return self._awaitable(*args, **kwargs)
+
+        return checked
+
+    def _check_keywords(self, kwargs: dict[str, Any], extra: frozenset[str]) -> None:
+        """Refuse a misspelled keyword with the closest parameter's name, before Prefect binds the
+        call (its ``ParameterBindError`` prints the whole signature and names no fix), so it reads
+        the same from a sync flow, an async flow and a script, and nothing has run."""
+        fn: Callable[..., Any] = self.fn  # type: ignore[attr-defined]
+        parameters = inspect.signature(fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        valid = {n for n, p in parameters.items() if p.kind is not inspect.Parameter.POSITIONAL_ONLY}
+        check_keywords(kwargs, valid | extra, f"{fn.__name__}()", FORBIDDEN_FIELDS)
 
     def with_options(self, *args: Any, **kwargs: Any) -> Any:
         """Prefect's ``with_options``, keeping the dispatch (and the admission of a task)."""
@@ -84,6 +106,7 @@ class SyncOrAsyncTask(_Dispatch[P, R], Task[P, Coroutine[Any, Any, R]]):
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         """Prefect's ``submit``; the task's engine runs on Prefect's shared run-sync event loop
         (see :mod:`.submission`)."""
+        self._check_keywords(kwargs, _CALL_KEYWORDS)
         submitter = SharedLoopSubmitter.of_current_flow(self._on_shared_loop(), self._admission_of())
         if submitter is None:
             return Task.submit(self._on_shared_loop(), *args, **kwargs)
@@ -98,6 +121,7 @@ class SyncOrAsyncTask(_Dispatch[P, R], Task[P, Coroutine[Any, Any, R]]):
         """Prefect's ``map``, each call run as :meth:`submit` runs it, where a pydantic model (a
         settings or credentials block, an ImageRef) is one value for every call: Prefect would
         map over its fields (a model is iterable)."""
+        self._check_keywords(kwargs, _CALL_KEYWORDS | {"deferred"})
         args = tuple(map(_one_value, args))
         kwargs = {k: _one_value(v) for k, v in kwargs.items()}
         submitter = SharedLoopSubmitter.of_current_flow(self._on_shared_loop(), self._admission_of())

@@ -126,6 +126,15 @@ def _child_env(server: LocalPrefectServer, home: Path, root: Path) -> dict[str, 
     drop = ("PREFECT_", "AWS_", "GPT_IMAGE_", "OPENAI_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(server.env(home))
+    # No AWS credentials from anywhere but the blocks: boto3 must not look for them in the EC2
+    # metadata service (off the machine) or in the user's ~/.aws.
+    env.update(
+        {
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_SHARED_CREDENTIALS_FILE": str(root / "no-aws-credentials"),
+            "AWS_CONFIG_FILE": str(root / "no-aws-config"),
+        }
+    )
     env.update(
         {
             "GPT_IMAGE_SPOOL": str(root / "spool"),

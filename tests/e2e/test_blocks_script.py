@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from types import ModuleType
 from typing import TypeVar
 
+import pytest
 from prefect.blocks.core import Block
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
 
-from .conftest import REPO_ROOT, S3_BUCKET_BLOCK, E2EStack
+from .conftest import BLOCKS_SCRIPT, REPO_ROOT, S3_BUCKET_BLOCK, E2EStack
 
 B = TypeVar("B", bound=Block)
 
@@ -62,3 +65,35 @@ def test_rerun_replaces_the_key_and_keeps_ui_edits(e2e_stack: E2EStack) -> None:
             600,
         )
         assert _load(GptImageSettings, name).quality == "high"
+
+
+def test_a_mistake_saves_nothing(e2e_stack: E2EStack) -> None:
+    """``blocks.py`` checks everything it was given before saving anything: a bucket block that is
+    not saved (the closest saved one named), a limit out of range, a key that may not go to the
+    base URL; each exits 2 with one line saying what to fix, and no block of that name exists."""
+    name = "e2e-mistake"
+    script = [sys.executable, str(BLOCKS_SCRIPT), "--name", name, "--base-url", e2e_stack.sandbox.base_url]
+    env = {**e2e_stack.cli_env, "GPT_IMAGE_API_KEY": "sk-mistake"}
+    mistakes = {
+        "--s3-bucket-block": (
+            ["--s3-bucket-block", S3_BUCKET_BLOCK.replace("bucket", "bukcet")],
+            f"no S3Bucket block named 'e2e-bukcet' (did you mean {S3_BUCKET_BLOCK!r}?)",
+        ),
+        "--concurrency-limit": (["--concurrency-limit", "0"], "concurrency_limit: Input should be greater"),
+        "--base-url": (["--base-url", "http://images.example.com/v1"], "base_url: Value error, refusing"),
+        "--storage": (
+            ["--storage", "s3:///images"],
+            "--storage s3:///images: expected an s3://bucket/prefix",
+        ),
+    }
+    for option, (args, expected) in mistakes.items():
+        done = subprocess.run(
+            [*script, *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 2, (option, done.stdout, done.stderr[-2000:])
+        assert expected in done.stderr and "nothing was saved" in done.stderr, (option, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr and "sk-mistake" not in done.stderr + done.stdout
+        with e2e_stack.api():
+            for block_type in (GptImageCredentials, GptImageSettings, GptImageStorage):
+                with pytest.raises(ValueError, match="Unable to find"):
+                    block_type.load(name)

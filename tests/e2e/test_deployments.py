@@ -86,7 +86,8 @@ def _nightly_requests() -> tuple[int, int]:
 
 
 def test_prefect_deploy_registers_the_yaml(e2e_stack: E2EStack) -> None:
-    """`prefect deploy --all` from the repo root made both deployments as the yaml says."""
+    """`prefect deploy --all` from the repo root made every deployment as the yaml says, its
+    schedules active or paused as there."""
     specs = deployment_specs()
     with e2e_stack.api(), get_client(sync_client=True) as client:
         for name, spec in specs.items():
@@ -100,12 +101,37 @@ def test_prefect_deploy_registers_the_yaml(e2e_stack: E2EStack) -> None:
             assert deployment.parameters == spec["parameters"]
             for parameter in ("credentials_block", "settings_block", "storage"):
                 assert deployment.parameters[parameter], f"{name} must name a block in {parameter}"
-            crons = [(s["cron"], s.get("timezone")) for s in spec.get("schedules") or []]
-            assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == crons  # type: ignore[union-attr]
+            schedules = spec.get("schedules") or []
+            crons = [(s["cron"], s.get("timezone"), s.get("active", True)) for s in schedules]
+            assert [
+                (s.schedule.cron, s.schedule.timezone, s.active)  # type: ignore[union-attr]
+                for s in deployment.schedules
+            ] == crons
             assert (
                 f"'{flow_name_of(spec['entrypoint'])}/{name}' successfully created" in e2e_stack.deploy_output
             )
     assert specs["nightly"].get("schedules"), "the nightly deployment must be scheduled"
+
+
+def test_no_deployment_is_scheduled_to_fail(e2e_stack: E2EStack, e2e_runs: E2ERuns) -> None:
+    """Every deployment whose schedule is active on the server completes when run with its own
+    parameters, as the schedule will run it; ``backgrounds``, whose ``images`` is a placeholder
+    (a bucket the worker cannot read), ships paused."""
+    scheduled = []
+    with e2e_stack.api(), get_client(sync_client=True) as client:
+        for name, spec in deployment_specs().items():
+            deployment = client.read_deployment_by_name(f"{flow_name_of(spec['entrypoint'])}/{name}")
+            if any(schedule.active for schedule in deployment.schedules):
+                scheduled.append(name)
+    assert "nightly" in scheduled, scheduled
+    runs = {"nightly": e2e_runs.nightly}  # already run with the deployment's own parameters
+    others = [name for name in scheduled if name not in runs]
+    finished = wait_for_runs(e2e_stack, [start_run(e2e_stack, name) for name in others])
+    runs.update(zip(others, finished, strict=True))
+    for name in scheduled:
+        run = runs[name]
+        assert run.state_type == "COMPLETED", f"{name} is scheduled to fail: {run.state_message}"
+    assert "backgrounds" not in scheduled
 
 
 def test_worker_runs_pipeline_and_nightly_into_the_bucket(e2e_stack: E2EStack, e2e_runs: E2ERuns) -> None:

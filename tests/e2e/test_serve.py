@@ -33,5 +33,5 @@ def test_serve_builds_the_yaml_deployments() -> None:
             assert manifest == REPO_ROOT / expected.pop("manifest")
             expected["manifest"] = str(manifest)
         assert deployment.parameters == expected
-        crons = [(s["cron"], s.get("timezone")) for s in spec.get("schedules") or []]
-        assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == crons
+        crons = [(s["cron"], s.get("timezone"), s.get("active", True)) for s in spec.get("schedules") or []]
+        assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in deployment.schedules] == crons
