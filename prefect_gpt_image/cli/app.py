@@ -83,6 +83,7 @@ def _version() -> str:
 
 
 def _parser() -> Parser:
+    from prefect_gpt_image.demo import add_arguments as demo_arguments
     from prefect_gpt_image.sandbox import cli as sandbox_cli
 
     parser = Parser(
@@ -125,12 +126,7 @@ def _parser() -> Parser:
     p = sub.add_parser(
         "demo", help="run the pipeline and a small batch offline (sandbox + ephemeral Prefect)"
     )
-    p.add_argument(
-        "--out", default="gpt-image-output", help="local folder for the images (default ./gpt-image-output)"
-    )
-    p.add_argument(
-        "--s3", action="store_true", help="start a local SeaweedFS S3 server and store there instead"
-    )
+    demo_arguments(p)
     p.set_defaults(run=_demo)
     return parser
 
@@ -141,7 +137,7 @@ def _demo(args: argparse.Namespace) -> int:
     """
     from prefect_gpt_image.demo import run_demo
 
-    return run_demo(out=Path(args.out), s3=args.s3)
+    return run_demo(out=Path(args.out), s3=args.s3, keep_server=args.keep_server)
 
 
 if __name__ == "__main__":
