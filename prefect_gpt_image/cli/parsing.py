@@ -4,9 +4,10 @@ valid one (Python 3.11's argparse does not), and ``--api-key`` is refused with t
 from __future__ import annotations
 
 import argparse
-import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from prefect_gpt_image.api.suggest import closest
 
 from .exits import UsageError
 
@@ -21,9 +22,9 @@ API_KEY_REFUSED = (
 )
 
 
-def closest(word: str, candidates: Iterable[str]) -> str | None:
-    """The candidate nearest to ``word`` (difflib), if any is near enough."""
-    found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+def _closest(word: str, candidates: Iterable[str]) -> str | None:
+    """The candidate nearest to ``word`` (:func:`~prefect_gpt_image.api.suggest.closest`), if any."""
+    found = closest(word, candidates)
     return found[0] if found else None
 
 
@@ -44,7 +45,7 @@ class Parser(argparse.ArgumentParser):
         if choices is None or value in choices:
             return
         names = [str(choice) for choice in choices]
-        near = closest(str(value), names)
+        near = _closest(str(value), names)
         hint = f"; did you mean {near!r}?" if near else ""
         raise argparse.ArgumentError(
             action, f"invalid choice: {value!r}{hint} (choose from {', '.join(map(repr, names))})"
@@ -63,7 +64,7 @@ def unknown_options(parser: argparse.ArgumentParser, extras: Sequence[str]) -> s
             values += 1
             continue
         name = extra.split("=", 1)[0]
-        near = closest(name, known)
+        near = _closest(name, known)
         parts.append(f"{name} (did you mean {near}?)" if near else name)
     if values:
         parts.append(f"{values} extra value(s)")

@@ -34,7 +34,7 @@ def test_misspellings_name_the_closest_valid_verb_option_choice_and_size(cli: Cl
     run = cli.run("generate", "a fox", "--quality", "hihg")
     assert run.returncode == 2 and "did you mean 'high'" in run.stderr, run.tail()
     run = cli.run("generate", "a fox", "--size", "1000x1000")
-    assert run.returncode == 2 and "multiples of 16" in run.stderr and "1024x1024" in run.stderr, run.tail()
+    assert run.returncode == 2 and "multiples of 16" in run.stderr and "1008x1008" in run.stderr, run.tail()
     assert cli.sandbox.ledger.requests == []
 
 
