@@ -225,43 +225,30 @@ def test_a_cap_between_two_plans_stops_the_larger_before_any_request(env: Any, t
     cheap = [(p, "1024x1024", "low", 1) for p in prompts]
     dear = [(p, "1024x1024", "high", 1) for p in prompts]
 
-    for name in ("cheap", "dear"):
+    manifests = {}
+    for name, rows in (("cheap", cheap), ("dear", dear)):
         (tmp_path / name).mkdir()
+        manifests[name] = _manifest(tmp_path / name, rows)
 
-    def plan(rows: list[tuple[str, str, str, int]], name: str) -> float:
-        path = _manifest(tmp_path / name, rows)
-        state = run(
+    def batch(name: str, settings: str, plan_only: bool = False) -> Any:
+        return run(
             batch_generate(
-                manifest=path,
-                plan_only=True,
+                manifest=manifests[name],
+                plan_only=plan_only,
                 storage=storage,
-                settings_block=saved_settings(price_model="tokens"),
+                settings_block=settings,
                 return_state=True,
             )
         )
-        return float(state.result().cost)  # type: ignore[union-attr]
 
-    low, high = plan(cheap, "cheap"), plan(dear, "dear")
+    tokens = saved_settings(price_model="tokens")
+    low, high = (float(batch(name, tokens, plan_only=True).result().cost) for name in ("cheap", "dear"))
     assert low < high
     cap = saved_settings(price_model="tokens", max_cost_per_run=(low + high) / 2)
-    refused = run(
-        batch_generate(
-            manifest=_manifest(tmp_path / "dear", dear),
-            storage=storage,
-            settings_block=cap,
-            return_state=True,
-        )
-    )
+    refused = batch("dear", cap)
+    assert sandbox_requests(sandbox) == []  # refused before any request
     assert refused.is_failed()
     assert "max_cost_per_run" in str(refused.result(raise_on_failure=False))
-    assert sandbox_requests(sandbox) == []  # refused before any request
-    allowed = run(
-        batch_generate(
-            manifest=_manifest(tmp_path / "cheap", cheap),
-            storage=storage,
-            settings_block=cap,
-            return_state=True,
-        )
-    )
+    allowed = batch("cheap", cap)
     assert allowed.is_completed(), allowed.message
     assert billed_images(sandbox) == 3
