@@ -3,7 +3,7 @@ budget, price) that deployments share."""
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from prefect.blocks.core import Block
 from pydantic import Field, field_validator, model_validator
@@ -19,12 +19,20 @@ from prefect_gpt_image.api.models import (
     Quality,
     parse_size,
 )
+from prefect_gpt_image.api.pricing import (
+    GATEWAY_PER_IMAGE,
+    GATEWAY_PRICE_PER_IMAGE,
+    OPENAI_GPT_IMAGE_2,
+    PriceModel,
+    TokenRates,
+    price_model_for,
+)
 
 from ._meta import DOCUMENTATION_URL, LOGO_URL
 
 __all__ = ["DEFAULT_PRICE_PER_IMAGE", "GptImageSettings"]
 
-DEFAULT_PRICE_PER_IMAGE = 0.0377
+DEFAULT_PRICE_PER_IMAGE = GATEWAY_PRICE_PER_IMAGE
 """USD per returned image in Crazyrouter's 2026-06 price list (contract §7); prices change."""
 
 
@@ -36,7 +44,8 @@ class GptImageSettings(Block):
     HTTP timeouts, the client's retry policy, the Prefect global concurrency limit every paid
     call holds a slot of (``concurrency_limit_name``, created with ``concurrency_limit`` slots when
     missing; an existing limit keeps its own value), an optional requests-per-minute limit, and a
-    per-flow-run budget in images and in estimated cost (``n x price_per_image``).
+    per-flow-run budget in images and in estimated cost (the price model's estimate of each call,
+    see :meth:`prices`).
 
     Example:
         Shared policy for every deployment::
@@ -130,14 +139,34 @@ class GptImageSettings(Block):
     )
 
     # -- money -----------------------------------------------------------------------------------
+    price_model: Literal["auto", "per_image", "tokens"] = Field(
+        default="auto",
+        description="How calls are priced: auto follows the endpoint (OpenAI's api.openai.com: "
+        "tokens; the gateway and any other host: a flat price per image); per_image or tokens "
+        "force one (e.g. tokens for an OpenAI-compatible proxy that bills like OpenAI).",
+    )
     price_per_image: float = Field(
-        default=DEFAULT_PRICE_PER_IMAGE, ge=0, description="Estimated USD per returned image."
+        default=DEFAULT_PRICE_PER_IMAGE,
+        ge=0,
+        description="USD per returned image of the per-image price model (the gateway's price list).",
+    )
+    text_input_usd_per_million: float | None = Field(
+        default=None, ge=0, description="Token price model: USD per 1M text input tokens; unset: OpenAI's."
+    )
+    image_input_usd_per_million: float | None = Field(
+        default=None, ge=0, description="Token price model: USD per 1M image input tokens; unset: OpenAI's."
+    )
+    image_output_usd_per_million: float | None = Field(
+        default=None, ge=0, description="Token price model: USD per 1M image output tokens; unset: OpenAI's."
     )
     max_images_per_run: int | None = Field(
         default=None, ge=0, description="Most images one flow run may pay for; unset: unlimited."
     )
     max_cost_per_run: float | None = Field(
-        default=None, ge=0, description="Most estimated USD one flow run may spend; unset: unlimited."
+        default=None,
+        ge=0,
+        description="Most USD one flow run may spend, by the price model's estimate of each call; "
+        "unset: unlimited.",
     )
 
     # -- results ---------------------------------------------------------------------------------
@@ -191,6 +220,28 @@ class GptImageSettings(Block):
     def rate_limit_name(self) -> str:
         """The name of the requests-per-minute limit: ``<concurrency_limit_name>-rpm``."""
         return f"{self.concurrency_limit_name}-rpm"
+
+    def prices(self, base_url: str) -> PriceModel:
+        """The price model of calls sent to ``base_url``: chosen by the endpoint (``price_model``
+        auto) or forced, with the figures these settings replace (a price per image other than
+        the gateway's list price, or any token price set); see :mod:`~prefect_gpt_image.api.pricing`."""
+        if self.price_model == "per_image":
+            model = GATEWAY_PER_IMAGE
+        elif self.price_model == "tokens":
+            model = OPENAI_GPT_IMAGE_2
+        else:
+            model = price_model_for(base_url)
+        if model.rates is not None:
+            published = model.rates
+            rates = TokenRates(
+                text_input=_given(self.text_input_usd_per_million, published.text_input),
+                image_input=_given(self.image_input_usd_per_million, published.image_input),
+                image_output=_given(self.image_output_usd_per_million, published.image_output),
+            )
+            return model.with_figures(rates=rates) if rates != published else model
+        if self.price_per_image != model.per_image:
+            return model.with_figures(per_image=self.price_per_image)
+        return model
 
     def timeouts(self) -> Timeouts:
         """The client's :class:`~prefect_gpt_image.api.Timeouts` from these settings."""
@@ -254,3 +305,7 @@ class GptImageSettings(Block):
         # a result URL retried over its window, plus the attempt begun just before the window ends
         waits = self.max_total_retry_seconds + self.media_retry_seconds + t.connect + t.download
         return self.max_attempts * per_attempt + waits + 60.0
+
+
+def _given(value: float | None, published: float) -> float:
+    return published if value is None else value

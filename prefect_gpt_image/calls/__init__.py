@@ -5,7 +5,8 @@ lock -> limits -> the paid call -> store -> record -> artifacts). Around it: cac
 (:mod:`.cache`), locks (:mod:`.locks`, :mod:`.redis_locks`), the spool (:mod:`.spool`), budgets
 (:mod:`.budget`), retry rules (:mod:`.retry`), reading inputs (:mod:`.inputs`), request builders
 (:mod:`.requests`), concurrency limits and leases (:mod:`.concurrency`), shared API clients
-(:mod:`.clients`), a call's artifacts (:mod:`.artifacts`) and safe Markdown/CSV (:mod:`.encoding`).
+(:mod:`.clients`), a call's artifacts (:mod:`.artifacts`), safe Markdown/CSV (:mod:`.encoding`)
+and what a run paid versus what the store served (:mod:`.bill`, :mod:`.charges`).
 
 This layer sits between ``blocks`` and ``tasks``: it imports no Prefect task or flow of ours. The
 image tasks (:mod:`prefect_gpt_image.tasks`) and the batch and chain flows
@@ -13,9 +14,11 @@ image tasks (:mod:`prefect_gpt_image.tasks`) and the batch and chain flows
 call :func:`run_row_call` directly (a Prefect task run per row would cost more than the row).
 """
 
+from .bill import Bill, bill_line, usd
 from .budget import exceeded_cap, spent
 from .cache import CACHE_FOLDER, cache_key, read_manifest, read_record, read_records, record_name
 from .call import CallResult, run_image_call
+from .charges import Charges
 from .clients import aclose_clients
 from .clock import use_clock
 from .concurrency import (
@@ -26,7 +29,7 @@ from .concurrency import (
     release_idle_leases,
     slots_in_use,
 )
-from .context import batch_rows, client_config, in_batch
+from .context import batch_rows, call_prices, client_config, in_batch
 from .delivery import with_links
 from .encoding import csv_row, md_image, md_inline_png, md_link, md_table, md_text
 from .errors import (
@@ -59,10 +62,12 @@ __all__ = [
     "RETRIES",
     "RETRY_DELAYS",
     "BatchFailedError",
+    "Bill",
     "BilledAttempts",
     "BudgetExceededError",
     "CacheLockTimeoutError",
     "CallResult",
+    "Charges",
     "ImageInput",
     "ImageLockManager",
     "ImageRef",
@@ -76,7 +81,9 @@ __all__ = [
     "aclose_clients",
     "admitted",
     "batch_rows",
+    "bill_line",
     "cache_key",
+    "call_prices",
     "client_config",
     "collect_maybe_billed",
     "csv_row",
@@ -108,6 +115,7 @@ __all__ = [
     "run_row_call",
     "slots_in_use",
     "spent",
+    "usd",
     "use_clock",
     "use_lock_manager",
     "with_links",

@@ -27,6 +27,7 @@ from typing import Any
 
 from prefect.artifacts import acreate_image_artifact, acreate_markdown_artifact
 
+from .bill import usd
 from .encoding import md_link, md_text
 from .refs import ImageRef
 
@@ -68,8 +69,10 @@ def card_markdown(
     outcome: str,
     cache_key: str,
     charged: float,
+    estimate: float = 0.0,
 ) -> str:
-    """The markdown card of a call."""
+    """The markdown card of a call: what it paid in this run (nothing when its images were
+    served from the store), what the images cost when made, and the price model's estimate."""
     first = refs[0]
     lines = [
         f"### gpt-image: {md_text(outcome)}",
@@ -88,8 +91,10 @@ def card_markdown(
         lines.append(f"| {md_text(name)} | {md_text(str(shown))} |")
     lines += [
         f"| request id | {md_text(first.request_id or '-')} |",
-        f"| cost of the images | ${sum(ref.cost for ref in refs):.4f} |",
-        f"| paid by this run | ${charged:.4f} |",
+        f"| paid by this run | {usd(charged)} |",
+        f"| served from the store | {'yes' if outcome == 'cached' else 'no'} |",
+        f"| cost of the images | {usd(sum(ref.cost for ref in refs))} |",
+        f"| estimate (price model) | {usd(estimate)} |",
         f"| cache key | `{cache_key}` |",
         "",
         "**Images**",
@@ -114,6 +119,7 @@ async def publish_artifacts(
     outcome: str,
     cache_key: str,
     charged: float,
+    estimate: float = 0.0,
 ) -> None:
     """Create an image artifact per ref (when it has a link) and one markdown card, all at once
     (not one after the other)."""
@@ -129,7 +135,7 @@ async def publish_artifacts(
     creations.append(
         acreate_markdown_artifact(
             markdown=card_markdown(
-                refs, params=params, outcome=outcome, cache_key=cache_key, charged=charged
+                refs, params=params, outcome=outcome, cache_key=cache_key, charged=charged, estimate=estimate
             ),
             key=card_key(cache_key),
             description=md_text(f"gpt-image call ({outcome}): {refs[0].prompt[:_PROMPT_PREVIEW]}"),

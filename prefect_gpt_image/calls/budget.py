@@ -1,7 +1,8 @@
 """Per-flow-run spending caps, checked and reserved before each paid call.
 
-A call reserves ``n`` images and ``n x price_per_image`` against its flow run's caps
-(``max_images_per_run``, ``max_cost_per_run`` of the settings) before anything is sent, under
+A call reserves ``n`` images and the price model's estimate of its cost (see
+:mod:`prefect_gpt_image.api.pricing`: size, quality, ``n`` and input images) against its flow
+run's caps (``max_images_per_run``, ``max_cost_per_run`` of the settings) before anything is sent, under
 one lock, so concurrent calls cannot overshoot together. A call that fails without being billed
 gives its reservation back; one that may have been billed keeps it. Cache hits and spool
 recoveries reserve nothing.
@@ -77,13 +78,12 @@ def reserve(
     run_key: str,
     *,
     images: int,
-    price_per_image: float,
+    cost: float,
     max_images: int | None,
     max_cost: float | None,
 ) -> Reservation:
-    """Reserve ``images`` images for flow run ``run_key``, or raise BudgetExceededError naming
-    the cap the call would break (nothing is reserved then)."""
-    cost = images * price_per_image
+    """Reserve ``images`` images estimated at ``cost`` USD for flow run ``run_key``, or raise
+    BudgetExceededError naming the cap the call would break (nothing is reserved then)."""
     with _lock:
         totals = _totals.get(run_key)
         if totals is None:
@@ -99,7 +99,7 @@ def reserve(
             )
         if cap == "max_cost_per_run":
             raise BudgetExceededError(
-                f"budget: this call would cost about ${cost:.4f} ({images} x ${price_per_image:.4f}) but "
+                f"budget: this call of {images} image(s) would cost about ${cost:.4f} but "
                 f"the flow run has already used ${totals.cost:.4f} of max_cost_per_run=${max_cost:.4f}; "
                 "nothing was sent",
                 cap="max_cost_per_run",

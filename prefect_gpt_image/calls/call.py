@@ -56,11 +56,13 @@ from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 
 from . import budget, spool
+from .bill import Bill
 from .cache import CacheRecord, cache_key, read_entry
 from .clients import discard_downloads, shared_client
 from .concurrency import api_slot
-from .context import client_config, in_batch, in_thread, refresh_requested, run_ids, run_logger
+from .context import call_prices, client_config, in_batch, in_thread, refresh_requested, run_ids, run_logger
 from .delivery import (
+    ImageCost,
     describe_images,
     publish_call_artifacts,
     spool_after_failure,
@@ -77,7 +79,7 @@ from .errors import (
 )
 from .locks import get_lock_manager
 from .refs import ImageRef
-from .retry import allow_outcome_unknown_retry, note_maybe_billed, note_undelivered
+from .retry import allow_outcome_unknown_retry, current_bill, note_maybe_billed, note_undelivered
 
 __all__ = ["CallResult", "run_image_call"]
 
@@ -86,11 +88,38 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class CallResult:
-    """What :func:`run_image_call` made or found: the refs, and whether they came from the cache
-    record (no call, no cost), so the task can end in Prefect's ``Cached`` state."""
+    """What :func:`run_image_call` made or found: the refs, whether they came from the cache
+    record (no call, no cost), so the task can end in Prefect's ``Cached`` state, and what this
+    call paid: ``paid`` USD for ``paid_images`` images (the answer's usage or the price model),
+    against the price model's ``estimate``. Images billed and not delivered raise instead (the
+    call's error says so) and are noted in the enclosing
+    :func:`~.retry.collect_maybe_billed`, as every call's bill is (:func:`~.retry.current_bill`)."""
 
     refs: list[ImageRef]
     cached: bool = False
+    paid: float = 0.0
+    paid_images: int = 0
+    estimate: float = 0.0
+
+    @property
+    def bill(self) -> Bill:
+        """This call's :class:`~.bill.Bill`: paid, or served from the store (or the spool)."""
+        kept = self.refs[: len(self.refs) - self.paid_images]  # the paid images come last
+        return Bill(
+            paid=self.paid,
+            paid_images=self.paid_images,
+            served_images=len(kept),
+            served_worth=sum(ref.cost for ref in kept),
+            estimate=self.estimate,
+        )
+
+
+def _noted(result: CallResult) -> CallResult:
+    """``result``, its bill noted in the enclosing collector (if any)."""
+    tab = current_bill()
+    if tab is not None:
+        tab.add(result.bill)
+    return result
 
 
 async def run_image_call(
@@ -216,7 +245,7 @@ async def _locked_call(
             await publish_call_artifacts(
                 refs, params=params, outcome="cached", key=key, charged=0.0, settings=settings, logger=logger
             )
-            return CallResult(refs, cached=True)
+            return _noted(CallResult(refs, cached=True))
     entry = spool.load(key)
     if entry is not None:
         refs = await store_from_spool(store, entry, key, logger, kept)
@@ -232,16 +261,18 @@ async def _locked_call(
             settings=settings,
             logger=logger,
         )
-        return CallResult(refs)
+        return _noted(CallResult(refs))
 
     # A partial record's missing images only: the same request for fewer images.
     call = request.model_copy(update={"n": kept.missing}) if kept.refs else request
     flow_run_id, task_run_id = run_ids()
+    prices = call_prices(credentials, settings)
+    estimate = prices.estimate_request(call)
     reserve = partial(
         budget.reserve,
         flow_run_id or task_run_id or "no-run",
         images=call.n,
-        price_per_image=settings.price_per_image,
+        cost=estimate,
         max_images=settings.max_images_per_run,
         max_cost=settings.max_cost_per_run,
     )
@@ -251,6 +282,13 @@ async def _locked_call(
     # reserves again before it is sent (refused once the caps are used: no retry then).
     attempt_reservation = reservation
     paid = False
+
+    def priced(images: list[GeneratedImage], count: int) -> ImageCost:
+        """The cost of each of the ``count`` images of the answer (``images``: those that arrived,
+        carrying the answer's usage)."""
+        usage = images[0].usage if images else None
+        total, source = prices.actual(call, count, usage)
+        return ImageCost(total / max(1, count), estimate / call.n, source, prices.label)
 
     async def answered(slot: Any) -> None:
         nonlocal paid
@@ -307,7 +345,11 @@ async def _locked_call(
                     allow_outcome_unknown_retry(exc)
                     note_maybe_billed(exc)
                 if isinstance(exc, DownloadError) and exc.undelivered:
-                    note_undelivered(exc, exc.undelivered)  # billed for sure: in the run's cost
+                    each = priced(exc.images, len(exc.images) + exc.undelivered)
+                    # billed for sure: in the run's cost
+                    note_undelivered(
+                        exc, exc.undelivered, each.paid * exc.undelivered, each.estimate * exc.undelivered
+                    )
             else:
                 attempt_reservation.cancel()
             logger.error("gpt-image call failed (request id %s): %s", exc.request_id or "-", exc)
@@ -323,19 +365,31 @@ async def _locked_call(
 
         assert images is not None  # every path without images raised above
         request_id = images[0].request_id if images else None
+        each = priced(images, len(images))
         (logger.debug if in_batch() else logger.info)(
-            "gpt-image returned %d image(s) (request id %s, about $%.4f)",
+            "gpt-image returned %d image(s) (request id %s, $%.4f by %s, estimated $%.4f)",
             len(images),
             request_id or "-",
-            reservation.cost,
+            each.paid * len(images),
+            "its usage" if each.source == "usage" else prices.label,
+            estimate,
         )
         return await store_images(images)
 
-    async def store_images(images: list[GeneratedImage]) -> list[ImageRef]:
+    async def store_images(images: list[GeneratedImage], answered: int | None = None) -> list[ImageRef]:
         """Store ``images`` and the record of every stored image of the request (the ones a
-        partial record kept first); the refs of them all, linked."""
+        partial record kept first); the refs of them all, linked. ``answered``: how many images
+        the answer billed (more than ``images`` when some were not delivered)."""
         refs, manifests = describe_images(
-            request, images, store, key, variant, settings, flow_run_id, task_run_id, first=len(kept.refs)
+            request,
+            images,
+            store,
+            key,
+            variant,
+            priced(images, answered or len(images)),
+            flow_run_id,
+            task_run_id,
+            first=len(kept.refs),
         )
         files = [(image.path if image.path is not None else image.read_bytes()) for image in images]
         try:
@@ -361,8 +415,22 @@ async def _locked_call(
     async def _store_partial(error: DownloadError) -> PartialDeliveryError:
         """Store the images of ``error``'s answer that arrived (a partial record); the error that
         says so, holding the refs of every stored image of the request."""
-        stored = await store_images(error.images) if error.images else with_links(store, kept.refs, logger)
+        answered = len(error.images) + error.undelivered
+        stored = (
+            await store_images(error.images, answered)
+            if error.images
+            else with_links(store, kept.refs, logger)
+        )
         error.images = []  # stored: the error (pickled by Prefect) does not carry their bytes
+        made = stored[len(kept.refs) :]  # paid now (the undelivered ones are noted apart)
+        _noted(
+            CallResult(
+                stored,
+                paid=sum(ref.cost for ref in made),
+                paid_images=len(made),
+                estimate=estimate * len(made) / call.n,
+            )
+        )
         message = (
             f"{len(stored)} of {request.n} image(s) stored; {error.message}. The next run of this request "
             f"asks only for the {request.n - len(stored)} missing image(s)"
@@ -375,13 +443,16 @@ async def _locked_call(
         return partly
 
     refs = await _finish_once_answered(pay_and_store(), lambda: paid, logger)
+    made = refs[len(kept.refs) :]
+    charged = sum(ref.cost for ref in made)
     await publish_call_artifacts(
         refs,
         params=params,
         outcome="generated",
         key=key,
-        charged=reservation.cost,
+        charged=charged,
+        estimate=estimate,
         settings=settings,
         logger=logger,
     )
-    return CallResult(refs)
+    return _noted(CallResult(refs, paid=charged, paid_images=len(made), estimate=estimate))

@@ -16,11 +16,13 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 
-from prefect_gpt_image.api import ClientConfig
+from prefect_gpt_image.api import DEFAULT_BASE_URL, ClientConfig, ConfigurationError
+from prefect_gpt_image.api.pricing import PriceModel
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 
 __all__ = [
     "batch_rows",
+    "call_prices",
     "client_config",
     "in_batch",
     "in_thread",
@@ -120,3 +122,15 @@ def client_config(credentials: GptImageCredentials | None, settings: GptImageSet
 async def in_thread(fn: Any, *args: Any) -> Any:
     """``fn(*args)`` in a worker thread (the store's blocking I/O off the event loop)."""
     return await asyncio.to_thread(fn, *args)
+
+
+def call_prices(credentials: GptImageCredentials | None, settings: GptImageSettings) -> PriceModel:
+    """The price model of the calls these credentials send (their endpoint's, or the one the
+    settings force, with the settings' figures): see :meth:`GptImageSettings.prices`. Without a
+    usable key (a plan made before any key is set) the endpoint is the credentials' base URL,
+    else the default gateway's."""
+    try:
+        base_url = client_config(credentials, settings).base_url
+    except ConfigurationError:
+        base_url = credentials.base_url if credentials is not None else DEFAULT_BASE_URL
+    return settings.prices(base_url)

@@ -5,6 +5,7 @@ spool, and the call's artifacts (see :mod:`.call` for where each step sits)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from prefect_gpt_image.api import (
     GeneratedImage,
     GenerateRequest,
 )
+from prefect_gpt_image.api.pricing import CostSource
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.storage.base import run_concurrently
@@ -32,6 +34,7 @@ from .errors import (
 from .refs import ImageRef
 
 __all__ = [
+    "ImageCost",
     "describe_images",
     "parents_of",
     "publish_call_artifacts",
@@ -65,20 +68,31 @@ def with_links(store: ImageStore, refs: Sequence[ImageRef], logger: Any) -> list
     return out
 
 
+@dataclass(frozen=True)
+class ImageCost:
+    """What one returned image cost: ``paid`` (USD actually billed, from ``source``: the answer's
+    token usage or the price model), the price model's ``estimate`` and the model's label."""
+
+    paid: float
+    estimate: float
+    source: CostSource
+    price_model: str
+
+
 def describe_images(
     request: GenerateRequest | EditRequest,
     images: list[GeneratedImage],
     store: ImageStore,
     key: str,
     variant: int,
-    settings: GptImageSettings,
+    cost: ImageCost,
     flow_run_id: str | None,
     task_run_id: str | None,
     first: int = 0,
 ) -> tuple[list[ImageRef], list[dict[str, Any]]]:
     """The refs and manifests of freshly returned images of ``request`` (nothing secret in
-    either); ``first``: the index of the first one among the request's ``n`` (images a partial
-    record already holds come before)."""
+    either), each priced at ``cost``; ``first``: the index of the first one among the request's
+    ``n`` (images a partial record already holds come before)."""
     parents = parents_of(request)
     summary = request.summary()
     created = utc_now().isoformat()
@@ -95,7 +109,7 @@ def describe_images(
                 format=image.format,
                 size_bytes=image.size_bytes,
                 request_id=image.request_id,
-                cost=settings.price_per_image,
+                cost=cost.paid,
                 parents=parents,
                 prompt=request.prompt,
             )
@@ -122,7 +136,10 @@ def describe_images(
                 },
                 "revised_prompt": image.revised_prompt,
                 "usage": image.usage.model_dump(mode="json") if image.usage is not None else None,
-                "cost": settings.price_per_image,
+                "cost": cost.paid,
+                "cost_estimate": cost.estimate,
+                "cost_source": cost.source,
+                "price_model": cost.price_model,
                 "currency": "USD",
                 "cache_key": key,
                 "variant": variant,
@@ -240,6 +257,7 @@ async def publish_call_artifacts(
     charged: float,
     settings: GptImageSettings,
     logger: Any,
+    estimate: float = 0.0,
 ) -> None:
     """The call's own artifacts (none for a batch row, at most ``max_call_artifacts_per_run`` per
     run); best effort: a failure is a warning."""
@@ -260,6 +278,8 @@ async def publish_call_artifacts(
             )
         return
     try:
-        await publish_artifacts(refs, params=params, outcome=outcome, cache_key=key, charged=charged)
+        await publish_artifacts(
+            refs, params=params, outcome=outcome, cache_key=key, charged=charged, estimate=estimate
+        )
     except Exception as exc:
         logger.warning("Creating the artifacts failed: %s", exc)

@@ -32,7 +32,11 @@ class ImageRef(BaseModel):
     format: ImageFormat = Field(description="png, jpeg or webp.")
     size_bytes: int = Field(description="Size of the file in bytes.")
     request_id: str | None = Field(default=None, description="The gateway's request id of the call.")
-    cost: float = Field(default=0.0, description="Estimated USD this image cost when it was made.")
+    cost: float = Field(
+        default=0.0,
+        description="USD paid for this image when it was made: its answer's token usage where the "
+        "endpoint bills tokens, else the price model's price.",
+    )
     parents: tuple[str, ...] = Field(
         default=(), description="SHA-256 of the input images and mask it was made from, in order."
     )

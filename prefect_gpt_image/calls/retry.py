@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 from prefect_gpt_image.api.errors import GptImageError
 
+from .bill import Bill
 from .errors import CacheLockTimeoutError, ImageStorageError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "BilledAttempts",
     "allow_outcome_unknown_retry",
     "collect_maybe_billed",
+    "current_bill",
     "is_safe_to_retry",
     "note_maybe_billed",
     "note_undelivered",
@@ -59,11 +61,15 @@ _OPT_IN_ATTRIBUTE = "_prefect_gpt_image_retry_outcome_unknown"
 class BilledAttempts(list[str]):
     """Request ids of attempts that were (or may have been) billed and brought no stored image,
     in the order noted; ``undelivered`` maps those whose images were billed but not delivered
-    (an answered request whose result URL was given up) to how many images each lost."""
+    (an answered request whose result URL was given up) to how many images each lost, which cost
+    ``undelivered_cost``; ``bill`` is what the calls paid (those images included) and found in the
+    store (see :mod:`.bill`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.undelivered: dict[str, int] = {}
+        self.undelivered_cost = 0.0
+        self.bill = Bill()
 
     def besides(self, request_id: str | None) -> list[str]:
         """The ids to report for a call that failed with ``request_id``: all of them, except that
@@ -99,15 +105,24 @@ def note_maybe_billed(error: GptImageError) -> None:
         found.append(error.request_id or "unknown")
 
 
-def note_undelivered(error: GptImageError, images: int) -> None:
-    """Note that ``error``'s answer had ``images`` billed but not delivered, in the enclosing
-    :func:`collect_maybe_billed`, if any."""
+def note_undelivered(error: GptImageError, images: int, cost: float, estimate: float) -> None:
+    """Note that ``error``'s answer had ``images`` billed but not delivered, costing ``cost``
+    (``estimate`` by the price model), in the enclosing :func:`collect_maybe_billed`, if any."""
     found = _MAYBE_BILLED.get()
     if found is not None:
         rid = error.request_id or "unknown"
         if rid not in found:
             found.append(rid)
         found.undelivered[rid] = found.undelivered.get(rid, 0) + images
+        found.undelivered_cost += cost
+        found.bill.add(Bill(paid=cost, paid_images=images, estimate=estimate))
+
+
+def current_bill() -> Bill | None:
+    """The bill of the enclosing :func:`collect_maybe_billed`, if any: where a call notes what it
+    paid or found in the store."""
+    found = _MAYBE_BILLED.get()
+    return found.bill if found is not None else None
 
 
 def allow_outcome_unknown_retry(error: BaseException) -> None:

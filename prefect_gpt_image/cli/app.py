@@ -106,7 +106,7 @@ def _parser() -> Parser:
         "plan",
         help="plan a verb: calls, cache hits and estimated cost; nothing is paid",
         description="Plan what a verb would do: the calls to make, the cache hits and the estimated "
-        "cost (the settings' price_per_image). Nothing is paid.",
+        "cost (the endpoint's price model, see docs/cost.md). Nothing is paid.",
         epilog=EPILOG,
     )
     plan_sub = plan.add_subparsers(dest="planned", metavar="VERB", required=True)

@@ -2,9 +2,8 @@
 this process, and turning its result (or plan) into the verb's :class:`~.report.Outcome`.
 
 The flows run as they would in a script: on the configured Prefect server, else Prefect's
-ephemeral one (started for the run). A row served from the store is told from a paid one by its
-image's manifest (which flow run stored it) for ``batch_generate``, and by the step's ``cached``
-for the chain flows.
+ephemeral one (started for the run). A row or step served from the store is told from a paid one by
+its ``served``.
 """
 
 from __future__ import annotations
@@ -88,16 +87,12 @@ def _run_flow(
 
 
 def _batch(outcome: Outcome, result: Any, session: Session, flow_run_id: str) -> None:
-    from prefect_gpt_image.calls import read_manifest
-
     for row in result.rows:
         if row.status != "stored":
             outcome.add_failure(f"row {row.row}", row.error, row=row.row, id=row.id, status=row.status)
             continue
         for ref in row.images:
-            manifest = read_manifest(session.store, ref.sha256, ref.format) or {}
-            cached = manifest.get("flow_run_id") != flow_run_id
-            outcome.add_image(ref, cached=cached, row=row.row, id=row.id)
+            outcome.add_image(ref, cached=row.served, row=row.row, id=row.id)
 
 
 def _chain(outcome: Outcome, result: Any) -> None:
@@ -109,5 +104,5 @@ def _chain(outcome: Outcome, result: Any) -> None:
             continue
         for ref in step.images:
             outcome.add_image(
-                ref, cached=step.cached, row=step.row, id=step.id, step=step.step, source=step.source
+                ref, cached=step.served, row=step.row, id=step.id, step=step.step, source=step.source
             )

@@ -1,8 +1,7 @@
 """What a verb tells its user: the images, the cost, failures and plans, as lines for people or
 as one JSON document (``--json``), and a progress display while it works.
 
-:func:`cost_line` is the one place the cost is worded; swap it for the canonical price model's
-formatting when that exists.
+:func:`cost_line` words the cost with the library's own bill sentence.
 """
 
 from __future__ import annotations
@@ -19,11 +18,11 @@ __all__ = ["Outcome", "cost_line", "progress", "show"]
 
 
 def cost_line(paid: float, paid_images: int, cached_images: int, cached_worth: float) -> str:
-    """The cost of a command, in one line: what was paid now, and what the store served free."""
-    return (
-        f"paid ${paid:.4f} for {paid_images} image{'s' if paid_images != 1 else ''}; "
-        f"{cached_images} served from the store (worth ${cached_worth:.4f})"
-    )
+    """The cost of a command, in one line: the library's own bill sentence
+    (:func:`prefect_gpt_image.calls.bill_line`), as every run's state message ends."""
+    from prefect_gpt_image.calls import bill_line
+
+    return bill_line(paid, paid_images, cached_images, cached_worth)
 
 
 @dataclass

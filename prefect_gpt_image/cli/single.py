@@ -28,8 +28,10 @@ def make_call(
     command: str, request: GenerateRequest | EditRequest, session: Session, *, variant: int, as_json: bool
 ) -> Outcome:
     """Make (or find in the store) ``request``'s images; the outcome lists them."""
-    cost = request.n * session.settings.price_per_image
-    what = f"{command}: {request.n} image{'s' if request.n != 1 else ''}, up to ${cost:.4f}"
+    from prefect_gpt_image.calls import call_prices
+
+    cost = call_prices(session.credentials, session.settings).estimate_request(request)
+    what = f"{command}: {request.n} image{'s' if request.n != 1 else ''}, about ${cost:.4f}"
     with progress(what, as_json=as_json):
         result = asyncio.run(_call(request, session, variant))
     outcome = Outcome(command)
@@ -64,15 +66,18 @@ def plan_call(
     command: str, request: GenerateRequest | EditRequest, session: Session, *, variant: int
 ) -> Outcome:
     """The plan of one call: served from the store's cache record, or a call of ``n`` images at
-    the settings' price. Nothing is sent."""
-    from prefect_gpt_image.calls import cache_key, read_record
+    the endpoint's price model (:func:`~prefect_gpt_image.calls.call_prices`). Nothing is sent."""
+    from prefect_gpt_image.calls import cache_key, call_prices, read_record
     from prefect_gpt_image.flows import PlannedCall, RunPlan
 
+    prices = call_prices(session.credentials, session.settings)
     refs = read_record(session.store, cache_key(request, variant))
     step = command.split()[-1]
-    call = PlannedCall(row=1, step=step, status="cached" if refs else "call", images=request.n)
+    status = "cached" if refs else "call"
+    estimate = prices.estimate_request(request)
+    call = PlannedCall(row=1, step=step, status=status, images=request.n, estimate=estimate)
     outcome = Outcome(command)
-    outcome.plan = plan_document(RunPlan(calls=[call], price_per_image=session.settings.price_per_image))
+    outcome.plan = plan_document(RunPlan(calls=[call], price_model=prices.label))
     return outcome
 
 
@@ -87,7 +92,7 @@ def plan_document(plan: object) -> dict[str, object]:
         "cache_hits": plan.cache_hits,
         "invalid": plan.invalid,
         "estimated_cost": round(plan.cost, 6),
-        "price_per_image": plan.price_per_image,
+        "price_model": plan.price_model,
         "summary": plan.summary(),
         "rows": plan.table(),
     }

@@ -25,11 +25,11 @@ from prefect.states import Completed, Failed
 
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.api.inputpolicy import InputPolicy
-from prefect_gpt_image.blocks import GptImageSettings
+from prefect_gpt_image.api.pricing import PriceModel
 from prefect_gpt_image.calls import (
-    BilledAttempts,
     PartialDeliveryError,
     batch_rows,
+    call_prices,
     collect_maybe_billed,
     hold_slots,
     release_idle_leases,
@@ -126,7 +126,7 @@ async def batch_generate(
     lookups = StoreLookups(todo, requests, variant, store, logger)
     try:
         if plan_only or has_budget(settings):
-            plan = await _plan(parsed, results, requests, lookups, settings)
+            plan = await _plan(parsed, results, requests, lookups, call_prices(credentials, settings))
             if plan_only:
                 await publish_plan(plan)
                 logger.info(plan.summary())
@@ -153,7 +153,7 @@ async def batch_generate(
                     return
                 refs = await lookups.refs(number)
                 if refs is not None:
-                    results[number] = _stored(number, row, refs)
+                    results[number] = _stored(number, row, refs, served=True)
                 else:
                     made = await _run_row(
                         number, row, requests[number], variant, credentials, settings, store
@@ -190,8 +190,9 @@ async def batch_generate(
         progress.finish(),
         acreate_table_artifact(table=table, key=BATCH_TABLE_KEY, description=description),
     )
-    found = f"{lookups.hits} found in the store"
-    summary = f"{result.stored} of {total} rows stored (${result.cost:.4f}; {found})"
+    summary = (
+        f"{result.stored} of {total} rows stored ({lookups.hits} found in the store); {result.bill().line()}"
+    )
     if undelivered := sum(n for r in result.rows for n in r.undelivered.values()):
         summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
     if lost := sum(rid not in r.undelivered for r in result.rows for rid in r.maybe_billed):
@@ -215,9 +216,10 @@ async def _plan(
     results: dict[int, RowResult],
     requests: dict[int, GenerateRequest],
     lookups: StoreLookups,
-    settings: GptImageSettings,
+    prices: PriceModel,
 ) -> RunPlan:
-    """The batch's plan: every row invalid, found in the store, or a call of ``n`` images."""
+    """The batch's plan: every row invalid, found in the store, or a call of ``n`` images priced
+    by ``prices``."""
     calls: list[PlannedCall] = []
     for number, row in parsed:
         invalid = results.get(number)
@@ -227,8 +229,10 @@ async def _plan(
         assert isinstance(row, BatchRow)
         cached = await lookups.refs(number) is not None
         status: Literal["cached", "call"] = "cached" if cached else "call"
-        calls.append(PlannedCall(row=number, id=row.id, status=status, images=requests[number].n))
-    return RunPlan(calls=calls, price_per_image=settings.price_per_image)
+        request = requests[number]
+        estimate = prices.estimate_request(request)
+        calls.append(PlannedCall(row=number, id=row.id, status=status, images=request.n, estimate=estimate))
+    return RunPlan(calls=calls, price_model=prices.label)
 
 
 def _rows(
@@ -282,7 +286,7 @@ async def _run_row(
             )
         except Exception as exc:  # one bad row must not sink the batch: record it and go on
             request_id = exc.request_id if isinstance(exc, GptImageError) else None
-            return RowResult(
+            failed = RowResult(
                 row=number,
                 id=row.id,
                 prompt=row.prompt,
@@ -292,31 +296,25 @@ async def _run_row(
                 error=str(exc),
                 error_type=type(exc).__name__,
                 request_id=request_id,
-                maybe_billed=lost.besides(request_id),
-                undelivered=lost.undelivered,
-                undelivered_cost=lost.undelivered_images * settings.price_per_image,
             )
-    return _stored(number, row, made.refs, maybe_billed=lost, price_per_image=settings.price_per_image)
+            failed.charge(lost, request_id)
+            return failed
+    made_row = _stored(number, row, made.refs)
+    made_row.charge(lost)
+    return made_row
 
 
-def _stored(
-    number: int,
-    row: BatchRow,
-    images: list[ImageRef],
-    maybe_billed: BilledAttempts | None = None,
-    price_per_image: float = 0.0,
-) -> RowResult:
-    """The result of row ``number`` whose ``images`` are in the store (made now or cached);
-    ``maybe_billed`` the attempts noted while making them (priced at ``price_per_image``)."""
-    lost = maybe_billed if maybe_billed is not None else BilledAttempts()
-    return RowResult(
+def _stored(number: int, row: BatchRow, images: list[ImageRef], *, served: bool = False) -> RowResult:
+    """The result of row ``number`` whose ``images`` are in the store (made now, or ``served``
+    from it: nothing paid)."""
+    result = RowResult(
         row=number,
         id=row.id,
         prompt=row.prompt,
         status="stored",
         images=images,
         request_id=images[0].request_id,
-        maybe_billed=list(lost),
-        undelivered=lost.undelivered,
-        undelivered_cost=lost.undelivered_images * price_per_image,
     )
+    if served:
+        result.serve(images)
+    return result

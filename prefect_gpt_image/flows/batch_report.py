@@ -15,6 +15,8 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.calls import (
+    Bill,
+    Charges,
     csv_row,
     md_link,
     md_table,
@@ -44,8 +46,8 @@ REPORT_FOLDER = "reports"
 """The folder of the CSV reports of large batches, under the store's prefix."""
 
 
-class RowResult(BaseModel):
-    """What happened to one row of a batch."""
+class RowResult(Charges):
+    """What happened to one row of a batch, and what it cost this run (:class:`Charges`)."""
 
     row: int = Field(description="1-based row number (the manifest line for manifests).")
     id: str | None = None
@@ -55,25 +57,6 @@ class RowResult(BaseModel):
     error: str | None = None
     error_type: str | None = None
     request_id: str | None = None
-    maybe_billed: list[str] = Field(
-        default_factory=list,
-        description="Request ids of attempts that were sent and may have been billed but brought no "
-        "image, retried because the settings allow it (retry_outcome_unknown), and of answers whose "
-        "images were billed but not delivered (a result URL given up).",
-    )
-    undelivered: dict[str, int] = Field(
-        default_factory=dict,
-        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
-        "delivered (a result URL given up), with how many images each lost.",
-    )
-    undelivered_cost: float = Field(
-        default=0.0, description="Estimated cost of those images: part of the batch's cost."
-    )
-
-    @property
-    def cost(self) -> float:
-        """Estimated cost of the row: its stored images and those billed but not delivered."""
-        return sum(ref.cost for ref in self.images) + self.undelivered_cost
 
 
 class BatchResult(BaseModel):
@@ -93,8 +76,13 @@ class BatchResult(BaseModel):
 
     @property
     def cost(self) -> float:
-        """Estimated cost of every stored image and every image billed but not delivered."""
+        """USD this run paid: every image billed, delivered or not (0 for a rerun served from
+        the store)."""
         return sum(r.cost for r in self.rows)
+
+    def bill(self) -> Bill:
+        """What the batch paid and found in the store, and the estimate of the calls it made."""
+        return Bill.total(r.bill() for r in self.rows)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Counts, not every row: a repr (in a log, a traceback, Prefect's messages) stays one
@@ -114,8 +102,10 @@ def table_row(r: RowResult) -> dict[str, Any]:
         "image": (first.link or first.uri) if first else "",
         "size": f"{first.width}x{first.height}" if first else "",
         "request_id": r.request_id or "",
+        "served": r.served,
         "maybe_billed": ", ".join(r.maybe_billed),
         "cost": round(r.cost, 4),
+        "estimate": round(r.estimate, 4),
         "error": (r.error or "")[:300],
     }
 
@@ -137,7 +127,7 @@ async def publish_batch_table(
     and invalid rows first, then stored ones up to that many, and its full table goes to the
     store as a CSV report linked from the description (the UI renders a table of 10,000 rows
     slowly, and the server stores it as one JSON value)."""
-    description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
+    description = f"gpt-image batch: {result.stored} of {total} rows stored; {result.bill().with_estimate()}"
     if len(result.rows) <= TABLE_ROWS:
         return artifact_rows(result.rows), description, None
     failed = [r for r in result.rows if r.status != "stored"]

@@ -8,13 +8,14 @@ input of every step is checked before the first paid call.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.states import Completed
 from pydantic import BaseModel
 
-from prefect_gpt_image.calls import md_text, read_once
+from prefect_gpt_image.calls import call_prices, md_text, read_once
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef, sync_or_async
 
 from .chain import (
@@ -91,6 +92,7 @@ async def image_pipeline(
             variant=variant,
             settings=settings,
             store=store,
+            prices=call_prices(credentials, settings),
             lookup=has_budget(settings),
         )
         if prepared[0].error is not None:
@@ -118,13 +120,17 @@ async def image_pipeline(
         pipeline.blended = made[-1]
     for step in result.steps:
         logger.info("%s: %s", step.step, step.images[0].uri)
+    bill = result.bill()
     await publish_chain_markdown(
         result,
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
     )
-    return pipeline
+    logger.info(bill.line())
+    # The run ends with its bill as its state message; Prefect hands the caller the state's data
+    # (the PipelineResult), as the batch flows' states do.
+    return cast(PipelineResult, Completed(message=bill.line(), data=pipeline))
 
 
 async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoReturn:

@@ -2,7 +2,8 @@
 
 Each batch flow validates every row (and step), looks every call up in the store's cache records
 and makes a :class:`RunPlan`: the calls to make, the images they return, the cache hits, the
-invalid rows and the estimated cost (``price_per_image`` of the settings). ``plan_only=True``
+invalid rows and the estimated cost: each call priced by the price model of the endpoint (see
+:mod:`prefect_gpt_image.api.pricing`) for its size, quality, ``n`` and input images. ``plan_only=True``
 returns the plan (and a table artifact of it) and pays nothing; a real run checks it against the
 settings' per-run caps first and fails before the first paid call when the uncached calls would
 break one, so no budget surprise comes mid-batch.
@@ -43,6 +44,7 @@ class PlannedCall(BaseModel):
         description="call: to be made and paid; cached: in the store (free); invalid: refused."
     )
     images: int = Field(0, description="Images the call returns (and bills) when it is made.")
+    estimate: float = Field(0.0, description="The price model's estimate of the call, in USD, if made.")
     source: str = Field("", description="The input image, for edits.")
     error: str | None = Field(None, description="Why the row or step is invalid.")
 
@@ -51,7 +53,7 @@ class RunPlan(BaseModel):
     """Every call of a batch and what the uncached ones would cost."""
 
     calls: list[PlannedCall]
-    price_per_image: float = Field(description="Estimated USD per returned image (the settings').")
+    price_model: str = Field(description="The price model of the estimates (id@as_of).")
 
     @property
     def to_make(self) -> int:
@@ -75,15 +77,15 @@ class RunPlan(BaseModel):
 
     @property
     def cost(self) -> float:
-        """Estimated USD of the calls to make."""
-        return self.images * self.price_per_image
+        """Estimated USD of the calls to make: the sum of their estimates."""
+        return sum(c.estimate for c in self.calls if c.status == "call")
 
     def summary(self) -> str:
         """One line: calls to make, images, cache hits, invalid ones and the estimated cost."""
         return (
             f"plan: {self.to_make} call(s) to make for {self.images} image(s), "
             f"{self.cache_hits} cache hit(s), {self.invalid} invalid; estimated ${self.cost:.4f} "
-            f"(${self.price_per_image:.4f} per image)"
+            f"({self.price_model})"
         )
 
     def table(self) -> list[dict[str, Any]]:
@@ -95,7 +97,7 @@ class RunPlan(BaseModel):
                 "step": c.step,
                 "status": c.status,
                 "images": c.images,
-                "cost": round(c.images * self.price_per_image, 4) if c.status == "call" else 0.0,
+                "cost": round(c.estimate, 4) if c.status == "call" else 0.0,
                 "source": c.source,
                 "error": (c.error or "")[:300],
             }

@@ -106,8 +106,10 @@ def _bill(
     *,
     delivered: bool,
     fault: str | None,
+    usage: dict[str, Any] | None = None,
 ) -> None:
-    """Bill the request's images (once), consuming its balance reservation."""
+    """Bill the request's images (once), consuming its balance reservation; ``usage``: the
+    tokens its answer reports (what a ledger with token prices charges)."""
     if ex.billed:
         return
     ex.billed = True
@@ -117,6 +119,7 @@ def _bill(
         images,
         delivered=delivered and not ex.client_gone,
         fault=fault,
+        usage=usage,
     )
 
 
@@ -140,20 +143,21 @@ async def _respond(
             url = None
             items.append({"b64_json": base64.b64encode(result.data).decode("ascii")})
         billed.append(BilledImage(url=url, sha256=result.sha256, size_bytes=len(result.data)))
+    usage = _usage(parsed)
     body = {
         "created": int(time.time()),
         "data": items,
         **_common(parsed),
-        "usage": _usage(parsed),
+        "usage": usage,
     }
     payload = _dumps(body)
     if fault == "drop":
-        _bill(state, kind, ex, billed, delivered=False, fault=fault)
+        _bill(state, kind, ex, billed, delivered=False, fault=fault, usage=usage)
         await ex.drop(payload)
         return
     if fault == "malformed_json":
         payload = payload[: len(payload) // 2]
-    _bill(state, kind, ex, billed, delivered=True, fault=fault)
+    _bill(state, kind, ex, billed, delivered=True, fault=fault, usage=usage)
     await ex.json(200, payload)
 
 

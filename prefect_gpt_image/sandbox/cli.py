@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.price_per_image,
         help="USD the ledger charges per billed image (default %(default)s, the contract's)",
     )
+    add(
+        "--token-prices",
+        default=None,
+        metavar="TEXT,IMAGE_IN,IMAGE_OUT",
+        help="bill like OpenAI's API: USD per 1M text input, image input and image output tokens "
+        "of each answer's usage (e.g. 5,8,30); unset: --price-per-image per image",
+    )
     add("--seed", type=int, default=None, help="seed of the random faults")
     add(
         "--fault",
@@ -121,8 +128,19 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         render=args.render,
         texture=args.texture,
         price_per_image=args.price_per_image,
+        token_prices=_token_prices(args.token_prices),
         faults=FaultConfig.parse(args.fault, seed=args.seed),
     )
+
+
+def _token_prices(value: str | None) -> tuple[float, float, float] | None:
+    """``TEXT,IMAGE_IN,IMAGE_OUT`` as three numbers (ValueError otherwise); None when unset."""
+    if not value:
+        return None
+    parts = [float(part) for part in value.split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"--token-prices needs three numbers, got {value!r}")
+    return parts[0], parts[1], parts[2]
 
 
 def run(args: argparse.Namespace) -> int:

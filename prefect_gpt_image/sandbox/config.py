@@ -196,7 +196,9 @@ class SandboxConfig:
     one pre-rendered image per size and format, each made unique by a metadata chunk (cheap
     enough that a benchmark measures the client, not the sandbox); ``texture`` adds grain so
     files are about as large as real results. ``price_per_image`` is what the ledger charges
-    per billed image (USD; the contract's price by default).
+    per billed image (USD; the contract's price by default), like the gateway. ``token_prices``
+    (USD per million text input, image input and image output tokens) makes it bill like OpenAI's
+    own API instead: each request is charged by the ``usage`` its answer carries.
     """
 
     host: str = "127.0.0.1"
@@ -217,6 +219,7 @@ class SandboxConfig:
     render: RenderMode = "draw"
     texture: bool = False
     price_per_image: float = CONTRACT_PRICE_PER_IMAGE
+    token_prices: tuple[float, float, float] | None = None
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
@@ -227,6 +230,11 @@ class SandboxConfig:
         for name in ("latency", "media_ttl", "slow_seconds", "price_per_image"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.token_prices is not None:
+            prices = tuple(float(p) for p in self.token_prices)
+            if len(prices) != 3 or any(p < 0 for p in prices):
+                raise ValueError("token_prices must be three non-negative USD per million tokens")
+            object.__setattr__(self, "token_prices", prices)
         if self.render not in ("draw", "template"):
             raise ValueError(f"render must be 'draw' or 'template', not {self.render!r}")
         if self.max_concurrency is not None and self.max_concurrency < 1:

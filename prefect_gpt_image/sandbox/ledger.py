@@ -26,7 +26,8 @@ class BilledImage(TypedDict):
 
 class LedgerEntry(TypedDict):
     """One billed request: ``n`` images generated; ``delivered`` if the full answer was sent;
-    ``price_per_image`` the price charged for each and ``cost`` for all ``n`` (USD)."""
+    ``price_per_image`` the price charged for each and ``cost`` for all ``n`` (USD); ``usage`` the
+    token usage its answer reported, ``billing`` whether ``cost`` is per image or by that usage."""
 
     request_id: str
     endpoint: str
@@ -34,6 +35,8 @@ class LedgerEntry(TypedDict):
     images: list[BilledImage]
     price_per_image: float
     cost: float
+    usage: dict[str, Any] | None
+    billing: str
     delivered: bool
     fault: str | None
     created: float
@@ -85,12 +88,19 @@ class Ledger:
     Reads return deep copies, so callers may keep or change them freely.
     """
 
-    def __init__(self, balance: int | None = None, price_per_image: float = CONTRACT_PRICE_PER_IMAGE) -> None:
+    def __init__(
+        self,
+        balance: int | None = None,
+        price_per_image: float = CONTRACT_PRICE_PER_IMAGE,
+        token_prices: tuple[float, float, float] | None = None,
+    ) -> None:
         """Start empty; ``balance`` is the number of images that may be billed (None: unlimited);
-        each billed image costs ``price_per_image`` (USD)."""
+        each billed image costs ``price_per_image`` (USD), or, with ``token_prices`` (USD per
+        million text input, image input, image output tokens), each request its usage's tokens."""
         self._lock = threading.Lock()
         self._balance = balance
         self._price = price_per_image
+        self._token_prices = token_prices
         self._cost = 0.0
         self._entries: list[LedgerEntry] = []
         self._log: list[RequestLogEntry] = []
@@ -269,15 +279,32 @@ class Ledger:
         *,
         delivered: bool,
         fault: str | None,
+        usage: dict[str, Any] | None = None,
     ) -> LedgerEntry:
-        """Bill a request's images at the ledger's price, consuming its reservation of ``len(images)``."""
+        """Bill a request's images at the ledger's price (per image, or by ``usage``, the tokens
+        its answer reports, when the ledger has token prices), consuming its reservation of
+        ``len(images)``."""
+        n = len(images)
+        if self._token_prices is not None and usage is not None:
+            text_rate, image_rate, output_rate = self._token_prices
+            details = usage.get("input_tokens_details") or {}
+            cost = (
+                details.get("text_tokens", 0) * text_rate
+                + details.get("image_tokens", 0) * image_rate
+                + usage.get("output_tokens", 0) * output_rate
+            ) / 1_000_000
+            billing = "tokens"
+        else:
+            cost, billing = n * self._price, "per_image"
         entry = LedgerEntry(
             request_id=request_id,
             endpoint=endpoint,
-            n=len(images),
+            n=n,
             images=images,
-            price_per_image=self._price,
-            cost=len(images) * self._price,
+            price_per_image=cost / n if n else self._price,
+            cost=cost,
+            usage=copy.deepcopy(usage),
+            billing=billing,
             delivered=delivered,
             fault=fault,
             created=time.time(),

@@ -28,7 +28,7 @@ class SandboxState:
     def __init__(self, config: SandboxConfig) -> None:
         """Build fresh state for ``config``."""
         self.config = config
-        self.ledger = Ledger(config.balance, config.price_per_image)
+        self.ledger = Ledger(config.balance, config.price_per_image, config.token_prices)
         self.faults = FaultInjector(config.faults)
         self.media = MediaStore()
         self.renders = RenderCache(renderer=Renderer(config.render, texture=config.texture))

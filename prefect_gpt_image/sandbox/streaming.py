@@ -56,8 +56,9 @@ async def _stream(
             break
     rendered = (await renders)[0]
     billed = [BilledImage(url=None, sha256=rendered.sha256, size_bytes=len(rendered.data))]
+    usage = _usage(parsed)
     if fault == "drop":
-        _bill(state, kind, ex, billed, delivered=False, fault=fault)
+        _bill(state, kind, ex, billed, delivered=False, fault=fault, usage=usage)
         await ex.drop()
         return
     if fault == "stream_error":
@@ -70,7 +71,7 @@ async def _stream(
         await ex.chunk(_frame("error", _dumps({"type": "error", **error})), last=True)
         return
     if fault == "stream_truncate":
-        _bill(state, kind, ex, billed, delivered=False, fault=fault)
+        _bill(state, kind, ex, billed, delivered=False, fault=fault, usage=usage)
         await ex.chunk(b"", last=True)
         return
     if step:
@@ -81,11 +82,11 @@ async def _stream(
         billed[0]["url"] = completed["url"]
     else:
         completed["b64_json"] = base64.b64encode(rendered.data).decode("ascii")
-    completed.update(created_at=created, **common, usage=_usage(parsed))
+    completed.update(created_at=created, **common, usage=usage)
     data = _dumps(completed)
     if fault == "malformed_json":
         data = data[: len(data) // 2]
-    _bill(state, kind, ex, billed, delivered=True, fault=fault)
+    _bill(state, kind, ex, billed, delivered=True, fault=fault, usage=usage)
     frame = _frame(completed["type"], data)
     if cfg.stream_done:
         await ex.chunk(frame)

@@ -105,16 +105,16 @@ def test_cache_key_hashes_path_inputs_by_their_bytes(tmp_path: Path) -> None:
 
 def test_budget_reserves_names_the_cap_and_gives_back() -> None:
     run = "run-budget-test"
-    first = budget.reserve(run, images=2, price_per_image=0.5, max_images=3, max_cost=None)
+    first = budget.reserve(run, images=2, cost=1.0, max_images=3, max_cost=None)
     with pytest.raises(BudgetExceededError, match="max_images_per_run=3") as caught:
-        budget.reserve(run, images=2, price_per_image=0.5, max_images=3, max_cost=None)
+        budget.reserve(run, images=2, cost=1.0, max_images=3, max_cost=None)
     assert caught.value.cap == "max_images_per_run"
     first.cancel()
     first.cancel()  # idempotent
     assert budget.spent(run) == (0, 0.0)
-    budget.reserve(run, images=1, price_per_image=0.5, max_images=None, max_cost=1.0)
+    budget.reserve(run, images=1, cost=0.5, max_images=None, max_cost=1.0)
     with pytest.raises(BudgetExceededError, match="max_cost_per_run") as caught:
-        budget.reserve(run, images=2, price_per_image=0.5, max_images=None, max_cost=1.0)
+        budget.reserve(run, images=2, cost=1.0, max_images=None, max_cost=1.0)
     assert caught.value.cap == "max_cost_per_run"
     assert budget.spent(run) == (1, 0.5)
 

@@ -23,7 +23,7 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
-from prefect_gpt_image.calls import read_once
+from prefect_gpt_image.calls import call_prices, read_once
 from prefect_gpt_image.storage import ImageStore
 
 from ..failures import failure_counts, failure_message
@@ -70,7 +70,14 @@ async def run_batch(
     and the first chains (``key-chains``); Failed when a row failed, naming why."""
     with read_once():  # each remote input fetched once: the plan checks it, the call sends it
         plan, prepared = await asyncio.to_thread(
-            plan_chains, rows, steps, options=options, variant=variant, settings=settings, store=store
+            plan_chains,
+            rows,
+            steps,
+            options=options,
+            variant=variant,
+            settings=settings,
+            store=store,
+            prices=call_prices(credentials, settings),
         )
         logger.info(plan.summary())
         if plan_only:
@@ -89,15 +96,17 @@ async def run_batch(
             progress_key=f"{key}-progress",
             logger=logger,
         )
-    made = sum(s.status == "stored" and not s.cached for s in result.steps)
-    hits = sum(s.cached for s in result.steps)
+    made = sum(s.status == "stored" and not s.served for s in result.steps)
+    hits = sum(s.served for s in result.steps)
     total = len(rows)
+    bill = result.bill()
     summary = (
-        f"{result.stored} of {total} rows stored ({made} step(s) made, {hits} found in the store; "
-        f"${result.cost:.4f})"
+        f"{result.stored} of {total} rows stored ({made} step(s) made, {hits} found in the store); "
+        f"{bill.line()}"
     )
+    headline = f"{result.stored} of {total} rows stored; {bill.with_estimate()}"
     await asyncio.gather(
-        publish_chain_table(result, key=key, description=f"{title}: {summary}"),
+        publish_chain_table(result, key=key, description=f"{title}: {headline}"),
         publish_chain_markdown(
             result, key=f"{key}-chains", title=title, description=f"{title}: the first rows"
         ),

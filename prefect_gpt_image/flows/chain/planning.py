@@ -12,6 +12,7 @@ from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from prefect_gpt_image.api import EditRequest, GenerateRequest
 from prefect_gpt_image.api.images import MAX_MASK_BYTES, InputImage
 from prefect_gpt_image.api.models import parse_size
+from prefect_gpt_image.api.pricing import PriceModel
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.calls import (
     cache_key,
@@ -51,14 +52,16 @@ def plan_chains(
     variant: int,
     settings: GptImageSettings,
     store: ImageStore,
+    prices: PriceModel,
     lookup: bool = True,
 ) -> tuple[RunPlan, list[PreparedRow]]:
-    """Validate every row's chain and look its calls up (``lookup``): the plan, and the prepared rows
-    :func:`run_chains` makes. Blocking (reads inputs and the store): run it in a thread."""
+    """Validate every row's chain and look its calls up (``lookup``): the plan, each call priced
+    by ``prices``, and the prepared rows :func:`run_chains` makes. Blocking (reads inputs and the
+    store): run it in a thread."""
     names = step_names(steps)
     lookup = lookup and not PREFECT_TASKS_REFRESH_CACHE.value()
     ctx = PlanContext(
-        steps, names, options, variant, settings, store, lookup, settings.input_policy(), run_cache()
+        steps, names, options, variant, settings, store, lookup, settings.input_policy(), prices, run_cache()
     )
     from concurrent.futures import ThreadPoolExecutor
 
@@ -88,10 +91,11 @@ def plan_chains(
                     step=call.name,
                     status=status,
                     images=int(call.fields.get("n", 1)),
+                    estimate=call.estimate,
                     source=source,
                 )
             )
-    return RunPlan(calls=calls, price_per_image=settings.price_per_image), prepared
+    return RunPlan(calls=calls, price_model=prices.label), prepared
 
 
 def _prepare_row(row: ChainRow, ctx: PlanContext) -> PreparedRow:
@@ -199,7 +203,15 @@ def _prepare_step(
     if isinstance(step, GenerateStep):
         request = generate_request(prompt, settings, **fields)
         return StepCall(
-            name, step, prompt, fields, [], dims=request.dimensions, known=True, cached=_lookup(request, ctx)
+            name,
+            step,
+            prompt,
+            fields,
+            [],
+            dims=request.dimensions,
+            known=True,
+            cached=_lookup(request, ctx),
+            estimate=ctx.prices.estimate_request(request),
         )
 
     first_name = step.image or (ctx.names[index - 1] if index > 0 else "image")
@@ -247,6 +259,8 @@ def _prepare_step(
         prompt, [image if image is not None else stand_in for image in images], mask, settings, **fields
     )
     size_known = isinstance(step, BlendStep) or "size" in fields
+    # An edit keeping an input's size not yet made is priced at the stand-in's (1024x1024 or the mask's).
+    call.estimate = ctx.prices.estimate_request(edit)
     call.dims = edit.dimensions if size_known else None
     if isinstance(step, EditStep) and call.dims is None and dims is not None and fields.get("size") != "auto":
         call.dims = dims

@@ -10,6 +10,7 @@ from prefect_gpt_image.calls import (
     md_link,
     md_table,
     md_text,
+    usd,
 )
 
 from .steps import ChainResult
@@ -21,8 +22,9 @@ _PREVIEW_ROWS = 3
 
 
 async def publish_chain_table(result: ChainResult, *, key: str, description: str) -> None:
-    """Every row x step as a table artifact: source, output link, request id, cost, status, error
-    (every string cell escaped: the UI renders it as markdown)."""
+    """Every row x step as a table artifact: source, output link, request id, whether it was
+    served from the store, what this run paid for it (cost) against the price model's estimate,
+    status, error (every string cell escaped: the UI renders it as markdown)."""
     table = []
     for s in result.steps:
         first = s.images[0] if s.images else None
@@ -35,8 +37,9 @@ async def publish_chain_table(result: ChainResult, *, key: str, description: str
                 "source": s.source,
                 "image": md_link(first.uri, first.link) if first else "",
                 "request_id": s.request_id or "",
-                "cached": s.cached,
+                "served": s.served,
                 "cost": round(s.cost, 4),
+                "estimate": round(s.estimate, 4),
                 "maybe_billed": ", ".join(s.maybe_billed),
                 "error": (s.error or "")[:300],
             }
@@ -45,9 +48,10 @@ async def publish_chain_table(result: ChainResult, *, key: str, description: str
 
 
 def chain_markdown(result: ChainResult, *, title: str, rows: int = _PREVIEW_ROWS) -> str:
-    """The first ``rows`` rows' chains with their images, step by step; every string of a row
+    """The run's bill (paid, served, estimate), then the first ``rows`` rows' chains with their
+    images, step by step; every string of a row
     (id, step name, prompt, error, URIs, request id) escaped, the image built by ``md_image``."""
-    lines = [f"# {md_text(title)}", ""]
+    lines = [f"# {md_text(title)}", "", md_text(result.bill().with_estimate()), ""]
     grouped = list(result.rows().items())
     for number, steps in grouped[:rows]:
         if len(grouped) > 1:
@@ -65,7 +69,12 @@ def chain_markdown(result: ChainResult, *, title: str, rows: int = _PREVIEW_ROWS
                 "",
                 md_text(
                     f"{ref.width}x{ref.height} {ref.format}, sha256 {ref.sha256[:16]}, "
-                    f"request id {ref.request_id or '-'}, ${ref.cost:.4f}" + (" (cached)" if s.cached else "")
+                    f"request id {ref.request_id or '-'}, "
+                    + (
+                        f"served from the store (cost {usd(ref.cost)} when made)"
+                        if s.served
+                        else f"paid {usd(s.cost)}"
+                    )
                 ),
                 "",
                 md_text(f"stored at {ref.uri}" + (f"; made from {parents}" if ref.parents else "")),

@@ -15,7 +15,6 @@ from prefect_gpt_image.api import EditRequest, GenerateRequest, GptImageError
 from prefect_gpt_image.api.images import MAX_MASK_BYTES
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.calls import (
-    BilledAttempts,
     batch_rows,
     collect_maybe_billed,
     edit_request,
@@ -158,7 +157,8 @@ async def _run_step(
 ) -> str | None:
     """Serve or make ``call``, filling in ``result``; why the row's later steps are skipped, or None."""
     if rt.batch and call.cached is not None:
-        refs, result.cached, lost = with_links(rt.store, call.cached, logger), True, BilledAttempts()
+        refs = with_links(rt.store, call.cached, logger)
+        result.serve(refs)
     else:
         with collect_maybe_billed() as lost:
             try:
@@ -169,23 +169,13 @@ async def _run_step(
                 logger.warning("row %d, step %s failed: %s", result.row, call.name, exc)
                 result.status, result.error, result.error_type = "failed", str(exc), type(exc).__name__
                 result.request_id = request_id
-                _note_billed(result, lost, rt.settings, request_id)
+                result.charge(lost, request_id)
                 return f"step {call.name!r} failed"
+        result.charge(lost)
     outputs[call.name] = refs[0]
     result.status, result.error, result.images = "stored", None, refs
     result.request_id = refs[0].request_id
-    _note_billed(result, lost, rt.settings, None)
     return None
-
-
-def _note_billed(
-    result: StepResult, lost: BilledAttempts, settings: GptImageSettings, request_id: str | None
-) -> None:
-    """Report in ``result`` the attempts ``lost`` noted (the failed call's own ``request_id`` only
-    when its images were billed but not delivered) and price the undelivered images."""
-    result.maybe_billed = lost.besides(request_id)
-    result.undelivered = dict(lost.undelivered)
-    result.undelivered_cost = lost.undelivered_images * settings.price_per_image
 
 
 def _source(call: StepCall, outputs: Mapping[str, ImageRef]) -> str:

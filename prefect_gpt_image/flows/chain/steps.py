@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 
 from prefect_gpt_image.api.images import InputImage
 from prefect_gpt_image.api.inputpolicy import InputPolicy
+from prefect_gpt_image.api.pricing import PriceModel
 from prefect_gpt_image.blocks import GptImageSettings
-from prefect_gpt_image.calls import InputCache
+from prefect_gpt_image.calls import Bill, Charges, InputCache
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef
 
@@ -50,8 +51,8 @@ class ChainRow:
     """Why the row is invalid before any step (e.g. a manifest line that is no row)."""
 
 
-class StepResult(BaseModel):
-    """What happened to one step of one row."""
+class StepResult(Charges):
+    """What happened to one step of one row, and what it cost this run (:class:`Charges`)."""
 
     row: int = Field(description="1-based row number.")
     id: str | None = None
@@ -60,24 +61,15 @@ class StepResult(BaseModel):
     prompt: str = ""
     status: Literal["stored", "failed", "invalid", "skipped"]
     images: list[ImageRef] = Field(default_factory=list)
-    cached: bool = Field(False, description="Served from the store's cache record (nothing paid).")
     source: str = Field("", description="The step's input image (a URI, or the sha256 of an earlier output).")
     request_id: str | None = None
     error: str | None = None
     error_type: str | None = None
-    maybe_billed: list[str] = Field(default_factory=list)
-    undelivered: dict[str, int] = Field(
-        default_factory=dict,
-        description="Request ids (also in maybe_billed) of answers whose images were billed but not "
-        "delivered (a result URL given up), with how many images each lost.",
-    )
-    undelivered_cost: float = Field(0.0, description="Estimated USD of those images.")
 
     @property
-    def cost(self) -> float:
-        """Estimated USD paid for this step in this run (0 for a cache hit), images billed but
-        not delivered included."""
-        return (0.0 if self.cached else sum(ref.cost for ref in self.images)) + self.undelivered_cost
+    def cached(self) -> bool:
+        """Served from the store's cache record (nothing paid): :attr:`served`."""
+        return self.served
 
 
 class ChainResult(BaseModel):
@@ -104,8 +96,12 @@ class ChainResult(BaseModel):
 
     @property
     def cost(self) -> float:
-        """Estimated USD paid in this run."""
+        """USD paid in this run (0 for a rerun served from the store)."""
         return sum(s.cost for s in self.steps)
+
+    def bill(self) -> Bill:
+        """What the steps paid and found in the store, and the estimate of the calls made."""
+        return Bill.total(s.bill() for s in self.steps)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """Counts, not every step: a repr stays one line at any size."""
@@ -161,6 +157,7 @@ class StepCall:
     dims: tuple[int, int] | None = None  # the output's size when it is known before the call
     cached: list[ImageRef] | None = None
     known: bool = False  # the request (so the cache key) was known in the plan
+    estimate: float = 0.0  # the price model's estimate of the call
 
 
 @dataclass
@@ -182,4 +179,5 @@ class PlanContext:
     store: ImageStore
     lookup: bool
     policy: InputPolicy
+    prices: PriceModel
     cache: InputCache | None  # the run's reads (the plan's threads do not inherit its context)
