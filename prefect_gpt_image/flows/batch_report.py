@@ -23,6 +23,7 @@ from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef
 
 from .failures import Counted
+from .review import ReviewDecision
 
 __all__ = [
     "REPORT_FOLDER",
@@ -50,7 +51,7 @@ class RowResult(BaseModel):
     row: int = Field(description="1-based row number (the manifest line for manifests).")
     id: str | None = None
     prompt: str
-    status: Literal["stored", "failed", "invalid"]
+    status: Literal["stored", "failed", "invalid", "dropped"]
     images: list[ImageRef] = Field(default_factory=list)
     error: str | None = None
     error_type: str | None = None
@@ -69,11 +70,16 @@ class RowResult(BaseModel):
     undelivered_cost: float = Field(
         default=0.0, description="Estimated cost of those images: part of the batch's cost."
     )
+    review: list[ReviewDecision] = Field(
+        default_factory=list, description="The review decisions about the row (who, what, when)."
+    )
+    redone_cost: float = Field(default=0.0, description="Estimated cost of attempts sent back at review.")
 
     @property
     def cost(self) -> float:
-        """Estimated cost of the row: its stored images and those billed but not delivered."""
-        return sum(ref.cost for ref in self.images) + self.undelivered_cost
+        """Estimated cost of the row: its stored images, those billed but not delivered and the
+        attempts a reviewer sent back."""
+        return sum(ref.cost for ref in self.images) + self.undelivered_cost + self.redone_cost
 
 
 class BatchResult(BaseModel):
@@ -87,9 +93,14 @@ class BatchResult(BaseModel):
         return sum(r.status == "stored" for r in self.rows)
 
     @property
+    def dropped(self) -> int:
+        """Rows a reviewer dropped."""
+        return sum(r.status == "dropped" for r in self.rows)
+
+    @property
     def failed(self) -> int:
         """Rows that failed or were invalid."""
-        return len(self.rows) - self.stored
+        return len(self.rows) - self.stored - self.dropped
 
     @property
     def cost(self) -> float:
@@ -117,6 +128,7 @@ def table_row(r: RowResult) -> dict[str, Any]:
         "maybe_billed": ", ".join(r.maybe_billed),
         "cost": round(r.cost, 4),
         "error": (r.error or "")[:300],
+        "review": r.review[-1].summary() if r.review else "",
     }
 
 
@@ -140,8 +152,8 @@ async def publish_batch_table(
     description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
     if len(result.rows) <= TABLE_ROWS:
         return artifact_rows(result.rows), description, None
-    failed = [r for r in result.rows if r.status != "stored"]
-    shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
+    failed = [r for r in result.rows if r.status in ("failed", "invalid")]
+    shown = (failed + [r for r in result.rows if r.status not in ("failed", "invalid")])[:TABLE_ROWS]
     table = artifact_rows(shown)
     description += f"; {len(shown)} of {total} rows shown (failed first)"
     try:

@@ -39,6 +39,7 @@ async def publish_chain_table(result: ChainResult, *, key: str, description: str
                 "cost": round(s.cost, 4),
                 "maybe_billed": ", ".join(s.maybe_billed),
                 "error": (s.error or "")[:300],
+                "review": s.review[-1].summary() if s.review else "",
             }
         )
     await acreate_table_artifact(table=md_table(table), key=key, description=description)

@@ -20,6 +20,7 @@ from prefect_gpt_image.tasks import ImageRef
 from ..failures import Counted, FailedRow
 from ..masks import MaskRegion
 from ..params import ImageOptions, PipelineStep
+from ..review import ReviewDecision
 
 __all__ = [
     "ChainResult",
@@ -58,7 +59,7 @@ class StepResult(BaseModel):
     step: str = Field(description="The step's name.")
     kind: Literal["generate", "edit", "blend"]
     prompt: str = ""
-    status: Literal["stored", "failed", "invalid", "skipped"]
+    status: Literal["stored", "failed", "invalid", "skipped", "dropped"]
     images: list[ImageRef] = Field(default_factory=list)
     cached: bool = Field(False, description="Served from the store's cache record (nothing paid).")
     source: str = Field("", description="The step's input image (a URI, or the sha256 of an earlier output).")
@@ -72,12 +73,17 @@ class StepResult(BaseModel):
         "delivered (a result URL given up), with how many images each lost.",
     )
     undelivered_cost: float = Field(0.0, description="Estimated USD of those images.")
+    review: list[ReviewDecision] = Field(
+        default_factory=list, description="The review decisions about this step's images (who, what, when)."
+    )
+    redone_cost: float = Field(0.0, description="Estimated USD of the attempts a reviewer sent back.")
 
     @property
     def cost(self) -> float:
         """Estimated USD paid for this step in this run (0 for a cache hit), images billed but
-        not delivered included."""
-        return (0.0 if self.cached else sum(ref.cost for ref in self.images)) + self.undelivered_cost
+        not delivered and attempts sent back at review included."""
+        made = 0.0 if self.cached else sum(ref.cost for ref in self.images)
+        return made + self.undelivered_cost + self.redone_cost
 
 
 class ChainResult(BaseModel):
@@ -98,9 +104,14 @@ class ChainResult(BaseModel):
         return sum(all(s.status == "stored" for s in steps) for steps in self.rows().values())
 
     @property
+    def dropped(self) -> int:
+        """Rows a reviewer dropped."""
+        return sum(any(s.status == "dropped" for s in steps) for steps in self.rows().values())
+
+    @property
     def failed(self) -> int:
-        """Rows with a failed, skipped or invalid step."""
-        return len(self.rows()) - self.stored
+        """Rows with a failed, skipped or invalid step (dropped ones aside)."""
+        return len(self.rows()) - self.stored - self.dropped
 
     @property
     def cost(self) -> float:
@@ -161,6 +172,7 @@ class StepCall:
     dims: tuple[int, int] | None = None  # the output's size when it is known before the call
     cached: list[ImageRef] | None = None
     known: bool = False  # the request (so the cache key) was known in the plan
+    variant: int | None = None  # a redo's own variant (unset: the run's)
 
 
 @dataclass
@@ -170,6 +182,8 @@ class PreparedRow:
     invalid_step: str | None = None
     invalid_kind: Literal["generate", "edit", "blend"] = "generate"
     error: BaseException | None = None
+    made: dict[str, ImageRef] = field(default_factory=dict)
+    """Outputs of the row's earlier steps, made before these calls (a chain run in parts around reviews)."""
 
 
 @dataclass
