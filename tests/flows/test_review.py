@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,7 +25,14 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.flow_runs import resume_flow_run
 from prefect.settings import PREFECT_API_URL
 
-from prefect_gpt_image.flows import REVIEW_EVENT, ChainResult, batch_edit, batch_generate
+from prefect_gpt_image.flows import (
+    REVIEW_EVENT,
+    ChainResult,
+    batch_edit,
+    batch_generate,
+    batch_pipeline,
+    image_pipeline,
+)
 from prefect_gpt_image.flows import review as review_module
 from tests.support.images import png_bytes
 from tests.support.markdown import cell_text
@@ -34,6 +42,7 @@ from tests.support.sandbox import billed_images, sandbox_requests
 from .conftest import run
 
 _WAIT = 90.0
+TOP = {"left": 0, "top": 0, "right": 1, "bottom": 0.25}
 EDIT = "put the product on a white studio backdrop"
 
 
@@ -241,3 +250,76 @@ def test_a_waiting_review_emits_an_event_with_the_link_and_counts(env: Any) -> N
     resume_flow_run(run_id, run_input=_form(drop=["1"]))
     state = run(flow.result())
     assert state.is_completed() and billed_images(sandbox) == 3
+
+
+def test_a_review_step_between_steps_lets_only_the_approved_rows_go_on(env: Any, tmp_path: Path) -> None:
+    """generate → review → edit: rows named by id; the dropped row is never edited, the redone
+    row's edit starts from its new image."""
+    sandbox, _, storage = env
+    manifest = tmp_path / "products.csv"
+    manifest.write_text("id,product\nsku-1,a mug\nsku-2,a lamp\nsku-3,a vase\n")
+    steps = [
+        {"kind": "generate", "prompt": "{product} on a desk", "options": {"size": "1024x1024"}},
+        {"kind": "review", "timeout_seconds": 600},
+        {
+            "kind": "edit",
+            "prompt": "a blue backdrop",
+            "region": {"left": 0, "top": 0, "right": 1, "bottom": 0.25},
+        },
+    ]
+    flow = Background(
+        lambda: batch_pipeline(
+            manifest=str(manifest),
+            steps=steps,
+            options={"quality": "low"},
+            storage=storage,
+            return_state=True,
+        )
+    )
+    run_id, sheet = flow.paused(1)
+    assert "sku\\-2" in sheet and billed_images(sandbox) == 3  # generated, nothing edited yet
+    resume_flow_run(run_id, run_input=_form(redo=[("sku-3", "in blue glass")], drop=["sku-2"]))
+    flow.paused(2)
+    resume_flow_run(run_id, run_input=_form())
+    state = run(flow.result())
+    assert state.is_completed(), state.message
+    result: ChainResult = state.result()  # type: ignore[assignment]
+    status = {(s.id, s.step): s.status for s in result.steps}
+    assert status == {
+        ("sku-1", "generate"): "stored",
+        ("sku-1", "edit"): "stored",
+        ("sku-2", "generate"): "dropped",
+        ("sku-2", "edit"): "dropped",
+        ("sku-3", "generate"): "stored",
+        ("sku-3", "edit"): "stored",
+    }
+    requests = sandbox_requests(sandbox)
+    generations = [r["fields"]["prompt"] for r in requests if r["endpoint"].endswith("generations")]
+    assert generations[3:] == ["a vase on a desk in blue glass"]
+    edits = [r for r in requests if r["endpoint"].endswith("edits")]
+    assert len(edits) == 2 and billed_images(sandbox) == 6
+    final = {s.id: s for s in result.steps if s.step == "generate"}
+    edited_inputs = {r["files"][0]["sha256"] for r in edits}
+    assert edited_inputs == {final["sku-1"].images[0].sha256, final["sku-3"].images[0].sha256}
+    assert [d.decision for d in final["sku-3"].review] == ["redo", "approved"]
+
+
+def test_image_pipeline_reviews_the_generation_before_the_edit(env: Any) -> None:
+    """A dropped generation is never edited; the pipeline says it was dropped."""
+    sandbox, _, storage = env
+    flow = Background(
+        lambda: image_pipeline(
+            "a lighthouse at dawn",
+            options={"size": "1024x1024", "quality": "low"},
+            edit={"prompt": "add a rainbow", "region": TOP},
+            storage=storage,
+            review=True,
+        )
+    )
+    run_id, _ = flow.paused(1)
+    resume_flow_run(run_id, run_input=_form(drop=["1"]))
+    result = flow.result()
+    assert result.dropped and result.edited is None and [d.decision for d in result.review] == ["dropped"]
+    assert billed_images(sandbox) == 1 and not [
+        r for r in sandbox_requests(sandbox) if r["endpoint"].endswith("edits")
+    ]
