@@ -30,6 +30,7 @@ from .errors import (
     ImageStorageError,
 )
 from .refs import ImageRef
+from .thumbs import thumbnail_key, thumbnail_write
 
 __all__ = [
     "describe_images",
@@ -124,6 +125,7 @@ def describe_images(
                 "cost": settings.price_per_image,
                 "currency": "USD",
                 "cache_key": key,
+                "thumbnail": thumbnail_key(store, image.sha256),
                 "variant": variant,
                 "flow_run_id": flow_run_id,
                 "task_run_id": task_run_id,
@@ -156,6 +158,7 @@ def store_result(
     writes: list[Callable[[], Any]] = [partial(write_record, store, key, every, summary, described)]
     for ref, data in zip(refs, files, strict=True):
         writes.append(partial(store.put_image, ref.sha256, ref.format, data, {CACHE_KEY_METADATA: key}))
+        writes.append(thumbnail_write(store, ref.sha256, data, logger))  # from the bytes in hand
     linked: list[ImageRef] = run_concurrently(partial(with_links, store, every, logger), *writes)[0]
     return linked
 

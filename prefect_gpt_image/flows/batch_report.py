@@ -27,6 +27,7 @@ from .review import ReviewDecision
 
 __all__ = [
     "REPORT_FOLDER",
+    "SHEET_KEY",
     "TABLE_ROWS",
     "BatchResult",
     "RowResult",
@@ -36,6 +37,9 @@ __all__ = [
     "table_row",
     "write_report",
 ]
+
+SHEET_KEY = "gpt-image-batch-sheet"
+"""The key of a batch's contact sheet (its first page; see :mod:`.sheets`)."""
 
 TABLE_ROWS = 1000
 """Rows the table artifact lists at most; a larger batch's full table is a CSV report in the store."""
@@ -150,6 +154,10 @@ async def publish_batch_table(
     store as a CSV report linked from the description (the UI renders a table of 10,000 rows
     slowly, and the server stores it as one JSON value)."""
     description = f"gpt-image batch: {result.stored} of {total} rows stored, ${result.cost:.4f}"
+    from .sheets import publish_sheets  # it builds on this module's rows
+
+    # The contact sheet (its pages link the gallery), before the table.
+    await publish_sheets(result, store, key=SHEET_KEY, title="gpt-image batch", logger=logger)
     if len(result.rows) <= TABLE_ROWS:
         return artifact_rows(result.rows), description, None
     failed = [r for r in result.rows if r.status in ("failed", "invalid")]

@@ -151,6 +151,7 @@ async def image_pipeline(
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
+        store=store,
     )
     return pipeline
 

@@ -110,7 +110,13 @@ async def run_batch(
     await asyncio.gather(
         publish_chain_table(result, key=key, description=f"{title}: {summary}"),
         publish_chain_markdown(
-            result, key=f"{key}-chains", title=title, description=f"{title}: the first rows"
+            result,
+            key=f"{key}-chains",
+            title=title,
+            description=f"{title}: the first rows",
+            store=store,
+            policy=settings.input_policy(),
+            sheet_key=f"{key}-sheet",
         ),
     )
     if undelivered := sum(n for s in result.steps for n in s.undelivered.values()):
