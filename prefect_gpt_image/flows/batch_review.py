@@ -6,7 +6,7 @@ results."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prefect_gpt_image.api import GenerateRequest
@@ -15,10 +15,20 @@ from prefect_gpt_image.calls import batch_rows
 from prefect_gpt_image.storage import ImageStore
 
 from .batch_report import RowResult
+from .chain.steps import StepResult
 from .manifest import BatchRow
-from .review import RedoCall, ReviewItem, ReviewSettings, ReviewTimeoutError, plan_redo, review_rows
+from .review import (
+    SHEET_ROWS,
+    RedoCall,
+    ReviewItem,
+    ReviewSettings,
+    ReviewTimeoutError,
+    plan_redo,
+    review_rows,
+)
+from .sheets import contact_sheet
 
-__all__ = ["review_batch"]
+__all__ = ["review_batch", "review_sheet"]
 
 RunRow = Callable[[int, BatchRow, GenerateRequest], Awaitable[RowResult]]
 """Make one row's images (batch_generate's own row call)."""
@@ -39,7 +49,7 @@ async def review_batch(
     """Review the stored rows of ``results`` (updated in place); why the run stopped (the review
     timed out), or None."""
     items = {
-        number: ReviewItem(number, r.id, r.prompt, r.images)
+        number: ReviewItem(number, r.id, r.images)
         for number, r in sorted(results.items())
         if r.status == "stored"
     }
@@ -79,14 +89,21 @@ async def review_batch(
         with batch_rows():
             await asyncio.gather(*(one(call) for call in calls))
         return {
-            c.row: ReviewItem(c.row, c.id, results[c.row].prompt, results[c.row].images)
+            c.row: ReviewItem(c.row, c.id, results[c.row].images)
             for c in calls
             if results[c.row].status == "stored"
         }
 
+    async def sheet(numbers: list[int], title: str) -> list[str]:
+        return await review_sheet(store, settings, logger)([results[number] for number in numbers], title)
+
     try:
         outcome = await review_rows(
-            items, remake, ReviewSettings(step="generate", timeout=timeout, max_rounds=max_rounds), logger
+            items,
+            remake,
+            sheet,
+            ReviewSettings(step="generate", timeout=timeout, max_rounds=max_rounds),
+            logger,
         )
     except ReviewTimeoutError as exc:
         return str(exc)
@@ -95,3 +112,23 @@ async def review_batch(
     for number in outcome.dropped:
         results[number].status = "dropped"
     return None
+
+
+def review_sheet(
+    store: ImageStore, settings: GptImageSettings, logger: Any
+) -> Callable[[Sequence[RowResult] | Sequence[StepResult], str], Awaitable[list[str]]]:
+    """The contact sheet of the rows under review (a batch's rows or a chain's steps), pages of
+    :data:`~.review.SHEET_ROWS` rows, made off the event loop (it may make thumbnails)."""
+
+    async def sheet(rows: Sequence[RowResult] | Sequence[StepResult], title: str) -> list[str]:
+        return await asyncio.to_thread(
+            contact_sheet,
+            rows,
+            store,
+            title=title,
+            page_rows=SHEET_ROWS,
+            policy=settings.input_policy(),
+            logger=logger,
+        )
+
+    return sheet

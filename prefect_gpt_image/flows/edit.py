@@ -16,6 +16,7 @@ from prefect.client.schemas.objects import State
 
 from prefect_gpt_image.tasks import sync_or_async
 
+from .batch_review import review_sheet
 from .chain import ChainResult, ChainRow, run_batch
 from .masks import MaskRegion
 from .params import ChainStep, EditStep, ImageOptions, ReviewStep, load_blocks
@@ -119,5 +120,6 @@ async def batch_edit(
         store=store,
         key=BATCH_EDIT_KEY,
         title="gpt-image batch edit",
+        sheet=review_sheet(store, settings, logger),
         logger=logger,
     )

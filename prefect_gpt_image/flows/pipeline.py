@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from prefect_gpt_image.calls import md_text, read_once
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef, sync_or_async
 
+from .batch_review import review_sheet
 from .chain import (
     ChainResult,
     ChainRow,
@@ -126,7 +127,13 @@ async def image_pipeline(
         }
         stopped: str | None = None
         if reviews:
-            result, errors, stopped = await run_reviewed(prepared, reviews, title="gpt-image pipeline", **run)
+            result, errors, stopped = await run_reviewed(
+                prepared,
+                reviews,
+                title="gpt-image pipeline",
+                sheet=review_sheet(store, settings, logger),
+                **run,
+            )
         else:
             result, errors = await run_chains(prepared, **run)
     if stopped is not None:
@@ -244,5 +251,6 @@ async def batch_pipeline(
         store=store,
         key=BATCH_PIPELINE_KEY,
         title="gpt-image batch pipeline",
+        sheet=review_sheet(store, settings, logger),
         logger=logger,
     )

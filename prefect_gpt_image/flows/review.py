@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import anyio
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run, asuspend_flow_run
@@ -35,7 +36,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest
 from prefect_gpt_image.blocks import GptImageSettings
-from prefect_gpt_image.calls import cache_key, md_image, md_text, read_record
+from prefect_gpt_image.calls import cache_key, md_text, read_record
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef
 
@@ -51,6 +52,7 @@ __all__ = [
     "ReviewOutcome",
     "ReviewSettings",
     "ReviewTimeoutError",
+    "Sheet",
     "plan_redo",
     "review_rows",
 ]
@@ -58,8 +60,8 @@ __all__ = [
 REVIEW_EVENT = "prefect-gpt-image.review.waiting"
 """The event a flow run emits when a review waits for someone (resource: the flow run)."""
 
-SHEET_ROWS = 60
-"""Rows the form's contact sheet shows; the others are named (every row is in the table)."""
+SHEET_ROWS = 100
+"""Rows on a page of the review's contact sheet; the form shows the first page."""
 
 UNKNOWN = "unknown"
 
@@ -129,13 +131,11 @@ class ReviewDecision(BaseModel):
 
 @dataclass
 class ReviewItem:
-    """A row under review: what it made (``images``) from what (``before``, for edits)."""
+    """A row under review: its number, id and the images decided about."""
 
     row: int
     id: str | None
-    prompt: str
     images: list[ImageRef]
-    before: str = ""
 
 
 @dataclass
@@ -152,6 +152,9 @@ class ReviewOutcome:
 class ReviewTimeoutError(TimeoutError):
     """No answer came within the review's timeout: the run ends, nothing is paid after it."""
 
+
+Sheet = Callable[[list[int], str], Awaitable[list[str]]]
+"""The contact sheet of the rows under review (numbers in, a title): its markdown pages."""
 
 Remake = Callable[[dict[int, str], int], Awaitable[dict[int, ReviewItem]]]
 """Make rows again: ``{row: prompt note}`` and the round number (its variant offset) in; the rows
@@ -173,10 +176,11 @@ class ReviewSettings:
 
 
 async def review_rows(
-    items: Mapping[int, ReviewItem], remake: Remake, settings: ReviewSettings, logger: Any
+    items: Mapping[int, ReviewItem], remake: Remake, sheet: Sheet, settings: ReviewSettings, logger: Any
 ) -> ReviewOutcome:
-    """Review ``items`` until every row is approved or dropped (or ``max_rounds`` reviews): rows
-    to redo are passed to ``remake`` with their notes and reviewed again. Raises
+    """Review ``items`` until every row is approved or dropped (or ``max_rounds`` reviews), the
+    form showing their contact ``sheet``: rows to redo are passed to ``remake`` with their notes
+    and reviewed again. Raises
     :class:`ReviewTimeoutError` when an answer does not come in time."""
     outcome = ReviewOutcome()
     pending = dict(items)
@@ -184,7 +188,7 @@ async def review_rows(
     round_ = 1
     while pending:
         last = round_ >= settings.max_rounds
-        answer, by, at = await _ask(pending, settings, round_, last, problem, logger)
+        answer, by, at = await _ask(pending, sheet, settings, round_, last, problem, logger)
         redo, drop, problem = _resolve(answer, pending)
         if problem and not last:
             logger.warning("review round %d: %s; asking again", round_, problem)
@@ -274,6 +278,7 @@ def _resolve(answer: ReviewForm, pending: Mapping[int, ReviewItem]) -> tuple[dic
 
 async def _ask(
     pending: Mapping[int, ReviewItem],
+    sheet: Sheet,
     settings: ReviewSettings,
     round_: int,
     last: bool,
@@ -282,7 +287,11 @@ async def _ask(
 ) -> tuple[ReviewForm, str, dt.datetime]:
     """Pause (or suspend) for one answer; the answer, who gave it and when."""
     key = f"review-{settings.index}-{round_}"
-    description = review_sheet(pending, settings, round_, last, problem)
+    title = f"{settings.title}: review of step {settings.step}, round {round_}"
+    pages = await sheet(sorted(pending), title)
+    description = _description(pending, pages, key, last, problem)
+    if len(pages) > 1:  # the form shows the first page; every page is an artifact of the run
+        await _publish_pages(pages, key, title)
     form = ReviewForm.with_initial_data(description=description, approve_all=True)
     suspend = deployment.id is not None
     run_id = flow_run.id
@@ -358,11 +367,11 @@ async def _answered(run_id: UUID, state: str, key: str) -> tuple[str, dt.datetim
     return stored.sender or UNKNOWN, stored.created or dt.datetime.now(dt.UTC)
 
 
-def review_sheet(
-    pending: Mapping[int, ReviewItem], settings: ReviewSettings, round_: int, last: bool, problem: str
+def _description(
+    pending: Mapping[int, ReviewItem], pages: list[str], key: str, last: bool, problem: str
 ) -> str:
-    """The form's description: what to do, then a contact sheet of the rows (every string escaped)."""
-    lines = [f"## {md_text(settings.title)}: review of step {md_text(settings.step)}, round {round_}", ""]
+    """The form's description: what to do, then the first page of the contact sheet."""
+    lines = []
     if problem:
         lines += [f"**The last answer was not used**: {md_text(problem)}. Answer again.", ""]
     lines += [
@@ -375,24 +384,24 @@ def review_sheet(
     ]
     if last:
         lines += [md_text("This is the last review round: a row listed to redo is dropped."), ""]
-    lines.append(contact_sheet(list(pending.values())))
-    return "\n".join(lines)
+    if len(pages) > 1:
+        lines += [
+            md_text(
+                f"Below: page 1 of {len(pages)}; every page is a markdown artifact of this run "
+                f"(page 1 under the key gpt-image-{key})."
+            ),
+            "",
+        ]
+    return "\n".join(lines) + "\n" + (pages[0] if pages else "")
 
 
-def contact_sheet(items: list[ReviewItem], limit: int = SHEET_ROWS) -> str:
-    """A minimal contact sheet: row number, id, prompt and image (the before image too, for edits)."""
-    lines: list[str] = []
-    for item in items[:limit]:
-        head = f"**{item.row}**" + (f" {md_text(item.id)}" if item.id else "")
-        lines += [f"{head}: {md_text(item.prompt[:200])}", ""]
-        shots = []
-        if item.before:
-            shots.append(md_image(f"row {item.row} before", item.before))
-        shots += [md_image(f"row {item.row}", ref.link or ref.uri) for ref in item.images[:4]]
-        lines += [" → ".join(shots), ""]
-    if len(items) > limit:
-        lines.append(md_text(f"... and {len(items) - limit} more rows: see the run's table artifact."))
-    return "\n".join(lines)
+async def _publish_pages(pages: list[str], key: str, title: str) -> None:
+    for number, page in enumerate(pages, start=1):
+        await acreate_markdown_artifact(
+            markdown=page,
+            key=f"gpt-image-{key}" if number == 1 else None,
+            description=md_text(f"{title}: page {number} of {len(pages)}"),
+        )
 
 
 @dataclass(frozen=True)

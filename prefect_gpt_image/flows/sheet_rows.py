@@ -105,7 +105,7 @@ def _chain_row(steps: list[StepResult]) -> SheetRow:
         if s.status != "stored":
             frames.append(Frame(label=s.step, note=s.status, prompt=s.prompt))
     statuses = {s.status for s in steps}
-    status = next((st for st in ("invalid", "failed", "skipped") if st in statuses), "stored")
+    status = next((st for st in ("invalid", "failed", "dropped", "skipped") if st in statuses), "stored")
     wrong = next((s for s in steps if s.status in ("invalid", "failed")), None)
     error = f"{wrong.step}: {wrong.error or wrong.status}" if wrong is not None else None
     prompt = next((s.prompt for s in reversed(steps) if s.prompt), "")

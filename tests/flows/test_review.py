@@ -134,14 +134,14 @@ def test_a_batch_edit_is_reviewed_redone_dropped_and_a_rerun_pays_nothing(env: A
     flow = Background(edit)
     run_id, sheet = flow.paused(1)
     assert len(_edits(sandbox)) == 4 and billed_images(sandbox) == 4  # the edits, then the pause
-    assert "round 1" in sheet and all(f"**{n}**" in sheet for n in range(1, 5)), sheet
-    assert sheet.count("![row ") == 4  # each row's image
+    assert "review of step edit, round 1" in sheet and all(f"| {n} | " in sheet for n in range(1, 5)), sheet
+    assert sheet.count("![source]") == 4 and sheet.count("![edit]") == 4  # each row's before → after
 
     resume_flow_run(run_id, run_input=_form(redo=[("2", "warmer light")], drop=["3"]))
     _, sheet = flow.paused(2)
     # exactly the redo: one edit of row 2 with the note, planned and made before the new review
     assert _edits(sandbox) == [EDIT] * 4 + [f"{EDIT} warmer light"]
-    assert "**2**" in sheet and "**1**" not in sheet and "**3**" not in sheet
+    assert "| 2 | " in sheet and "| 1 | " not in sheet and "| 3 | " not in sheet
     resume_flow_run(run_id, run_input=_form())
     state = run(flow.result())
     assert state.is_completed(), state.message

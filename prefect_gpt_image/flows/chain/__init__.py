@@ -31,7 +31,7 @@ from ..params import ChainStep, ImageOptions
 from ..plan import enforce_budget, has_budget, publish_plan
 from .planning import edit_size, plan_chains
 from .report import chain_markdown, publish_chain_markdown, publish_chain_table
-from .reviewed import run_reviewed, split_reviews
+from .reviewed import StepSheet, run_reviewed, split_reviews
 from .running import run_chains
 from .steps import ChainResult, ChainRow, StepResult, failed_steps, step_names
 
@@ -39,6 +39,7 @@ __all__ = [
     "ChainResult",
     "ChainRow",
     "StepResult",
+    "StepSheet",
     "chain_markdown",
     "edit_size",
     "failed_steps",
@@ -67,11 +68,12 @@ async def run_batch(
     key: str,
     title: str,
     logger: Any,
+    sheet: StepSheet | None = None,
 ) -> State[Any]:
     """A batch flow's body: plan every row (returned as is with ``plan_only``, checked against the
     budget otherwise), run the chains, publish the table (``key``), the progress (``key-progress``)
     and the first chains (``key-chains``); Failed when a row failed, naming why. Review steps
-    pause the run for a person between the steps (:mod:`.reviewed`)."""
+    pause the run for a person between the steps (:mod:`.reviewed`), the form showing ``sheet``."""
     work, reviews = split_reviews(steps)
     with read_once():  # each remote input fetched once: the plan checks it, the call sends it
         plan, prepared = await asyncio.to_thread(
@@ -95,7 +97,8 @@ async def run_batch(
         }
         stopped: str | None = None
         if reviews:
-            result, _, stopped = await run_reviewed(prepared, reviews, title=title, **run)
+            assert sheet is not None, "a run with review steps needs its contact sheet"
+            result, _, stopped = await run_reviewed(prepared, reviews, title=title, sheet=sheet, **run)
         else:
             result, _ = await run_chains(prepared, **run)
     made = sum(s.status == "stored" and not s.cached for s in result.steps)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
@@ -27,7 +27,10 @@ from ..review import (
 from .running import call_variant, run_chains, step_request
 from .steps import ChainResult, PreparedRow, StepCall, StepResult
 
-__all__ = ["ReviewPoint", "run_reviewed", "split_reviews"]
+__all__ = ["ReviewPoint", "StepSheet", "run_reviewed", "split_reviews"]
+
+StepSheet = Callable[[list[StepResult], str], Awaitable[list[str]]]
+"""The contact sheet of some rows' steps, with a title: markdown pages (given by the flow)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +71,7 @@ class _Run:
     progress_key: str | None
     title: str
     logger: Any
+    sheet: StepSheet
 
 
 async def run_reviewed(
@@ -82,13 +86,14 @@ async def run_reviewed(
     max_parallel: int | None,
     progress_key: str | None,
     title: str,
+    sheet: StepSheet,
     logger: Any,
 ) -> tuple[ChainResult, dict[tuple[int, str], BaseException], str | None]:
     """Run the chains of ``prepared`` part by part, with a review at each of ``points``; the
     results, the failed steps' errors, and why the run stopped early (a review timed out), if it
     did. Rows that stop (failed, dropped, or the review timed out) have their later steps
-    ``skipped`` or ``dropped``."""
-    rt = _Run(credentials, settings, store, variant, batch, max_parallel, progress_key, title, logger)
+    ``skipped`` or ``dropped``. ``sheet`` makes the review's contact sheet of the rows' steps."""
+    rt = _Run(credentials, settings, store, variant, batch, max_parallel, progress_key, title, logger, sheet)
     results: dict[int, dict[str, StepResult]] = {item.row.number: {} for item in prepared}
     outputs: dict[int, dict[str, ImageRef]] = {item.row.number: {} for item in prepared}
     errors: dict[tuple[int, str], BaseException] = {}
@@ -133,11 +138,12 @@ async def run_reviewed(
         if end is None:
             break
         point = points[part]
-        items = {item.row.number: _item(item, end, results, outputs) for item in active}
+        items = {item.row.number: _item(item, end, results) for item in active}
         try:
             outcome = await review_rows(
                 items,
                 _remake(rt, {item.row.number: item for item in active}, end, results, outputs, errors),
+                _sheet(rt, prepared, end, results),
                 ReviewSettings(
                     step=end,
                     timeout=point.step.timeout_seconds,
@@ -219,21 +225,23 @@ def _record(step: StepResult, decisions: list[ReviewDecision]) -> None:
     step.review = [*step.review, *decisions]
 
 
-def _item(
-    item: PreparedRow,
-    name: str,
-    results: dict[int, dict[str, StepResult]],
-    outputs: dict[int, dict[str, ImageRef]],
-) -> ReviewItem:
-    """Row ``item`` under review at step ``name``: its images and the input they were made from."""
-    step = results[item.row.number][name]
-    call = next(c for c in item.calls if c.name == name)
-    before = ""
-    if call.inputs:
-        first = call.inputs[0]
-        ref = outputs[item.row.number].get(first.step or "") if first.step else None
-        before = (ref.link or ref.uri) if ref is not None else (item.row.source or first.uri or "")
-    return ReviewItem(item.row.number, item.row.id, step.prompt, step.images, before=before)
+def _item(item: PreparedRow, name: str, results: dict[int, dict[str, StepResult]]) -> ReviewItem:
+    """Row ``item`` under review at step ``name``: its images."""
+    return ReviewItem(item.row.number, item.row.id, results[item.row.number][name].images)
+
+
+def _sheet(
+    rt: _Run, prepared: list[PreparedRow], name: str, results: dict[int, dict[str, StepResult]]
+) -> Any:
+    """The review's contact sheet: each row's steps up to ``name`` (its input, then every image)."""
+    names = _names_until(prepared, 0, name)
+
+    async def sheet(numbers: list[int], title: str) -> list[str]:
+        return await rt.sheet(
+            [results[n][step] for n in numbers for step in names if step in results[n]], title
+        )
+
+    return sheet
 
 
 def _remake(
@@ -301,7 +309,7 @@ def _remake(
             step.redone_cost = results[step.row][name].cost  # the attempt sent back was paid too
             _keep(step, results, outputs)
             if step.status == "stored":
-                out[step.row] = _item(rows[step.row], name, results, outputs)
+                out[step.row] = _item(rows[step.row], name, results)
         return out
 
     return remake
