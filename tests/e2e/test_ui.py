@@ -74,6 +74,21 @@ def _publish(shots: Path) -> None:
         )
 
 
+def _browse(node: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``screenshot.mjs`` with ``job``; what it reports the pages showed."""
+    result = subprocess.run(
+        [node, str(UI_DIR / "screenshot.mjs"), json.dumps(job)],
+        cwd=UI_DIR,
+        capture_output=True,
+        text=True,
+        timeout=_NODE_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"screenshot.mjs failed:\n{result.stderr[-4000:]}"
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
 def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureRequest) -> None:
     """(a) The run's image artifacts load in the browser from the bucket's presigned links;
     (b) the custom run form of the pipeline deployment shows typed fields: the prompt, dropdowns
@@ -105,16 +120,7 @@ def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureReque
         "formUrl": f"{stack.ui_url}/deployments/deployment/{stack.deployment_id('pipeline')}/run",
     }
     started = time.monotonic()
-    result = subprocess.run(
-        [node, str(UI_DIR / "screenshot.mjs"), json.dumps(job)],
-        cwd=UI_DIR,
-        capture_output=True,
-        text=True,
-        timeout=_NODE_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, f"screenshot.mjs failed:\n{result.stderr[-4000:]}"
-    report: dict[str, Any] = json.loads(result.stdout)
+    report = _browse(node, job)
     report["seconds"]["node"] = round(time.monotonic() - started, 1)
 
     # -- (a) artifacts: the cards, the image artifact's <img>, the pipeline chain ---------------
@@ -222,16 +228,7 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
 
     shots = stack.root / "review-shots"
     job = {"chromium": chromium, "outDir": str(shots), "reviewUrl": f"{stack.ui_url}/runs/flow-run/{run_id}"}
-    result = subprocess.run(
-        [node, str(UI_DIR / "screenshot.mjs"), json.dumps(job)],
-        cwd=UI_DIR,
-        capture_output=True,
-        text=True,
-        timeout=_NODE_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, f"screenshot.mjs failed:\n{result.stderr[-4000:]}"
-    seen = json.loads(result.stdout)["review"]
+    seen = _browse(node, job)["review"]
     labels = [label.removesuffix(" (Optional)") for label in seen["labels"]]
     assert {"Approve All", "Redo", "Drop", "Reviewer"} <= set(labels), seen["labels"]
     assert "review of step edit, round 1" in seen["text"]

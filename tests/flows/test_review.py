@@ -39,7 +39,7 @@ from tests.support.markdown import cell_text
 from tests.support.prefect import flow_run_artifacts
 from tests.support.sandbox import billed_images, sandbox_requests
 
-from .conftest import run
+from .conftest import run, saved_settings
 
 _WAIT = 90.0
 TOP = {"left": 0, "top": 0, "right": 1, "bottom": 0.25}
@@ -137,11 +137,12 @@ def test_a_batch_edit_is_reviewed_redone_dropped_and_a_rerun_pays_nothing(env: A
     assert "review of step edit, round 1" in sheet and all(f"| {n} | " in sheet for n in range(1, 5)), sheet
     assert sheet.count("![source]") == 4 and sheet.count("![edit]") == 4  # each row's before → after
 
-    resume_flow_run(run_id, run_input=_form(redo=[("2", "warmer light")], drop=["3"]))
+    resume_flow_run(run_id, run_input=_form(redo=[("2", "warmer light"), ("4", "")], drop=["3"]))
     _, sheet = flow.paused(2)
-    # exactly the redo: one edit of row 2 with the note, planned and made before the new review
-    assert _edits(sandbox) == [EDIT] * 4 + [f"{EDIT} warmer light"]
-    assert "| 2 | " in sheet and "| 1 | " not in sheet and "| 3 | " not in sheet
+    # exactly the redos, planned and made before the new review: row 2 with its note, row 4 as
+    # it was asked the first time (a new variant: not the stored answer)
+    assert sorted(_edits(sandbox)[4:]) == [EDIT, f"{EDIT} warmer light"] and billed_images(sandbox) == 6
+    assert "| 2 | " in sheet and "| 4 | " in sheet and "| 1 | " not in sheet and "| 3 | " not in sheet
     resume_flow_run(run_id, run_input=_form())
     state = run(flow.result())
     assert state.is_completed(), state.message
@@ -157,7 +158,8 @@ def test_a_batch_edit_is_reviewed_redone_dropped_and_a_rerun_pays_nothing(env: A
     assert [(d.decision, d.by, d.signed) for d in by_row[1].review] == [("approved", "unknown", "ann")]
     assert [d.decision for d in by_row[3].review] == ["dropped"]
     assert by_row[3].images and by_row[3].review[0].images == [by_row[3].images[0].sha256]
-    ledger_cost = 5 * 0.0377
+    assert [d.decision for d in by_row[4].review] == ["redo", "approved"]
+    ledger_cost = 6 * 0.0377
     assert result.cost == pytest.approx(ledger_cost, abs=1e-3)  # the redone attempt is counted too
     table = next(a for a in flow_run_artifacts(run_id) if a["key"] == "gpt-image-batch-edit")["data"]
     rows = table if isinstance(table, list) else json.loads(table)
@@ -168,12 +170,12 @@ def test_a_batch_edit_is_reviewed_redone_dropped_and_a_rerun_pays_nothing(env: A
     # the same run again, answered the same way: everything comes from the store
     again = Background(edit)
     rerun_id, _ = again.paused(1)
-    resume_flow_run(rerun_id, run_input=_form(redo=[("2", "warmer light")], drop=["3"]))
+    resume_flow_run(rerun_id, run_input=_form(redo=[("2", "warmer light"), ("4", "")], drop=["3"]))
     again.paused(2)
     resume_flow_run(rerun_id, run_input=_form())
     state = run(again.result())
     assert state.is_completed(), state.message
-    assert billed_images(sandbox) == 5 and len(_edits(sandbox)) == 5
+    assert billed_images(sandbox) == 6 and len(_edits(sandbox)) == 6
 
 
 def test_an_unanswered_review_ends_the_run_and_pays_nothing_after_it(env: Any) -> None:
@@ -199,6 +201,29 @@ def test_an_unanswered_review_ends_the_run_and_pays_nothing_after_it(env: Any) -
     with get_client(sync_client=True) as client:
         server_state = client.read_flow_run(run_id).state
     assert server_state is not None and server_state.is_failed() and server_state.message == message
+
+
+def test_a_redo_over_the_runs_budget_is_refused_before_any_call(env: Any) -> None:
+    sandbox, _, storage = env
+    flow = Background(
+        lambda: batch_generate(
+            prompts=["a red kite", "a green hill"],
+            options={"size": "1024x1024", "quality": "low"},
+            storage=storage,
+            settings_block=saved_settings(max_images_per_run=2),
+            review=True,
+            return_state=True,
+        )
+    )
+    run_id, _ = flow.paused(1)
+    resume_flow_run(run_id, run_input=_form(redo=[("1", "at night")]))
+    state = run(flow.result())
+    assert state.is_failed() and billed_images(sandbox) == 2  # the redo was planned, refused, never sent
+    result = state.result(raise_on_failure=False)
+    first, second = result.rows  # type: ignore[union-attr]
+    assert first.status == "failed" and first.error_type == "BudgetExceededError"
+    assert "max_images_per_run=2" in (first.error or "") and "1 call(s) to make" in (first.error or "")
+    assert second.status == "stored" and [d.decision for d in second.review] == ["approved"]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
+from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import BudgetExceededError, ImageRef
 
@@ -62,38 +62,40 @@ def split_reviews(steps: Sequence[ChainStep]) -> tuple[list[PipelineStep], list[
 
 @dataclasses.dataclass
 class _Run:
-    credentials: GptImageCredentials | None
-    settings: GptImageSettings
-    store: ImageStore
-    variant: int
-    batch: bool
-    max_parallel: int | None
-    progress_key: str | None
+    run: dict[str, Any]
+    """:func:`run_chains`' keyword arguments (variant, credentials, settings, store, batch, ...)."""
     title: str
-    logger: Any
     sheet: StepSheet
+
+    @property
+    def settings(self) -> GptImageSettings:
+        settings: GptImageSettings = self.run["settings"]
+        return settings
+
+    @property
+    def store(self) -> ImageStore:
+        store: ImageStore = self.run["store"]
+        return store
+
+    @property
+    def logger(self) -> Any:
+        return self.run["logger"]
+
+    @property
+    def variant(self) -> int:
+        return int(self.run["variant"])
 
 
 async def run_reviewed(
-    prepared: list[PreparedRow],
-    points: Sequence[ReviewPoint],
-    *,
-    variant: int,
-    credentials: GptImageCredentials | None,
-    settings: GptImageSettings,
-    store: ImageStore,
-    batch: bool,
-    max_parallel: int | None,
-    progress_key: str | None,
-    title: str,
-    sheet: StepSheet,
-    logger: Any,
+    prepared: list[PreparedRow], points: Sequence[ReviewPoint], *, title: str, sheet: StepSheet, **run: Any
 ) -> tuple[ChainResult, dict[tuple[int, str], BaseException], str | None]:
-    """Run the chains of ``prepared`` part by part, with a review at each of ``points``; the
-    results, the failed steps' errors, and why the run stopped early (a review timed out), if it
-    did. Rows that stop (failed, dropped, or the review timed out) have their later steps
-    ``skipped`` or ``dropped``. ``sheet`` makes the review's contact sheet of the rows' steps."""
-    rt = _Run(credentials, settings, store, variant, batch, max_parallel, progress_key, title, logger, sheet)
+    """Run the chains of ``prepared`` part by part with :func:`run_chains` (``run``: its keyword
+    arguments), with a review at each of ``points``; the results, the failed steps' errors, and
+    why the run stopped early (a review timed out), if it did. Rows that stop (failed, dropped,
+    or the review timed out) have their later steps ``skipped`` or ``dropped``. ``sheet`` makes
+    the review's contact sheet of the rows' steps."""
+    rt = _Run(run, title, sheet)
+    logger = rt.logger
     results: dict[int, dict[str, StepResult]] = {item.row.number: {} for item in prepared}
     outputs: dict[int, dict[str, ImageRef]] = {item.row.number: {} for item in prepared}
     errors: dict[tuple[int, str], BaseException] = {}
@@ -115,17 +117,7 @@ async def run_reviewed(
             )
             for item in active
         ]
-        made, errs = await run_chains(
-            sub,
-            variant=variant,
-            credentials=credentials,
-            settings=settings,
-            store=store,
-            batch=batch,
-            max_parallel=max_parallel,
-            progress_key=progress_key,
-            logger=logger,
-        )
+        made, errs = await run_chains(sub, **run)
         errors.update(errs)
         for step in made.steps:
             _keep(step, results, outputs)
@@ -292,17 +284,7 @@ def _remake(
         for number, refs in found.items():
             calls[number].cached = refs
         sub = [PreparedRow(rows[number].row, calls=[calls[number]], made=before[number]) for number in redo]
-        made, errs = await run_chains(
-            sub,
-            variant=rt.variant,
-            credentials=rt.credentials,
-            settings=rt.settings,
-            store=rt.store,
-            batch=rt.batch,
-            max_parallel=rt.max_parallel,
-            progress_key=None,
-            logger=rt.logger,
-        )
+        made, errs = await run_chains(sub, **{**rt.run, "progress_key": None})
         errors.update(errs)
         out: dict[int, ReviewItem] = {}
         for step in made.steps:
