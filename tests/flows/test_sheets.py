@@ -376,3 +376,21 @@ def test_chain_sheets_show_every_step(
     )
     (single,) = sheet_artifacts(one, "gpt-image-pipeline-sheet")
     assert [cell(c[0]) for c in sheet_rows(check_page(single["data"], links=None))] == ["1"]
+
+
+def test_a_new_image_gets_its_thumbnail_as_it_is_stored(
+    prefect_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image call alone (no sheet, no flow) leaves its image's thumbnail beside it, made from
+    the bytes in hand as the image is stored, and named in its manifest."""
+    from prefect_gpt_image.tasks import generate_image
+
+    sandbox = make_sandbox(latency=0.0)
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-sheets")
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    root = tmp_path / "out"
+    (ref,) = generate_image("a kite", size="1536x1024", quality="low", storage=str(root))
+    image = thumb((root / "thumbs" / f"{ref.sha256}.jpeg").read_bytes())
+    assert image.size == (256, 171)  # 1536x1024 reduced by 6 (rounded up)
+    manifest = read_manifest(LocalImageStore(root), ref.sha256, ref.format)
+    assert manifest is not None and manifest["thumbnail"] == f"thumbs/{ref.sha256}.jpeg"
