@@ -114,7 +114,10 @@ def _picture(frame: Frame, thumbs: Thumbs) -> str:
         link = None  # a file:// link does not open from the UI
     if src is None:
         return md_link(f"{frame.label} (no preview)", link) if link else md_text(frame.label)
-    return md_image(frame.label, src, link=link)
+    # Prefect's UI does not render an image inside a link (it shows the image's markdown as the
+    # link's text): the thumbnail, then a link of its own to the full image.
+    image = md_image(frame.label, src)
+    return f"{image} {md_link('↗', link)}" if link else image
 
 
 def _logger(logger: Any) -> Any:

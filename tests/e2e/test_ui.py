@@ -232,8 +232,8 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
     labels = [label.removesuffix(" (Optional)") for label in seen["labels"]]
     assert {"Approve All", "Redo", "Drop", "Reviewer"} <= set(labels), seen["labels"]
     assert "review of step edit, round 1" in seen["text"]
-    images = seen["images"]
-    assert len(images) >= 3 and all(i["naturalWidth"] > 0 for i in images), images
+    images = seen["images"]  # every row's before and after, displayed
+    assert len(images) == 6 and all(i["naturalWidth"] > 0 for i in images), images
     assert all(i["presigned"] and i["src"].startswith(stack.s3.endpoint_url) for i in images), images
     with Image.open(shots / "review-form.png") as picture:
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
