@@ -113,10 +113,12 @@ def cell(html: str) -> str:
 def check_page(markdown: str, *, links: set[str] | None) -> Rendered:
     """A page as a viewer sees it: the sheet's own elements only, one heading (the title), every
     image a thumbnail: a ``data:`` JPEG that decodes (``links`` None) or a presigned link to one
-    of ``links``; every link one of ``links``."""
+    of ``links``, never inside a link; every link one of ``links``."""
     rendered = render(markdown)
     assert {tag for tag, _ in rendered.elements} <= SHEET_TAGS, rendered.html
     assert len(rendered.tags("h1")) == 1
+    # Prefect's UI (3.9.1, checked in Chromium) renders no image inside a link: none may be
+    assert not re.search(r"<a [^>]*>\s*<img", rendered.html)
     for attrs in rendered.tags("img"):
         src = attrs["src"] or ""
         if links is None:
