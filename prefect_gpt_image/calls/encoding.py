@@ -91,17 +91,14 @@ def md_link(text: str, url: str | None) -> Markdown:
 _DATA_IMAGE = re.compile(r"data:image/(?:jpeg|png|webp);base64,[A-Za-z0-9+/]*={0,2}")
 
 
-def md_image(alt: str, url: str | None, *, link: str | None = None) -> Markdown:
+def md_image(alt: str, url: str | None) -> Markdown:
     """The image at ``url`` (the plugin's own stored image, or a base64 ``data:image/...`` URI
-    the plugin built from a thumbnail) with ``alt`` text, opening ``link`` when clicked if that
-    is a link the plugin makes; just the text when there is no such URL."""
+    the plugin built from a thumbnail) with ``alt`` text; just the text when there is no such
+    URL."""
     if url is not None and _DATA_IMAGE.fullmatch(url):
-        image = Markdown(f"![{md_text(alt)}]({url})")
-    else:
-        text = md_link(alt, url)
-        image = Markdown("!" + text) if text.startswith("[") else text
-    destination = None if link is None or not image.startswith("!") else _destination(link)
-    return Markdown(f"[{image}]({destination})") if destination is not None else image
+        return Markdown(f"![{md_text(alt)}]({url})")
+    link = md_link(alt, url)
+    return Markdown("!" + link) if link.startswith("[") else link
 
 
 def md_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.calls import md_text, read_once
+from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef, sync_or_async
 
 from .batch_review import review_sheet
@@ -139,7 +140,7 @@ async def image_pipeline(
     if stopped is not None:
         raise ReviewTimeoutError(stopped)
     if errors:
-        await _fail(result, next(iter(errors.values())), prompt)
+        await _fail(result, next(iter(errors.values())), prompt, store)
     made = [step.images for step in result.steps]
     first = result.steps[0]
     pipeline = PipelineResult(generated=made[0], dropped=first.status == "dropped", review=first.review)
@@ -163,7 +164,7 @@ async def image_pipeline(
     return pipeline
 
 
-async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoReturn:
+async def _fail(result: ChainResult, error: BaseException, prompt: str, store: ImageStore) -> NoReturn:
     """End a failed ``image_pipeline``: the chain's markdown artifact (the steps stored before the
     failure and why it failed), then :class:`BatchFailedError` with the chain attached, from the
     step's own error."""
@@ -175,6 +176,7 @@ async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoRet
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=f"gpt-image pipeline (failed): {prompt[:120]}",
+        store=store,
     )
     stored = sum(s.status == "stored" for s in result.steps)
     headline = (

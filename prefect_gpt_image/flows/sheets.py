@@ -46,7 +46,7 @@ def contact_sheet(
     edit's input, then every step's images; a step that made none says why) and its prompt or
     error. Thumbnails missing from ``store`` are made first (once: see
     :func:`~prefect_gpt_image.calls.thumbs.ensure_thumbnails`); a local store's are embedded as
-    ``data:`` URIs, an S3 store's linked (each opening its full image). ``gallery``: a link to
+    ``data:`` URIs, an S3 store's linked (each followed by a link to its full image). ``gallery``: a link to
     the run's gallery, named on every page. ``policy``: what may be read to show an edit's input
     that is outside the store (unset: shown by name). Blocking (reads and writes the store): from
     async code run it with ``asyncio.to_thread``."""
@@ -106,18 +106,18 @@ def _line(row: SheetRow, thumbs: Thumbs, store: ImageStore) -> str:
 
 
 def _picture(frame: Frame, thumbs: Thumbs) -> str:
+    """A frame's thumbnail and, where the browser can open it (S3), a link to its full image.
+    Not a linked image (``[![...](...)](...)``): the Prefect UI renders no image inside a link."""
     if frame.note is not None:
         return md_text(f"{frame.label}: {frame.note}")
     src = thumbs.src(frame)
     link = frame.ref.link if frame.ref is not None else None
     if link is not None and not link.startswith(("https://", "http://")):
         link = None  # a file:// link does not open from the UI
+    full = f" {md_link('full', link)}" if link else ""
     if src is None:
-        return md_link(f"{frame.label} (no preview)", link) if link else md_text(frame.label)
-    # Prefect's UI does not render an image inside a link (it shows the image's markdown as the
-    # link's text): the thumbnail, then a link of its own to the full image.
-    image = md_image(frame.label, src)
-    return f"{image} {md_link('↗', link)}" if link else image
+        return md_text(f"{frame.label} (no preview)") + full
+    return md_image(frame.label, src) + full
 
 
 def _logger(logger: Any) -> Any:
