@@ -296,33 +296,22 @@ async def _ask(
     suspend = deployment.id is not None
     run_id = flow_run.id
     url = url_for("flow-run", obj_id=run_id) if run_id else None
-    emit_event(
-        REVIEW_EVENT,
-        resource={
-            "prefect.resource.id": f"prefect.flow-run.{run_id}",
-            "prefect.resource.name": str(flow_run.name or ""),
-        },
-        payload={
-            "url": url or "",
-            "title": settings.title,
-            "step": settings.step,
-            "round": round_,
-            "rows": len(pending),
-            "timeout_seconds": settings.timeout,
-            "mode": "suspend" if suspend else "pause",
-        },
-    )
-    logger.info(
-        "review %d, round %d: %d row(s) of step %r wait for a decision (Resume in the UI%s); "
-        "the run %s after %d s without one",
-        settings.index,
-        round_,
-        len(pending),
-        settings.step,
-        f": {url}" if url else "",
-        "fails",
-        settings.timeout,
-    )
+    # A suspended run started again after its resume passes the reviews already answered:
+    # no event for those (nobody is waiting).
+    if suspend and await _answered_before(UUID(str(run_id)), key):
+        logger.info("review %d, round %d: answered before this run started again", settings.index, round_)
+    else:
+        _emit(run_id, url, settings, round_, len(pending), "suspend" if suspend else "pause")
+        logger.info(
+            "review %d, round %d: %d row(s) of step %r wait for a decision (Resume in the UI%s); "
+            "the run fails after %d s without one",
+            settings.index,
+            round_,
+            len(pending),
+            settings.step,
+            f": {url}" if url else "",
+            settings.timeout,
+        )
     timed_out = ReviewTimeoutError(
         f"review of step {settings.step!r} (round {round_}): no answer within "
         f"{settings.timeout} s; the run ends here and nothing more is paid for"
@@ -349,6 +338,35 @@ async def _ask(
         raise timed_out
     by, at = await _answered(UUID(str(run_id)), "suspended" if suspend else "paused", key)
     return answer, by, at
+
+
+def _emit(run_id: Any, url: str | None, settings: ReviewSettings, round_: int, rows: int, mode: str) -> None:
+    """Tell whoever listens (an automation) that review ``round_`` of the run waits."""
+    emit_event(
+        REVIEW_EVENT,
+        resource={
+            "prefect.resource.id": f"prefect.flow-run.{run_id}",
+            "prefect.resource.name": str(flow_run.name or ""),
+        },
+        payload={
+            "url": url or "",
+            "title": settings.title,
+            "step": settings.step,
+            "round": round_,
+            "rows": rows,
+            "timeout_seconds": settings.timeout,
+            "mode": mode,
+        },
+    )
+
+
+async def _answered_before(run_id: UUID, key: str) -> bool:
+    """Whether pause ``key`` of the run already fired (an earlier attempt of this run asked it)."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        run = await client.read_flow_run(run_id)
+    return key in (run.empirical_policy.pause_keys or set())
 
 
 async def _answered(run_id: UUID, state: str, key: str) -> tuple[str, dt.datetime]:

@@ -254,3 +254,26 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
     with stack.api(), get_client(sync_client=True) as prefect:
         names = [s.name for s in prefect.read_flow_run_states(run_id)]
     assert "Suspended" in names and "Resuming" in names, names
+    # one event for the one review: the attempt after the resume passed it without a new one
+    (event,) = _review_events(stack, run_id)
+    assert event["payload"]["mode"] == "suspend" and event["payload"]["rows"] == 3, event
+
+
+def _review_events(stack: E2EStack, run_id: Any) -> list[dict[str, Any]]:
+    """The review events of run ``run_id`` the server holds, once it holds any."""
+    import httpx
+
+    from prefect_gpt_image.flows import REVIEW_EVENT
+
+    query = {
+        "filter": {"event": {"name": [REVIEW_EVENT]}, "resource": {"id": [f"prefect.flow-run.{run_id}"]}},
+        "limit": 10,
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        response = httpx.post(f"{stack.server.api_url}/events/filter", json=query, timeout=30)
+        response.raise_for_status()
+        events: list[dict[str, Any]] = response.json()["events"]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
