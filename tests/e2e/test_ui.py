@@ -254,9 +254,18 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
     with stack.api(), get_client(sync_client=True) as prefect:
         names = [s.name for s in prefect.read_flow_run_states(run_id)]
     assert "Suspended" in names and "Resuming" in names, names
-    # one event for the one review: the attempt after the resume passed it without a new one
-    (event,) = _review_events(stack, run_id)
-    assert event["payload"]["mode"] == "suspend" and event["payload"]["rows"] == 3, event
+    events = _review_events(stack, run_id)
+    assert events and events[0]["payload"]["mode"] == "suspend" and events[0]["payload"]["rows"] == 3, events
+    # the attempt after the resume passed the answered review without a new event
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with stack.api(), get_client(sync_client=True) as prefect:
+        logs = prefect.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0
+        )
+    messages = [log.message for log in logs]
+    assert sum("wait for a decision" in m for m in messages) == 1, messages
+    assert sum("answered before this run started again" in m for m in messages) == 1, messages
 
 
 def _review_events(stack: E2EStack, run_id: Any) -> list[dict[str, Any]]:
