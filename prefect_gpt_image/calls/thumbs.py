@@ -27,12 +27,16 @@ from PIL import Image
 
 from prefect_gpt_image.storage import ImageStore
 
+from .artifacts import claim_artifact_slot
+
 __all__ = [
+    "THUMBNAILS_PER_RUN",
     "THUMBS_FOLDER",
     "THUMB_CONTENT_TYPE",
     "THUMB_EDGE",
     "ensure_thumbnails",
     "make_thumbnail",
+    "thumbnail_due",
     "thumbnail_key",
     "thumbnail_write",
 ]
@@ -41,6 +45,11 @@ THUMBS_FOLDER = "thumbs"
 """The folder of the thumbnails under a store's prefix."""
 THUMB_EDGE = 256
 """Longest side of a thumbnail, in pixels (at most; at least half of it for a larger image)."""
+THUMBNAILS_PER_RUN = 1000
+"""Rows of a run whose thumbnails a contact sheet shows (its first 10 pages), and new images of a
+run that get one as they are stored: a thumbnail costs 4-15 ms of CPU (the PNG's decode), which
+at 64 rows a second on 2 cores is more than a 10,000-row batch can spare. Later rows are shown
+by a link to their full image (and by it in the gallery), or by a thumbnail made before."""
 THUMB_QUALITY = 60
 THUMB_CONTENT_TYPE = "image/jpeg"
 _BACKGROUND = (255, 255, 255)
@@ -75,6 +84,12 @@ def make_thumbnail(data: bytes | Path) -> bytes:
     return out.getvalue()
 
 
+def thumbnail_due(run_key: str | None) -> bool:
+    """Whether a new image of the run ``run_key`` (a flow or task run id; None outside a run)
+    gets its thumbnail as it is stored: the run's first :data:`THUMBNAILS_PER_RUN` do."""
+    return run_key is None or bool(claim_artifact_slot(f"thumbnails:{run_key}", THUMBNAILS_PER_RUN))
+
+
 def thumbnail_write(store: ImageStore, sha256: str, data: bytes | Path, logger: Any) -> Callable[[], None]:
     """A store write (for ``run_concurrently``) making and writing the thumbnail of the image
     ``sha256`` from its bytes ``data``; best effort: a failure is a warning (the image is what
@@ -93,20 +108,22 @@ def ensure_thumbnails(
     store: ImageStore,
     wanted: Iterable[tuple[str, Callable[[], bytes | Path]]],
     logger: Any,
+    known: Iterable[str] = (),
 ) -> set[str]:
-    """The sha256s among ``wanted`` (sha256, reader of the image's bytes) whose thumbnail is in
-    the store once this returns: the thumbnails folder is listed once (a request per 1,000 names
-    on S3), and only those missing are made (each image read with its reader), several at once.
-    A rerun therefore writes none. An image that cannot be read or decoded is left out, with a
-    warning."""
+    """The sha256s among ``wanted`` (sha256, reader of the image's bytes) and ``known`` whose
+    thumbnail is in the store once this returns: the thumbnails folder is listed once (a request
+    per 1,000 names on S3), and only the missing ones of ``wanted`` are made (each image read
+    with its reader), several at once; ``known`` are only looked for. A rerun therefore writes
+    none. An image that cannot be read or decoded is left out, with a warning."""
     todo = dict(wanted)
-    if not todo:
+    looked = set(todo) | set(known)
+    if not looked:
         return set()
-    listed = store.list_names(THUMBS_FOLDER, at_most=max(1000, 4 * len(todo)))
+    listed = store.list_names(THUMBS_FOLDER, at_most=max(1000, 4 * len(looked)))
     if listed is None:  # a huge folder: ask for each
-        present = {sha for sha in todo if store.exists(thumbnail_key(store, sha))}
+        present = {sha for sha in looked if store.exists(thumbnail_key(store, sha))}
     else:
-        present = {sha for sha in todo if f"{sha}.jpeg" in listed}
+        present = {sha for sha in looked if f"{sha}.jpeg" in listed}
 
     def make(sha256: str) -> str | None:
         try:

@@ -22,7 +22,7 @@ from prefect_gpt_image.storage import ImageStore, LocalImageStore
 from .batch_report import REPORT_FOLDER, flow_run_id
 from .sheet_rows import Frame, SheetRow, Thumbs
 
-__all__ = ["RECORD_LOOKUPS", "gallery_html", "write_gallery"]
+__all__ = ["RECORD_LOOKUPS", "gallery_html", "gallery_key", "write_gallery"]
 
 RECORD_LOOKUPS = 1000
 """Images of an S3 store whose call's record the gallery links (one HEAD each, to read the
@@ -45,14 +45,22 @@ figcaption{font-size:12px;color:#555;word-break:break-word}
 """ + "".join(f"#f-{s}:checked~main .row:not(.{s}){{display:none}}\n" for s in _STATUSES)
 
 
-def write_gallery(shown: list[SheetRow], thumbs: Thumbs, *, title: str, logger: Any = None) -> str:
+def write_gallery(
+    shown: list[SheetRow], thumbs: Thumbs, *, title: str, at: str | None = None, logger: Any = None
+) -> str:
     """Write the gallery of ``shown`` (thumbnails made) to the store; where a person opens it:
-    the file's path for a local store, else its link (presigned or public). Blocking."""
+    the file's path for a local store, else its link (presigned or public). ``at``: its key
+    (default: :func:`gallery_key`). Blocking."""
     store = thumbs.store
-    key = store.key(REPORT_FOLDER, f"gallery-{flow_run_id()}.html")
+    key = at or gallery_key(store)
     page = gallery_html(shown, thumbs, title=title, at=key)
     store.put_bytes(key, page.encode(), "text/html; charset=utf-8")
     return store.uri_for(key) if isinstance(store, LocalImageStore) else store.link_for(key)
+
+
+def gallery_key(store: ImageStore) -> str:
+    """The key of this flow run's gallery: ``{prefix}/reports/gallery-{flow_run_id}.html``."""
+    return store.key(REPORT_FOLDER, f"gallery-{flow_run_id()}.html")
 
 
 def gallery_html(shown: list[SheetRow], thumbs: Thumbs, *, title: str, at: str) -> str:
@@ -159,7 +167,8 @@ def _figure(frame: Frame, links: _Links, records: dict[str, str]) -> str:
     if frame.note is not None:
         return f'<figure><span class="missing">{label}: {escape(frame.note)}</span></figure>'
     thumb, image = links.thumb(frame), links.image(frame)
-    picture = f'<img src="{escape(thumb)}" alt="{label}" loading="lazy">' if thumb else label
+    shown = thumb or image  # a row past the sheet's thumbnails: its full image, loaded when scrolled to
+    picture = f'<img src="{escape(shown)}" alt="{label}" loading="lazy">' if shown else label
     if image:
         picture = f'<a href="{escape(image)}">{picture}</a>'
     caption = [label]

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import read_input
+from prefect_gpt_image.calls import thumbs as thumbnails
 from prefect_gpt_image.calls.thumbs import ensure_thumbnails, thumbnail_key
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
 from prefect_gpt_image.tasks import ImageRef
@@ -121,17 +122,23 @@ class Thumbs:
     def __init__(
         self, store: ImageStore, rows: Sequence[SheetRow], logger: Any, policy: InputPolicy | None = None
     ) -> None:
-        """Make the thumbnails ``rows`` need that the store does not hold yet. An edit's input
+        """Make the thumbnails the first ``THUMBNAILS_PER_RUN`` of ``rows`` need that the store
+        does not hold yet (later rows show one only if it was made before). An edit's input
         outside the store is read under ``policy`` (none: it is shown by name only)."""
         self.store = store
         self.embed = isinstance(store, LocalImageStore)
         wanted: dict[str, Callable[[], bytes | Path]] = {}
-        for row in rows:
+        known: set[str] = set()
+        for index, row in enumerate(rows):
             for frame in row.frames:
                 reader = self._reader(frame, policy)
-                if reader is not None and frame.sha256 is not None:
+                if frame.sha256 is None:
+                    continue
+                if reader is not None and index < thumbnails.THUMBNAILS_PER_RUN:
                     wanted.setdefault(frame.sha256, reader)
-        self.present = ensure_thumbnails(store, wanted.items(), logger)
+                else:  # a later row: shown by its thumbnail only if one was made before
+                    known.add(frame.sha256)
+        self.present = ensure_thumbnails(store, wanted.items(), logger, known)
         self._srcs: dict[str, str | None] = {}
 
     def _reader(self, frame: Frame, policy: InputPolicy | None) -> Callable[[], bytes | Path] | None:

@@ -19,7 +19,7 @@ from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import md_image, md_link, md_text
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
 
-from .gallery import write_gallery
+from .gallery import gallery_key, write_gallery
 from .sheet_rows import Frame, SheetRow, SheetRows, Thumbs, sheet_rows
 
 __all__ = ["SHEET_PAGE_ROWS", "contact_sheet", "publish_sheets", "sheet_pages"]
@@ -150,7 +150,8 @@ async def publish_sheets(
         logger.warning("Making the contact sheet's thumbnails failed: %s", exc)
         return None
     try:
-        gallery = await asyncio.to_thread(write_gallery, shown, thumbs, title=title, logger=logger)
+        where = gallery_key(store)
+        gallery = await asyncio.to_thread(write_gallery, shown, thumbs, title=title, at=where, logger=logger)
     except Exception as exc:
         logger.warning("Writing the run's gallery failed: %s", exc)
     try:
@@ -170,4 +171,12 @@ async def publish_sheets(
         await asyncio.gather(*(publish(n, page) for n, page in enumerate(pages, start=1)))
     except Exception as exc:
         logger.warning("Publishing the contact sheet failed: %s", exc)
+        return gallery
+    logger.info(
+        "Contact sheet: %d page(s) of %d row(s) (artifact %r); gallery: %s",
+        len(pages),
+        len(shown),
+        key,
+        store.uri_for(where) if gallery else "not written",
+    )
     return gallery

@@ -218,6 +218,11 @@ def test_batch_sheet_and_gallery_in_a_local_folder(
     assert f"the gallery: {gallery}" in render(pages[0]["data"]).text
     page = parse_gallery(gallery.read_text())
     assert list(page.sections) == [f"row-{n}" for n in range(1, 6)]
+    # the status filter: a radio button per status present, each row's section classed by it
+    radios = [a["id"] for t, a in page.elements if t == "input"]
+    assert radios == ["f-all", "f-stored", "f-failed", "f-invalid"]
+    classes = [a["class"] for t, a in page.elements if t == "section"]
+    assert classes == [f"row {by_row[n].status}" for n in range(1, 6)]
     for tag, attrs in page.elements:
         for name in ("src", "href"):
             if tag in ("img", "a") and attrs.get(name):
@@ -403,3 +408,48 @@ def test_a_new_image_gets_its_thumbnail_as_it_is_stored(
     assert image.size == (256, 171)  # 1536x1024 reduced by 6 (rounded up)
     manifest = read_manifest(LocalImageStore(root), ref.sha256, ref.format)
     assert manifest is not None and manifest["thumbnail"] == f"thumbs/{ref.sha256}.jpeg"
+
+
+def test_thumbnails_stop_after_the_runs_first_rows(
+    prefect_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch longer than THUMBNAILS_PER_RUN (2 here; 1,000 by default): the first rows' images
+    get thumbnails (as they are stored), later rows' none (their full image is one link away,
+    and in the gallery); every row is still on the sheet and in the gallery."""
+    from prefect_gpt_image.calls import thumbs
+
+    sandbox = make_sandbox(latency=0.0)
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-sheets")
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    monkeypatch.setattr(thumbs, "THUMBNAILS_PER_RUN", 2)
+    root = tmp_path / "out"
+    state = run(
+        batch_generate(
+            prompts=[f"kite {i}" for i in range(1, 5)],
+            options=ImageOptions(size="1024x1024", quality="low"),
+            max_parallel=1,  # rows stored in order
+            storage=str(root),
+            return_state=True,
+        )
+    )
+    assert state.is_completed(), state.message
+    result: BatchResult = state.result()  # type: ignore[assignment]
+    shas = [r.images[0].sha256 for r in result.rows]
+    assert sorted(p.name for p in (root / "thumbs").iterdir()) == sorted(f"{sha}.jpeg" for sha in shas[:2])
+    store = LocalImageStore(root)
+    assert [(read_manifest(store, sha, "png") or {}).get("thumbnail") for sha in shas] == [
+        f"thumbs/{shas[0]}.jpeg",
+        f"thumbs/{shas[1]}.jpeg",
+        None,
+        None,
+    ]
+    (page,) = sheet_artifacts(state, "gpt-image-batch-sheet")
+    shown = sheet_rows(check_page(page["data"], links=None))
+    assert [cell(c[0]) for c in shown] == ["1", "2", "3", "4"]
+    assert ["<img" in c[3] for c in shown] == [True, True, False, False]
+    assert cell(shown[3][3]) == "image (no preview)"
+    gallery = root / "reports" / f"gallery-{state.state_details.flow_run_id}.html"
+    images = [a["src"] for t, a in parse_gallery(gallery.read_text()).elements if t == "img"]
+    assert images == [f"../thumbs/{shas[0]}.jpeg", f"../thumbs/{shas[1]}.jpeg"] + [
+        f"../images/{sha}.png" for sha in shas[2:]
+    ]
