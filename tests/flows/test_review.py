@@ -178,18 +178,19 @@ def test_a_batch_edit_is_reviewed_redone_dropped_and_a_rerun_pays_nothing(env: A
     assert billed_images(sandbox) == 6 and len(_edits(sandbox)) == 6
 
 
-def test_an_unanswered_review_ends_the_run_and_pays_nothing_after_it(env: Any) -> None:
-    sandbox, _, storage = env
-    flow = Background(
+def _generate(prompts: list[str], storage: str, **parameters: Any) -> Background:
+    """``batch_generate(review=True)`` of ``prompts`` started in the background."""
+    options = {"size": "1024x1024", "quality": "low"}
+    return Background(
         lambda: batch_generate(
-            prompts=["a red kite", "a green hill"],
-            options={"size": "1024x1024", "quality": "low"},
-            storage=storage,
-            review=True,
-            review_timeout=3,
-            return_state=True,
+            prompts=prompts, options=options, storage=storage, review=True, return_state=True, **parameters
         )
     )
+
+
+def test_an_unanswered_review_ends_the_run_and_pays_nothing_after_it(env: Any) -> None:
+    sandbox, _, storage = env
+    flow = _generate(["a red kite", "a green hill"], storage, review_timeout=3)
     run_id, _ = flow.paused(1)
     state = run(flow.result())
     assert state.is_failed()
@@ -205,15 +206,8 @@ def test_an_unanswered_review_ends_the_run_and_pays_nothing_after_it(env: Any) -
 
 def test_a_redo_over_the_runs_budget_is_refused_before_any_call(env: Any) -> None:
     sandbox, _, storage = env
-    flow = Background(
-        lambda: batch_generate(
-            prompts=["a red kite", "a green hill"],
-            options={"size": "1024x1024", "quality": "low"},
-            storage=storage,
-            settings_block=saved_settings(max_images_per_run=2),
-            review=True,
-            return_state=True,
-        )
+    flow = _generate(
+        ["a red kite", "a green hill"], storage, settings_block=saved_settings(max_images_per_run=2)
     )
     run_id, _ = flow.paused(1)
     resume_flow_run(run_id, run_input=_form(redo=[("1", "at night")]))
@@ -239,15 +233,7 @@ def live_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.mark.usefixtures("live_events")
 def test_a_waiting_review_emits_an_event_with_the_link_and_counts(env: Any) -> None:
     sandbox, _, storage = env
-    flow = Background(
-        lambda: batch_generate(
-            prompts=["a red kite", "a green hill", "a blue lake"],
-            options={"size": "1024x1024", "quality": "low"},
-            storage=storage,
-            review=True,
-            return_state=True,
-        )
-    )
+    flow = _generate(["a red kite", "a green hill", "a blue lake"], storage)
     run_id, _ = flow.paused(1)
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + _WAIT
