@@ -11,7 +11,10 @@ for 1.5 MB ones), images stored in a local S3 server (SeaweedFS):
 
 Last line: ``overhead_ms_per_image`` = plugin - bare per image (median of ``--repeat``). The
 plugin also decodes every result to check it (the bare loop does not); that cost grows with the
-image, so it is shown on its own line: ``check_ms_per_realistic_image`` (a 1.5 MB PNG).
+image, so it is shown on its own line: ``check_ms_per_realistic_image`` (a 1.5 MB PNG). So is
+the thumbnail each new image gets (made from its bytes beside its PUTs, and part of the plugin's
+per-image time): ``thumbnail_ms_per_image`` (the sandbox's PNG) and
+``thumbnail_ms_per_realistic_image``.
 
 Usage: ``python bench/overhead.py [--n 100] [--repeat 3]``
 """
@@ -65,6 +68,27 @@ def _check_cost() -> float:
         verify_image(data, expected_format="png", expected_size=(1024, 1024))
         times.append(1000 * (time.perf_counter() - started))
     return common.median(times)
+
+
+def _thumbnail_cost() -> dict[str, float]:
+    """Milliseconds to make one thumbnail (``calls.thumbs.make_thumbnail``: decode, reduce to
+    256 px, JPEG) of a 1024x1024 PNG as the sandbox serves it here (small, flat) and of a
+    realistic one (1.5 MB, photo-like grain); median of 15 each. A new image's thumbnail is made
+    from its bytes in the store's writer pool, beside the image's and the record's PUTs: this
+    is CPU the row adds, off the event loop (in the per-image figure above it overlaps the PUTs)."""
+    from prefect_gpt_image.calls.thumbs import make_thumbnail
+    from prefect_gpt_image.sandbox.render import Renderer, RenderSpec
+
+    out: dict[str, float] = {}
+    for name, texture in (("small", False), ("realistic", True)):
+        data = Renderer("template", texture=texture)(RenderSpec(prompt="thumb", width=1024, height=1024)).data
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            make_thumbnail(data)
+            times.append(1000 * (time.perf_counter() - started))
+        out[name] = common.median(times)
+    return out
 
 
 def main() -> int:
@@ -131,6 +155,7 @@ def main() -> int:
             )
         overhead = common.median([a - b for a, b in zip(per_plugin, per_bare, strict=True)])
         check_ms = _check_cost()
+        thumb_ms = _thumbnail_cost()
         verdicts = [common.compare("overhead_ms_per_image", overhead, 25)]
         common.report(
             f"overhead: N={n}, latency {args.latency:g} s, one worker, S3 (SeaweedFS), "
@@ -142,6 +167,8 @@ def main() -> int:
                 "plugin_ms_per_image": common.median(per_plugin),
                 "bare_ms_per_image": common.median(per_bare),
                 "check_ms_per_realistic_image": check_ms,
+                "thumbnail_ms_per_image": thumb_ms["small"],
+                "thumbnail_ms_per_realistic_image": thumb_ms["realistic"],
             },
             verdicts,
         )

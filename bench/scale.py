@@ -159,21 +159,20 @@ class UiProbe:
         if run_id is None:
             self.note = "no running flow run found"
             return
-        job = {
-            "chromium": chromium,
-            "pages": [
-                {
-                    "name": "flow-run page",
-                    "url": f"{self.ui_url}/runs/flow-run/{run_id}",
-                    "text": "gpt-image-batch",
-                },
-                {
-                    "name": "artifacts page",
-                    "url": f"{self.ui_url}/artifacts",
-                    "text": "gpt-image-batch-progress",
-                },
-            ],
-        }
+        pages = [
+            {
+                "name": "flow-run page",
+                "url": f"{self.ui_url}/runs/flow-run/{run_id}",
+                "text": "gpt-image-batch",
+            },
+            {"name": "artifacts page", "url": f"{self.ui_url}/artifacts", "text": "gpt-image-batch-progress"},
+        ]
+        self.seconds, self.note = self.load(node, chromium, pages)
+
+    @staticmethod
+    def load(node: str, chromium: str, pages: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """Load ``pages`` with bench/ui_load.cjs: seconds by page name, and a note if it failed."""
+        job = {"chromium": chromium, "pages": pages}
         env = {**os.environ, "NODE_PATH": str(UI_MODULES)}
         done = subprocess.run(  # noqa: S603 - our own script
             [node, str(Path(__file__).with_name("ui_load.cjs")), json.dumps(job)],
@@ -184,9 +183,37 @@ class UiProbe:
             check=False,
         )
         try:
-            self.seconds = json.loads(done.stdout.strip().splitlines()[-1])
+            return json.loads(done.stdout.strip().splitlines()[-1]), ""
         except (IndexError, ValueError):
-            self.note = f"ui_load.cjs failed: {done.stderr[-500:]}"
+            return {}, f"ui_load.cjs failed: {done.stderr[-500:]}"
+
+
+def sheet_page_load(ui_url: str) -> tuple[dict[str, Any], str]:
+    """Load the first page of the last batch's contact sheet (100 thumbnails, presigned links to
+    SeaweedFS) in headless Chromium, until every thumbnail has loaded: seconds, and a note."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    tools = UiProbe.tools()
+    if tools is None:
+        return {}, "no node, chromium or tests/e2e/ui/node_modules: UI not measured"
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gpt-image-batch-sheet"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    if not found:
+        return {}, "no contact sheet artifact found"
+    images = str(found[0].data).count("![")
+    page = {
+        "name": "sheet page",
+        "url": f"{ui_url}/artifacts/artifact/{found[0].id}",
+        "text": "Contact sheet, page 1",
+        "images": images,
+    }
+    return UiProbe.load(*tools, [page])
 
 
 def _measure(
@@ -354,6 +381,13 @@ def main() -> int:
                     "S3 by operation": " ".join(f"{op}:{c}" for op, c in sorted(requests.items())),
                 }
             )
+        sheet: dict[str, Any] = {}
+        if not args.no_ui:
+            common.wait_server_idle(stack)
+            sheet, note = sheet_page_load(stack.api_url.removesuffix("/api"))
+            print(f"contact sheet page (after the batches): {sheet or note}", flush=True)
+            if note or sheet.get("sheet page") is None:
+                problems.append(f"UI sheet page: {note or sheet}")
         big = next(r for r in rows if r["run"] == f"first {largest}")
         mid = [r for r in rows if r["run"].startswith("first ") and r["N"] < largest]
         ui_seconds = [v for name, v in (probe.seconds if probe else {}).items() if not name.endswith("error")]
@@ -374,6 +408,9 @@ def main() -> int:
         if rerun:
             last[f"rerun_over_first_{largest}"] = rerun["wall s"] / first_largest
             last[f"rerun_api_calls_{largest}"] = rerun["API calls"]
+        if isinstance(sheet.get("sheet page"), (int, float)):
+            last["ui_sheet_page_s"] = sheet["sheet page"]
+            last["ui_sheet_page_images"] = sheet.get("sheet page images", 0)
         if probe is not None:
             last["ui_load_s_during_batch"] = max(
                 (v for v in ui_seconds if isinstance(v, (int, float))), default=math.nan
@@ -404,6 +441,7 @@ def _verdicts(last: dict[str, Any], largest: int) -> list[common.Verdict]:
         ("rss_mb_per_1000_rows", 20),
         ("rss_mb_per_1000_rows_growth", 20),  # flat: from the next smaller batch to the largest
         ("ui_load_s_during_batch", 3),
+        ("ui_sheet_page_s", 3),  # a contact sheet page of 100 thumbnails, every one loaded
     ]
     if largest == _TARGET_ROWS:
         targets += [

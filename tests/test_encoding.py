@@ -135,6 +135,26 @@ def test_only_http_https_and_file_urls_become_links(url: str | None) -> None:
         assert not rendered.tags("a", "img") and cell_text(built) == "a [label]"
 
 
+def test_a_thumbnail_data_uri_is_an_image() -> None:
+    thumb = "data:image/jpeg;base64,/9j/4AAQSkZJRg+/=="
+    rendered = render(f"| a |\n|---|\n| {md_image('<b>row 1</b> | x', thumb)} |\n")
+    assert rendered.tags("img") == [{"src": thumb, "alt": "<b>row 1</b> | x"}]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/svg+xml;base64,PHN2Zz4=",
+        "data:text/html;base64,PGI+eDwvYj4=",
+        "data:image/jpeg;base64,AAAA)![x](http://127.0.0.1:9/x.png",
+        "data:image/jpeg,<svg onload=alert(1)>",
+    ],
+)
+def test_only_base64_png_jpeg_and_webp_data_uris_become_images(url: str) -> None:
+    built = md_image("a [label]", url)
+    assert not render(built).tags("a", "img") and cell_text(built) == "a [label]"
+
+
 def test_an_image_of_the_plugin_shows_its_alt_text_literally() -> None:
     rendered = render(md_image("<img src=x>](http://127.0.0.1:9/x.png)", PRESIGNED))
     assert rendered.tags("img") == [{"src": PRESIGNED, "alt": "<img src=x>](http://127.0.0.1:9/x.png)"}]

@@ -45,6 +45,10 @@ class Charges(BaseModel):
     undelivered_cost: float = Field(
         default=0.0, description="USD of those images: part of what this run paid."
     )
+    redone_cost: float = Field(
+        default=0.0,
+        description="USD this run paid for attempts a reviewer sent back: part of what this run paid.",
+    )
 
     @property
     def cost(self) -> float:
@@ -71,6 +75,15 @@ class Charges(BaseModel):
         self.maybe_billed = calls.besides(request_id)
         self.undelivered = dict(calls.undelivered)
         self.undelivered_cost = calls.undelivered_cost
+
+    def add_sent_back(self, earlier: Charges) -> None:
+        """Count what ``earlier``, an attempt a reviewer sent back (replaced by this one), paid:
+        it was paid too. Nothing when it was served from the store (a rerun pays nothing)."""
+        self.paid += earlier.paid
+        self.paid_images += earlier.paid_images
+        self.estimate += earlier.estimate
+        self.redone_cost += earlier.paid
+        self.served = self.served and self.paid_images == 0
 
     def serve(self, refs: Sequence[ImageRef]) -> None:
         """Mark it served from the store with ``refs`` (nothing paid)."""

@@ -32,6 +32,7 @@ from .errors import (
     ImageStorageError,
 )
 from .refs import ImageRef
+from .thumbs import thumbnail_due, thumbnail_key, thumbnail_write
 
 __all__ = [
     "ImageCost",
@@ -142,6 +143,9 @@ def describe_images(
                 "price_model": cost.price_model,
                 "currency": "USD",
                 "cache_key": key,
+                "thumbnail": (
+                    thumbnail_key(store, image.sha256) if thumbnail_due(flow_run_id or task_run_id) else None
+                ),
                 "variant": variant,
                 "flow_run_id": flow_run_id,
                 "task_run_id": task_run_id,
@@ -174,8 +178,10 @@ def store_result(
     every = [*kept.refs, *refs] if kept is not None else refs
     described = [*kept.manifests, *manifests] if kept is not None else manifests
     writes: list[Callable[[], Any]] = [partial(write_record, store, key, every, summary, described)]
-    for ref, data in zip(refs, files, strict=True):
+    for ref, data, manifest in zip(refs, files, manifests, strict=True):
         writes.append(partial(store.put_image, ref.sha256, ref.format, data, {CACHE_KEY_METADATA: key}))
+        if manifest.get("thumbnail"):  # from the bytes in hand
+            writes.append(thumbnail_write(store, ref.sha256, data, logger))
     linked: list[ImageRef] = run_concurrently(partial(with_links, store, every, logger), *writes)[0]
     return linked
 

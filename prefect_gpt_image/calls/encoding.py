@@ -89,9 +89,15 @@ def md_link(text: str, url: str | None) -> Markdown:
     return Markdown(f"[{md_text(text)}]({destination})")
 
 
+_DATA_IMAGE = re.compile(r"data:image/(?:jpeg|png|webp);base64,[A-Za-z0-9+/]*={0,2}")
+
+
 def md_image(alt: str, url: str | None) -> Markdown:
-    """The image at ``url`` (the plugin's own stored image) with ``alt`` text; just the text
-    when there is no such URL."""
+    """The image at ``url`` (the plugin's own stored image, or a base64 ``data:image/...`` URI
+    the plugin built from a thumbnail) with ``alt`` text; just the text when there is no such
+    URL."""
+    if url is not None and _DATA_IMAGE.fullmatch(url):
+        return Markdown(f"![{md_text(alt)}]({url})")
     link = md_link(alt, url)
     return Markdown("!" + link) if link.startswith("[") else link
 

@@ -40,6 +40,7 @@ from prefect_gpt_image.tasks import ImageRef, sync_or_async
 
 from .batch_lookups import StoreLookups
 from .batch_report import BatchResult, RowResult, publish_batch_table
+from .batch_review import review_batch
 from .failures import FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
@@ -66,6 +67,9 @@ async def batch_generate(
     variant: int = 0,
     max_parallel: int | None = None,
     plan_only: bool = False,
+    review: bool = False,
+    review_timeout: int = 86400,
+    max_review_rounds: int = 3,
     storage: str | None = None,
     credentials_block: str | None = None,
     settings_block: str | None = None,
@@ -88,6 +92,11 @@ async def batch_generate(
             calls to make, their images, the cache hits and the estimated cost (the result and a
             table artifact), paying nothing. A real run plans first when the settings cap images
             or cost per run, and fails before the first paid call if the plan exceeds a cap.
+        review: Pause once the images are made for a person to approve them, redo some (a new
+            variant and an optional prompt note) or drop some, in the Resume dialog of the UI.
+        review_timeout: Seconds a review waits for an answer; then the run fails, paying nothing more.
+        max_review_rounds: Reviews at most (redone rows are reviewed again); in the last one a
+            row listed to redo is dropped.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
         credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY,
@@ -182,6 +191,25 @@ async def batch_generate(
     finally:
         lookups.cancel()
 
+    stopped: str | None = None
+    if review:
+        await release_idle_leases(settings.concurrency_limit_name)  # no slot kept while a person looks
+
+        async def again(number: int, row: BatchRow, request: GenerateRequest) -> RowResult:
+            return await _run_row(number, row, request, variant, credentials, settings, store)
+
+        stopped = await review_batch(
+            results,
+            {number: (row, fields) for number, row, fields in todo},
+            again,
+            variant=variant,
+            timeout=review_timeout,
+            max_rounds=max_review_rounds,
+            settings=settings,
+            store=store,
+            logger=logger,
+            prices=call_prices(credentials, settings),
+        )
     result = BatchResult(rows=[results[number] for number, _ in parsed])
     table, description, report = await publish_batch_table(result, total, store, logger)
     # The kept slots go back while the artifacts are written (three round trips at once).
@@ -197,11 +225,15 @@ async def batch_generate(
         summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
     if lost := sum(rid not in r.undelivered for r in result.rows for rid in r.maybe_billed):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
+    if result.dropped:
+        summary += f"; {result.dropped} row(s) dropped at review"
+    if stopped is not None:
+        return Failed(message=f"{stopped}; {summary}", data=result)
     if result.failed:
         failed = [
             FailedRow(r.row, r.id, r.error_type or r.status, r.error)
             for r in result.rows
-            if r.status != "stored"
+            if r.status in ("failed", "invalid")
         ]
         headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"
         artifact = f"table artifact {BATCH_TABLE_KEY!r}"

@@ -25,9 +25,11 @@ from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef
 
 from .failures import Counted
+from .review import ReviewDecision
 
 __all__ = [
     "REPORT_FOLDER",
+    "SHEET_KEY",
     "TABLE_ROWS",
     "BatchResult",
     "RowResult",
@@ -37,6 +39,9 @@ __all__ = [
     "table_row",
     "write_report",
 ]
+
+SHEET_KEY = "gpt-image-batch-sheet"
+"""The key of a batch's contact sheet (its first page; see :mod:`.sheets`)."""
 
 TABLE_ROWS = 1000
 """Rows the table artifact lists at most; a larger batch's full table is a CSV report in the store."""
@@ -52,11 +57,14 @@ class RowResult(Charges):
     row: int = Field(description="1-based row number (the manifest line for manifests).")
     id: str | None = None
     prompt: str
-    status: Literal["stored", "failed", "invalid"]
+    status: Literal["stored", "failed", "invalid", "dropped"]
     images: list[ImageRef] = Field(default_factory=list)
     error: str | None = None
     error_type: str | None = None
     request_id: str | None = None
+    review: list[ReviewDecision] = Field(
+        default_factory=list, description="The review decisions about the row (who, what, when)."
+    )
 
 
 class BatchResult(BaseModel):
@@ -70,9 +78,14 @@ class BatchResult(BaseModel):
         return sum(r.status == "stored" for r in self.rows)
 
     @property
+    def dropped(self) -> int:
+        """Rows a reviewer dropped."""
+        return sum(r.status == "dropped" for r in self.rows)
+
+    @property
     def failed(self) -> int:
         """Rows that failed or were invalid."""
-        return len(self.rows) - self.stored
+        return len(self.rows) - self.stored - self.dropped
 
     @property
     def cost(self) -> float:
@@ -107,6 +120,7 @@ def table_row(r: RowResult) -> dict[str, Any]:
         "cost": round(r.cost, 4),
         "estimate": round(r.estimate, 4),
         "error": (r.error or "")[:300],
+        "review": r.review[-1].summary() if r.review else "",
     }
 
 
@@ -128,10 +142,14 @@ async def publish_batch_table(
     store as a CSV report linked from the description (the UI renders a table of 10,000 rows
     slowly, and the server stores it as one JSON value)."""
     description = f"gpt-image batch: {result.stored} of {total} rows stored; {result.bill().with_estimate()}"
+    from .sheets import publish_sheets  # it builds on this module's rows
+
+    # The contact sheet (its pages link the gallery), before the table.
+    await publish_sheets(result, store, key=SHEET_KEY, title="gpt-image batch", logger=logger)
     if len(result.rows) <= TABLE_ROWS:
         return artifact_rows(result.rows), description, None
-    failed = [r for r in result.rows if r.status != "stored"]
-    shown = (failed + [r for r in result.rows if r.status == "stored"])[:TABLE_ROWS]
+    failed = [r for r in result.rows if r.status in ("failed", "invalid")]
+    shown = (failed + [r for r in result.rows if r.status not in ("failed", "invalid")])[:TABLE_ROWS]
     table = artifact_rows(shown)
     description += f"; {len(shown)} of {total} rows shown (failed first)"
     try:

@@ -16,9 +16,10 @@ from prefect.client.schemas.objects import State
 
 from prefect_gpt_image.tasks import sync_or_async
 
+from .batch_review import review_sheet
 from .chain import ChainResult, ChainRow, run_batch
 from .masks import MaskRegion
-from .params import EditStep, ImageOptions, load_blocks
+from .params import ChainStep, EditStep, ImageOptions, ReviewStep, load_blocks
 from .plan import RunPlan
 from .sources import image_sources, is_manifest
 
@@ -40,6 +41,9 @@ async def batch_edit(
     variant: int = 0,
     max_parallel: int | None = None,
     plan_only: bool = False,
+    review: bool = False,
+    review_timeout: int = 86400,
+    max_review_rounds: int = 3,
     storage: str | None = None,
     credentials_block: str | None = None,
     settings_block: str | None = None,
@@ -62,6 +66,11 @@ async def batch_edit(
         max_parallel: Images in progress at once; unset: twice the settings' concurrency limit.
         plan_only: Only plan: check every image, look every edit up in the store, report the
             edits to make and their estimated cost, paying nothing.
+        review: Pause after the edits for a person to approve them, redo some (with a new
+            variant and an optional prompt note) or drop some, in the Resume dialog of the UI.
+        review_timeout: Seconds a review waits for an answer; then the run fails, paying nothing more.
+        max_review_rounds: Reviews at most (redone rows are reviewed again); in the last one a
+            row listed to redo is dropped.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
         credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY,
@@ -96,9 +105,12 @@ async def batch_edit(
         for s in sources
     ]
     logger.info("batch edit of %d image(s)", len(rows))
+    steps: list[ChainStep] = [step]
+    if review:
+        steps.append(ReviewStep(timeout_seconds=review_timeout, max_rounds=max_review_rounds))
     return await run_batch(
         rows,
-        [step],
+        steps,
         options=ImageOptions(),
         variant=variant,
         plan_only=plan_only,
@@ -108,5 +120,6 @@ async def batch_edit(
         store=store,
         key=BATCH_EDIT_KEY,
         title="gpt-image batch edit",
+        sheet=review_sheet(store, settings, logger),
         logger=logger,
     )

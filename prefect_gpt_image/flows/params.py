@@ -30,10 +30,12 @@ from .masks import MaskRegion
 
 __all__ = [
     "BlendStep",
+    "ChainStep",
     "EditStep",
     "GenerateStep",
     "ImageOptions",
     "PipelineStep",
+    "ReviewStep",
     "SizePreset",
     "load_blocks",
     "load_credentials",
@@ -194,6 +196,31 @@ class BlendStep(_Strict):
 
 PipelineStep = Annotated[GenerateStep | EditStep | BlendStep, Field(discriminator="kind")]
 """One step of a pipeline: a generation, an edit or a blend (told apart by ``kind``)."""
+
+
+class ReviewStep(BaseModel):
+    """Pause for a person to review what the step before made (approve, redo, drop) before the
+    next steps spend more."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["review"] = Field("review", description="A review in the Prefect UI.")
+    name: str | None = _NAME
+    timeout_seconds: int = Field(
+        86400,
+        ge=1,
+        description="How long the review waits for an answer; then the run fails and nothing more is paid.",
+    )
+    max_rounds: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Reviews at most (redone rows are reviewed again); in the last a redo drops.",
+    )
+
+
+ChainStep = Annotated[GenerateStep | EditStep | BlendStep | ReviewStep, Field(discriminator="kind")]
+"""A step of ``batch_pipeline``: a generation, an edit, a blend, or a review of the step before."""
 
 
 def _non_empty(value: str, kind: str) -> str:

@@ -13,11 +13,13 @@ from typing import Any, NoReturn, cast
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from prefect_gpt_image.calls import call_prices, md_text, read_once
+from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef, sync_or_async
 
+from .batch_review import review_sheet
 from .chain import (
     ChainResult,
     ChainRow,
@@ -26,12 +28,15 @@ from .chain import (
     publish_chain_markdown,
     run_batch,
     run_chains,
+    run_reviewed,
+    split_reviews,
     step_names,
 )
 from .failures import failure_counts, failure_message
 from .manifest import read_records
-from .params import BlendStep, EditStep, GenerateStep, ImageOptions, PipelineStep, load_blocks
+from .params import BlendStep, ChainStep, EditStep, GenerateStep, ImageOptions, ReviewStep, load_blocks
 from .plan import RunPlan, enforce_budget, has_budget
+from .review import ReviewDecision, ReviewTimeoutError
 
 __all__ = ["PipelineResult", "batch_pipeline", "image_pipeline"]
 
@@ -45,6 +50,10 @@ class PipelineResult(BaseModel):
     generated: list[ImageRef]
     edited: list[ImageRef] | None = None
     blended: list[ImageRef] | None = None
+    dropped: bool = Field(False, description="A reviewer dropped the generated image: nothing more was made.")
+    review: list[ReviewDecision] = Field(
+        default_factory=list, description="The review decisions (who, what, when), with review=True."
+    )
 
     @property
     def final(self) -> ImageRef:
@@ -60,6 +69,9 @@ async def image_pipeline(
     edit: EditStep | None = None,
     blend: BlendStep | None = None,
     variant: int = 0,
+    review: bool = False,
+    review_timeout: int = 86400,
+    max_review_rounds: int = 3,
     storage: str | None = None,
     credentials_block: str | None = None,
     settings_block: str | None = None,
@@ -72,6 +84,10 @@ async def image_pipeline(
         edit: Optional edit of the generated image: a prompt and a mask (an image URI or a box).
         blend: Optional blend of the current image with 1..15 reference images.
         variant: Change it to get new images for the same inputs (part of the cache key).
+        review: Pause after the generation for a person to approve the image, redo it (a new
+            variant, an optional prompt note) or drop it, in the UI, before the edit and blend.
+        review_timeout: Seconds the review waits for an answer; then the run fails, paying nothing more.
+        max_review_rounds: Reviews at most; in the last one a redo drops the image.
         storage: A folder, an s3://bucket/prefix URI, or a saved block's slug
             (gpt-image-storage/NAME or s3-bucket/NAME); unset: $GPT_IMAGE_STORAGE or ./gpt-image-output.
         credentials_block: Name of a saved GptImageCredentials block; unset: $GPT_IMAGE_API_KEY,
@@ -80,8 +96,11 @@ async def image_pipeline(
     """
     logger = get_run_logger()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
-    steps: list[PipelineStep] = [GenerateStep(prompt=prompt)]
-    steps += [step for step in (edit, blend) if step is not None]
+    chain: list[ChainStep] = [GenerateStep(prompt=prompt)]
+    if review:
+        chain.append(ReviewStep(timeout_seconds=review_timeout, max_rounds=max_review_rounds))
+    chain += [step for step in (edit, blend) if step is not None]
+    steps, reviews = split_reviews(chain)
     with read_once():  # each remote input fetched once: the plan checks it, the call sends it
         # One row: every input of every step is checked before the first paid call, as in a batch.
         plan, prepared = await asyncio.to_thread(
@@ -99,33 +118,51 @@ async def image_pipeline(
             raise prepared[0].error
         if has_budget(settings):
             await enforce_budget(plan, settings)
-        result, errors = await run_chains(
-            prepared,
-            variant=variant,
-            credentials=credentials,
-            settings=settings,
-            store=store,
-            batch=False,
-            max_parallel=1,
-            progress_key=None,
-            logger=logger,
-        )
+        run: dict[str, Any] = {
+            "variant": variant,
+            "credentials": credentials,
+            "settings": settings,
+            "store": store,
+            "batch": False,
+            "max_parallel": 1,
+            "progress_key": None,
+            "logger": logger,
+        }
+        stopped: str | None = None
+        if reviews:
+            result, errors, stopped = await run_reviewed(
+                prepared,
+                reviews,
+                title="gpt-image pipeline",
+                sheet=review_sheet(store, settings, logger),
+                **run,
+            )
+        else:
+            result, errors = await run_chains(prepared, **run)
+    if stopped is not None:
+        raise ReviewTimeoutError(stopped)
     if errors:
-        await _fail(result, next(iter(errors.values())), prompt)
+        await _fail(result, next(iter(errors.values())), prompt, store)
     made = [step.images for step in result.steps]
-    pipeline = PipelineResult(generated=made[0])
-    if edit is not None:
-        pipeline.edited = made[1]
-    if blend is not None:
-        pipeline.blended = made[-1]
+    first = result.steps[0]
+    pipeline = PipelineResult(generated=made[0], dropped=first.status == "dropped", review=first.review)
+    if pipeline.dropped:
+        logger.info("the reviewer dropped the generated image: nothing more is made")
+    else:
+        if edit is not None:
+            pipeline.edited = made[1]
+        if blend is not None:
+            pipeline.blended = made[-1]
     for step in result.steps:
-        logger.info("%s: %s", step.step, step.images[0].uri)
+        if step.images:
+            logger.info("%s: %s", step.step, step.images[0].uri)
     bill = result.bill()
     await publish_chain_markdown(
         result,
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
+        store=store,
     )
     logger.info(bill.line())
     # The run ends with its bill as its state message; Prefect hands the caller the state's data
@@ -133,7 +170,7 @@ async def image_pipeline(
     return cast(PipelineResult, Completed(message=bill.line(), data=pipeline))
 
 
-async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoReturn:
+async def _fail(result: ChainResult, error: BaseException, prompt: str, store: ImageStore) -> NoReturn:
     """End a failed ``image_pipeline``: the chain's markdown artifact (the steps stored before the
     failure and why it failed), then :class:`BatchFailedError` with the chain attached, from the
     step's own error."""
@@ -145,6 +182,7 @@ async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoRet
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=f"gpt-image pipeline (failed): {prompt[:120]}",
+        store=store,
     )
     stored = sum(s.status == "stored" for s in result.steps)
     headline = (
@@ -163,7 +201,7 @@ async def _fail(result: ChainResult, error: BaseException, prompt: str) -> NoRet
 )
 async def batch_pipeline(
     manifest: str,
-    steps: list[PipelineStep],
+    steps: list[ChainStep],
     options: ImageOptions | None = None,
     variant: int = 0,
     max_parallel: int | None = None,
@@ -179,7 +217,9 @@ async def batch_pipeline(
             columns fill the steps' templates and may hold input URIs. An 'id' column is echoed.
         steps: The chain, in order: generate, edit (a mask URI or a region) and blend
             (references) steps, each with a prompt template ('{product} on a {surface}'), its own
-            options, and inputs naming an earlier step, a column holding a URI, or a URI.
+            options, and inputs naming an earlier step, a column holding a URI, or a URI; and
+            review steps between them (or last): the run pauses for a person to approve, redo or
+            drop each row's result of the step before, in the UI, before the next steps spend.
         options: Options for every step (a step's own options win); unset ones come from the
             settings. An edit keeps its image's size unless its own options set one.
         variant: Change it to get new images for the same rows (part of every step's cache key).
@@ -193,7 +233,7 @@ async def batch_pipeline(
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
-    step_names(steps)  # no steps, or a name used twice: the run fails before anything is read
+    step_names(split_reviews(steps)[0])  # no steps, a name used twice: fails before anything is read
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
     rows = [
         ChainRow(
@@ -219,5 +259,6 @@ async def batch_pipeline(
         store=store,
         key=BATCH_PIPELINE_KEY,
         title="gpt-image batch pipeline",
+        sheet=review_sheet(store, settings, logger),
         logger=logger,
     )

@@ -74,6 +74,21 @@ def _publish(shots: Path) -> None:
         )
 
 
+def _browse(node: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``screenshot.mjs`` with ``job``; what it reports the pages showed."""
+    result = subprocess.run(
+        [node, str(UI_DIR / "screenshot.mjs"), json.dumps(job)],
+        cwd=UI_DIR,
+        capture_output=True,
+        text=True,
+        timeout=_NODE_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, f"screenshot.mjs failed:\n{result.stderr[-4000:]}"
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
 def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureRequest) -> None:
     """(a) The run's image artifacts load in the browser from the bucket's presigned links;
     (b) the custom run form of the pipeline deployment shows typed fields: the prompt, dropdowns
@@ -105,16 +120,7 @@ def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureReque
         "formUrl": f"{stack.ui_url}/deployments/deployment/{stack.deployment_id('pipeline')}/run",
     }
     started = time.monotonic()
-    result = subprocess.run(
-        [node, str(UI_DIR / "screenshot.mjs"), json.dumps(job)],
-        cwd=UI_DIR,
-        capture_output=True,
-        text=True,
-        timeout=_NODE_TIMEOUT,
-        check=False,
-    )
-    assert result.returncode == 0, f"screenshot.mjs failed:\n{result.stderr[-4000:]}"
-    report: dict[str, Any] = json.loads(result.stdout)
+    report = _browse(node, job)
     report["seconds"]["node"] = round(time.monotonic() - started, 1)
 
     # -- (a) artifacts: the cards, the image artifact's <img>, the pipeline chain ---------------
@@ -164,3 +170,119 @@ def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureReque
     if os.environ.get("GPT_IMAGE_UPDATE_SCREENSHOTS") == "1":
         _publish(shots)
     print(f"UI timings (s): {report['seconds']}")
+
+
+DOCS_IMAGES = REPO_ROOT / "docs" / "images"
+
+
+def _edit_requests(stack: E2EStack) -> list[dict[str, Any]]:
+    from tests.support.sandbox import sandbox_requests
+
+    return [r for r in sandbox_requests(stack.sandbox) if r["endpoint"].endswith("edits")]
+
+
+def _wait_for_review(stack: E2EStack, run_id: Any, key: str) -> str:
+    """Wait until the run is suspended for review with its form saved; the form's description."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 120
+    with stack.api(), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run_id).state
+            assert state is None or not state.is_final(), f"the run ended: {state}\n{stack.log_tail()}"
+            if state is not None and state.is_paused():
+                saved = client.filter_flow_run_input(run_id, key, limit=1, exclude_keys=set())
+                if saved:
+                    return str(saved[0].decoded_value)
+            time.sleep(0.5)
+    pytest.fail(f"the run never waited for review:\n{stack.log_tail()}")
+
+
+def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sheet(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A batch_edit deployment run with review=True suspends (its process exits, the worker is
+    free); the UI's Resume dialog shows the contact sheet's images (presigned links to the bucket)
+    above the typed form; resumed through the API as the form sends it, the run starts again on
+    the worker, takes the answer, pays for nothing it made before and drops the row."""
+    node, chromium = _browser_tools()
+    stack: E2EStack = request.getfixturevalue("e2e_stack")
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import resume_flow_run
+
+    from tests.support.images import png_bytes
+
+    from .conftest import start_run, wait_for_runs
+
+    client = stack.s3.client()
+    for i, colour in enumerate(["teal", "tomato", "gold"]):
+        client.put_object(
+            Bucket=stack.bucket, Key=f"review-photos/p{i}.png", Body=png_bytes((128, 128), colour)
+        )
+    edits_before = len(_edit_requests(stack))
+    parameters = {"images": f"s3://{stack.bucket}/review-photos/", "review": True, "review_timeout": 900}
+    run_id, created = start_run(stack, "backgrounds", parameters)
+    sheet = _wait_for_review(stack, run_id, "suspended-review-1-1-description")
+    assert len(_edit_requests(stack)) == edits_before + 3
+    assert "round 1" in sheet
+
+    shots = stack.root / "review-shots"
+    job = {"chromium": chromium, "outDir": str(shots), "reviewUrl": f"{stack.ui_url}/runs/flow-run/{run_id}"}
+    seen = _browse(node, job)["review"]
+    labels = [label.removesuffix(" (Optional)") for label in seen["labels"]]
+    assert {"Approve All", "Redo", "Drop", "Reviewer"} <= set(labels), seen["labels"]
+    assert "review of step edit, round 1" in seen["text"]
+    images = seen["images"]  # every row's before and after, displayed
+    assert len(images) == 6 and all(i["naturalWidth"] > 0 for i in images), images
+    assert all(i["presigned"] and i["src"].startswith(stack.s3.endpoint_url) for i in images), images
+    with Image.open(shots / "review-form.png") as picture:
+        colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is None or len(colours) > 50, "review-form.png looks blank"
+    if os.environ.get("GPT_IMAGE_UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        with Image.open(shots / "review-form.png") as picture:
+            picture.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+                DOCS_IMAGES / "review-form.png", optimize=True
+            )
+
+    with stack.api():
+        resume_flow_run(run_id, run_input={"approve_all": True, "redo": [], "drop": ["2"], "reviewer": ""})
+    (finished,) = wait_for_runs(stack, [(run_id, created)])
+    assert finished.state_type == "COMPLETED", f"{finished.state_message}\n{stack.log_tail()}"
+    assert "1 row(s) dropped at review" in (finished.state_message or "")
+    assert len(_edit_requests(stack)) == edits_before + 3  # the run started again and paid nothing more
+    with stack.api(), get_client(sync_client=True) as prefect:
+        names = [s.name for s in prefect.read_flow_run_states(run_id)]
+    assert "Suspended" in names and "Resuming" in names, names
+    events = _review_events(stack, run_id)
+    assert events and events[0]["payload"]["mode"] == "suspend" and events[0]["payload"]["rows"] == 3, events
+    # the attempt after the resume passed the answered review without a new event
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with stack.api(), get_client(sync_client=True) as prefect:
+        logs = prefect.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0
+        )
+    messages = [log.message for log in logs]
+    assert sum("wait for a decision" in m for m in messages) == 1, messages
+    assert sum("answered before this run started again" in m for m in messages) == 1, messages
+
+
+def _review_events(stack: E2EStack, run_id: Any) -> list[dict[str, Any]]:
+    """The review events of run ``run_id`` the server holds, once it holds any."""
+    import httpx
+
+    from prefect_gpt_image.flows import REVIEW_EVENT
+
+    query = {
+        "filter": {"event": {"name": [REVIEW_EVENT]}, "resource": {"id": [f"prefect.flow-run.{run_id}"]}},
+        "limit": 10,
+    }
+    deadline = time.monotonic() + 60
+    while True:
+        response = httpx.post(f"{stack.server.api_url}/events/filter", json=query, timeout=30)
+        response.raise_for_status()
+        events: list[dict[str, Any]] = response.json()["events"]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)

@@ -193,7 +193,7 @@ def test_batch_from_list_completes_and_rerun_is_free(env: Any) -> None:
     assert any("8 of 8 rows stored" in m for m in logs)
     assert not any("gpt-image returned" in m for m in logs)
     keys = {a["key"] for a in flow_run_artifacts(state.state_details.flow_run_id)}
-    assert keys == {"gpt-image-batch", "gpt-image-batch-progress"}
+    assert keys == {"gpt-image-batch", "gpt-image-batch-progress", "gpt-image-batch-sheet"}
     again = run(batch_generate(prompts=prompts, options=options, storage=storage, return_state=True))
     assert again.is_completed() and "8 found in the store" in (again.message or "")
     assert billed_images(sandbox) == 8 and len(sandbox_requests(sandbox)) == 8

@@ -27,10 +27,11 @@ from prefect_gpt_image.calls import call_prices, read_once
 from prefect_gpt_image.storage import ImageStore
 
 from ..failures import failure_counts, failure_message
-from ..params import ImageOptions, PipelineStep
+from ..params import ChainStep, ImageOptions
 from ..plan import enforce_budget, has_budget, publish_plan
 from .planning import edit_size, plan_chains
 from .report import chain_markdown, publish_chain_markdown, publish_chain_table
+from .reviewed import StepSheet, run_reviewed, split_reviews
 from .running import run_chains
 from .steps import ChainResult, ChainRow, StepResult, failed_steps, step_names
 
@@ -38,6 +39,7 @@ __all__ = [
     "ChainResult",
     "ChainRow",
     "StepResult",
+    "StepSheet",
     "chain_markdown",
     "edit_size",
     "failed_steps",
@@ -46,13 +48,15 @@ __all__ = [
     "publish_chain_table",
     "run_batch",
     "run_chains",
+    "run_reviewed",
+    "split_reviews",
     "step_names",
 ]
 
 
 async def run_batch(
     rows: Sequence[ChainRow],
-    steps: Sequence[PipelineStep],
+    steps: Sequence[ChainStep],
     *,
     options: ImageOptions,
     variant: int,
@@ -64,15 +68,18 @@ async def run_batch(
     key: str,
     title: str,
     logger: Any,
+    sheet: StepSheet | None = None,
 ) -> State[Any]:
     """A batch flow's body: plan every row (returned as is with ``plan_only``, checked against the
     budget otherwise), run the chains, publish the table (``key``), the progress (``key-progress``)
-    and the first chains (``key-chains``); Failed when a row failed, naming why."""
+    and the first chains (``key-chains``); Failed when a row failed, naming why. Review steps
+    pause the run for a person between the steps (:mod:`.reviewed`), the form showing ``sheet``."""
+    work, reviews = split_reviews(steps)
     with read_once():  # each remote input fetched once: the plan checks it, the call sends it
         plan, prepared = await asyncio.to_thread(
             plan_chains,
             rows,
-            steps,
+            work,
             options=options,
             variant=variant,
             settings=settings,
@@ -85,17 +92,22 @@ async def run_batch(
             return Completed(message=plan.summary(), data=plan)
         if has_budget(settings):
             await enforce_budget(plan, settings)
-        result, _ = await run_chains(
-            prepared,
-            variant=variant,
-            credentials=credentials,
-            settings=settings,
-            store=store,
-            batch=True,
-            max_parallel=max_parallel,
-            progress_key=f"{key}-progress",
-            logger=logger,
-        )
+        run: dict[str, Any] = {
+            "variant": variant,
+            "credentials": credentials,
+            "settings": settings,
+            "store": store,
+            "batch": True,
+            "max_parallel": max_parallel,
+            "progress_key": f"{key}-progress",
+            "logger": logger,
+        }
+        stopped: str | None = None
+        if reviews:
+            assert sheet is not None, "a run with review steps needs its contact sheet"
+            result, _, stopped = await run_reviewed(prepared, reviews, title=title, sheet=sheet, **run)
+        else:
+            result, _ = await run_chains(prepared, **run)
     made = sum(s.status == "stored" and not s.served for s in result.steps)
     hits = sum(s.served for s in result.steps)
     total = len(rows)
@@ -105,16 +117,27 @@ async def run_batch(
         f"{bill.line()}"
     )
     headline = f"{result.stored} of {total} rows stored; {bill.with_estimate()}"
+    if result.dropped:
+        summary += f"; {result.dropped} row(s) dropped at review"
+        headline += f"; {result.dropped} row(s) dropped at review"
     await asyncio.gather(
         publish_chain_table(result, key=key, description=f"{title}: {headline}"),
         publish_chain_markdown(
-            result, key=f"{key}-chains", title=title, description=f"{title}: the first rows"
+            result,
+            key=f"{key}-chains",
+            title=title,
+            description=f"{title}: the first rows",
+            store=store,
+            policy=settings.input_policy(),
+            sheet_key=f"{key}-sheet",
         ),
     )
     if undelivered := sum(n for s in result.steps for n in s.undelivered.values()):
         summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
     if lost := sum(rid not in s.undelivered for s in result.steps for rid in s.maybe_billed):
         summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
+    if stopped is not None:
+        return Failed(message=f"{stopped}; {summary}", data=result)
     if result.failed:
         failed = failed_steps(result)
         headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"

@@ -3,8 +3,10 @@ escaped: the UI renders it)."""
 
 from __future__ import annotations
 
+from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
+from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import (
     md_image,
     md_link,
@@ -12,6 +14,7 @@ from prefect_gpt_image.calls import (
     md_text,
     usd,
 )
+from prefect_gpt_image.storage import ImageStore
 
 from .steps import ChainResult
 
@@ -42,6 +45,7 @@ async def publish_chain_table(result: ChainResult, *, key: str, description: str
                 "estimate": round(s.estimate, 4),
                 "maybe_billed": ", ".join(s.maybe_billed),
                 "error": (s.error or "")[:300],
+                "review": s.review[-1].summary() if s.review else "",
             }
         )
     await acreate_table_artifact(table=md_table(table), key=key, description=description)
@@ -85,8 +89,23 @@ def chain_markdown(result: ChainResult, *, title: str, rows: int = _PREVIEW_ROWS
     return "\n".join(lines)
 
 
-async def publish_chain_markdown(result: ChainResult, *, key: str, title: str, description: str) -> None:
-    """:func:`chain_markdown` as a markdown artifact."""
-    await acreate_markdown_artifact(
-        markdown=chain_markdown(result, title=title), key=key, description=description
-    )
+async def publish_chain_markdown(
+    result: ChainResult,
+    *,
+    key: str,
+    title: str,
+    description: str,
+    store: ImageStore | None = None,
+    policy: InputPolicy | None = None,
+    sheet_key: str | None = None,
+) -> None:
+    """:func:`chain_markdown` as a markdown artifact; with ``store``, the run's contact sheet
+    (``sheet_key``, default ``key-sheet``; its pages link the run's gallery) first:
+    :func:`~..sheets.publish_sheets`."""
+    if store is not None:
+        from ..sheets import publish_sheets  # it builds on this package's results
+
+        sheet = sheet_key or f"{key}-sheet"
+        await publish_sheets(result, store, key=sheet, title=title, logger=get_run_logger(), policy=policy)
+    markdown = chain_markdown(result, title=title)
+    await acreate_markdown_artifact(markdown=markdown, key=key, description=description)

@@ -33,7 +33,7 @@ from ..rows import Progress, run_workers
 from .planning import edit_size
 from .steps import ChainResult, PreparedRow, StepCall, StepResult
 
-__all__ = ["run_chains"]
+__all__ = ["call_variant", "run_chains", "step_request"]
 
 
 @dataclass
@@ -130,7 +130,7 @@ def _invalid(item: PreparedRow) -> StepResult:
 async def _run_row(
     item: PreparedRow, rt: RunContext, progress: Progress | None, logger: Any
 ) -> list[StepResult]:
-    outputs: dict[str, ImageRef] = {}
+    outputs: dict[str, ImageRef] = dict(item.made)
     done: list[StepResult] = []
     failed: str | None = None
     for call in item.calls:
@@ -217,10 +217,10 @@ async def _make(call: StepCall, outputs: Mapping[str, ImageRef], rt: RunContext,
     """Make (or find) one step's images: in a batch the image call itself (no task run per step,
     see :func:`~prefect_gpt_image.calls.run_row_call`), else with the step's task."""
     if rt.batch:
-        request = await asyncio.to_thread(_request, call, outputs, rt)
+        request = await asyncio.to_thread(step_request, call, outputs, rt.settings, rt.store)
         made = await run_row_call(
             request,
-            variant=rt.variant,
+            variant=call_variant(call, rt.variant),
             credentials=rt.credentials,
             settings=rt.settings,
             store=rt.store,
@@ -229,7 +229,7 @@ async def _make(call: StepCall, outputs: Mapping[str, ImageRef], rt: RunContext,
         return made.refs
     images, mask, fields = _arguments(call, outputs)
     common: dict[str, Any] = {
-        "variant": rt.variant,
+        "variant": call_variant(call, rt.variant),
         "credentials": quote(rt.credentials),
         "settings": quote(rt.settings),
         "storage": quote(rt.store),
@@ -245,23 +245,28 @@ async def _make(call: StepCall, outputs: Mapping[str, ImageRef], rt: RunContext,
     return refs
 
 
-def _request(
-    call: StepCall, outputs: Mapping[str, ImageRef], rt: RunContext
+def call_variant(call: StepCall, variant: int) -> int:
+    """The variant ``call`` is made with: its own (a redo's) or the run's ``variant``."""
+    return call.variant if call.variant is not None else variant
+
+
+def step_request(
+    call: StepCall, outputs: Mapping[str, ImageRef], settings: GptImageSettings, store: ImageStore
 ) -> GenerateRequest | EditRequest:
     """The request of a step whose inputs are made, as its task would build it (reads the inputs
     and builds the mask: blocking)."""
     images, mask, fields = _arguments(call, outputs)
     if isinstance(call.step, GenerateStep):
-        return generate_request(call.prompt, rt.settings, **fields)
+        return generate_request(call.prompt, settings, **fields)
     labels = [f"{call.name}.image"] + [f"{call.name}.references[{i}]" for i in range(len(images) - 1)]
-    policy = rt.settings.input_policy()
+    policy = settings.input_policy()
     loaded = [
-        read_input(image, rt.store, what=label, policy=policy)
+        read_input(image, store, what=label, policy=policy)
         for image, label in zip(images, labels, strict=True)
     ]
     mask_image = None
     if mask is not None:
         mask_image = read_input(
-            mask, rt.store, what=f"{call.name}.mask", policy=policy, max_bytes=MAX_MASK_BYTES
+            mask, store, what=f"{call.name}.mask", policy=policy, max_bytes=MAX_MASK_BYTES
         )
-    return edit_request(call.prompt, loaded, mask_image, rt.settings, **fields)
+    return edit_request(call.prompt, loaded, mask_image, settings, **fields)

@@ -21,6 +21,7 @@ from prefect_gpt_image.tasks import ImageRef
 from ..failures import Counted, FailedRow
 from ..masks import MaskRegion
 from ..params import ImageOptions, PipelineStep
+from ..review import ReviewDecision
 
 __all__ = [
     "ChainResult",
@@ -59,12 +60,15 @@ class StepResult(Charges):
     step: str = Field(description="The step's name.")
     kind: Literal["generate", "edit", "blend"]
     prompt: str = ""
-    status: Literal["stored", "failed", "invalid", "skipped"]
+    status: Literal["stored", "failed", "invalid", "skipped", "dropped"]
     images: list[ImageRef] = Field(default_factory=list)
     source: str = Field("", description="The step's input image (a URI, or the sha256 of an earlier output).")
     request_id: str | None = None
     error: str | None = None
     error_type: str | None = None
+    review: list[ReviewDecision] = Field(
+        default_factory=list, description="The review decisions about this step's images (who, what, when)."
+    )
 
     @property
     def cached(self) -> bool:
@@ -90,9 +94,14 @@ class ChainResult(BaseModel):
         return sum(all(s.status == "stored" for s in steps) for steps in self.rows().values())
 
     @property
+    def dropped(self) -> int:
+        """Rows a reviewer dropped."""
+        return sum(any(s.status == "dropped" for s in steps) for steps in self.rows().values())
+
+    @property
     def failed(self) -> int:
-        """Rows with a failed, skipped or invalid step."""
-        return len(self.rows()) - self.stored
+        """Rows with a failed, skipped or invalid step (dropped ones aside)."""
+        return len(self.rows()) - self.stored - self.dropped
 
     @property
     def cost(self) -> float:
@@ -158,6 +167,7 @@ class StepCall:
     cached: list[ImageRef] | None = None
     known: bool = False  # the request (so the cache key) was known in the plan
     estimate: float = 0.0  # the price model's estimate of the call
+    variant: int | None = None  # a redo's own variant (unset: the run's)
 
 
 @dataclass
@@ -167,6 +177,8 @@ class PreparedRow:
     invalid_step: str | None = None
     invalid_kind: Literal["generate", "edit", "blend"] = "generate"
     error: BaseException | None = None
+    made: dict[str, ImageRef] = field(default_factory=dict)
+    """Outputs of the row's earlier steps, made before these calls (a chain run in parts around reviews)."""
 
 
 @dataclass

@@ -9,7 +9,8 @@
 //   "runUrl": "http://127.0.0.1:PORT/runs/flow-run/ID",       // (a) the flow run's artifacts
 //   "imageArtifactKey": "gpt-image-0123456789abcdef",
 //   "chainArtifactKey": "gpt-image-pipeline",
-//   "formUrl": "http://127.0.0.1:PORT/deployments/deployment/ID/run"  // (b) the custom run form
+//   "formUrl": "http://127.0.0.1:PORT/deployments/deployment/ID/run",  // (b) the custom run form
+//   "reviewUrl": "http://127.0.0.1:PORT/runs/flow-run/ID"     // (c) a run waiting for review: its Resume dialog
 // }
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,7 +31,7 @@ const ARGS = [
 ];
 
 mkdirSync(job.outDir, { recursive: true });
-const report = { artifacts: null, form: null, consoleErrors: [], failedRequests: [], seconds: {} };
+const report = { artifacts: null, form: null, review: null, consoleErrors: [], failedRequests: [], seconds: {} };
 const t0 = Date.now();
 // A new, empty profile every time (launch() makes a temporary user-data-dir and removes it).
 const browser = await chromium.launch({ executablePath: job.chromium, args: ARGS, timeout: WAIT });
@@ -137,6 +138,32 @@ async function form() {
   return { labels, prompt, dropdowns: [size, quality] };
 }
 
+/** A person opens the run waiting for review, clicks Resume and sees the contact sheet above the form. */
+async function review() {
+  const page = watch(await browser.newPage({ viewport: { width: 1400, height: 1500 } }));
+  await page.goto(job.reviewUrl);
+  await page.getByRole('button', { name: 'Resume', exact: true }).click();
+  const dialog = page.locator('[role=dialog]').last();
+  await dialog.locator('.schema-form-property__label', { hasText: 'Approve All' }).waitFor({ timeout: WAIT });
+  await dialog.locator('img').first().waitFor({ timeout: WAIT });
+  await page.waitForFunction(() => [...document.querySelectorAll('[role=dialog] img')].every((i) => i.complete), null, {
+    timeout: WAIT,
+  });
+  const shown = await dialog.evaluate((d) => ({
+    text: d.innerText,
+    images: [...d.querySelectorAll('img')].map((i) => ({
+      src: i.src.split('?')[0],
+      presigned: i.src.includes('X-Amz-Signature='),
+      naturalWidth: i.naturalWidth,
+    })),
+    labels: [...d.querySelectorAll('.schema-form-property__label')].map((l) => l.innerText.trim()),
+  }));
+  await page.waitForTimeout(300);
+  await dialog.screenshot({ path: join(job.outDir, 'review-form.png') });
+  await page.close();
+  return shown;
+}
+
 async function timed(name, fn) {
   const started = Date.now();
   const result = await fn();
@@ -147,9 +174,10 @@ async function timed(name, fn) {
 try {
   report.seconds.launch = (Date.now() - t0) / 1000;
   // Both pages at once, in two tabs of one browser.
-  [report.artifacts, report.form] = await Promise.all([
+  [report.artifacts, report.form, report.review] = await Promise.all([
     job.runUrl ? timed('artifacts', artifacts) : null,
     job.formUrl ? timed('form', form) : null,
+    job.reviewUrl ? timed('review', review) : null,
   ]);
 } finally {
   await browser.close();
