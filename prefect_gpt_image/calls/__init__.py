@@ -16,7 +16,16 @@ call :func:`run_row_call` directly (a Prefect task run per row would cost more t
 
 from .bill import Bill, bill_line, usd
 from .budget import exceeded_cap, spent
-from .cache import CACHE_FOLDER, cache_key, read_manifest, read_record, read_records, record_name
+from .cache import (
+    CACHE_FOLDER,
+    CACHE_KEY_METADATA,
+    cache_key,
+    read_manifest,
+    read_record,
+    read_records,
+    record_key,
+    record_name,
+)
 from .call import CallResult, run_image_call
 from .charges import Charges
 from .clients import aclose_clients
@@ -56,9 +65,11 @@ from .retry import (
     retry_condition,
 )
 from .rows import run_row_call
+from .thumbs import ensure_thumbnails, thumbnail_key, thumbnails_per_run
 
 __all__ = [
     "CACHE_FOLDER",
+    "CACHE_KEY_METADATA",
     "RETRIES",
     "RETRY_DELAYS",
     "BatchFailedError",
@@ -89,6 +100,7 @@ __all__ = [
     "csv_row",
     "edit_request",
     "ensure_limit",
+    "ensure_thumbnails",
     "exceeded_cap",
     "generate_request",
     "get_lock_manager",
@@ -107,6 +119,7 @@ __all__ = [
     "read_once",
     "read_record",
     "read_records",
+    "record_key",
     "record_name",
     "release_idle_leases",
     "retry_condition",
@@ -115,6 +128,8 @@ __all__ = [
     "run_row_call",
     "slots_in_use",
     "spent",
+    "thumbnail_key",
+    "thumbnails_per_run",
     "usd",
     "use_clock",
     "use_lock_manager",

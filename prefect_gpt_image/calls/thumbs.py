@@ -39,6 +39,7 @@ __all__ = [
     "thumbnail_due",
     "thumbnail_key",
     "thumbnail_write",
+    "thumbnails_per_run",
 ]
 
 THUMBS_FOLDER = "thumbs"
@@ -82,6 +83,11 @@ def make_thumbnail(data: bytes | Path) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=THUMB_QUALITY, optimize=False)
     return out.getvalue()
+
+
+def thumbnails_per_run() -> int:
+    """How many of a run's first images get a thumbnail (:data:`THUMBNAILS_PER_RUN`, read now)."""
+    return THUMBNAILS_PER_RUN
 
 
 def thumbnail_due(run_key: str | None) -> bool:

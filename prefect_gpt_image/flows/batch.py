@@ -39,13 +39,14 @@ from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef, sync_or_async
 
 from .batch_lookups import StoreLookups
-from .batch_report import BatchResult, RowResult, publish_batch_table
+from .batch_report import SHEET_KEY, BatchResult, RowResult, publish_batch_table
 from .batch_review import review_batch
 from .failures import FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
 from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
 from .rows import Progress, run_workers
+from .sheets import publish_sheets
 from .templates import template_columns
 
 __all__ = ["BatchResult", "RowResult", "batch_generate"]
@@ -211,6 +212,8 @@ async def batch_generate(
             prices=call_prices(credentials, settings),
         )
     result = BatchResult(rows=[results[number] for number, _ in parsed])
+    # The contact sheet (its pages link the gallery), before the table.
+    await publish_sheets(result, store, key=SHEET_KEY, title="gpt-image batch", logger=logger)
     table, description, report = await publish_batch_table(result, total, store, logger)
     # The kept slots go back while the artifacts are written (three round trips at once).
     await asyncio.gather(

@@ -142,10 +142,6 @@ async def publish_batch_table(
     store as a CSV report linked from the description (the UI renders a table of 10,000 rows
     slowly, and the server stores it as one JSON value)."""
     description = f"gpt-image batch: {result.stored} of {total} rows stored; {result.bill().with_estimate()}"
-    from .sheets import publish_sheets  # it builds on this module's rows
-
-    # The contact sheet (its pages link the gallery), before the table.
-    await publish_sheets(result, store, key=SHEET_KEY, title="gpt-image batch", logger=logger)
     if len(result.rows) <= TABLE_ROWS:
         return artifact_rows(result.rows), description, None
     failed = [r for r in result.rows if r.status in ("failed", "invalid")]

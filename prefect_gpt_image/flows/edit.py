@@ -21,6 +21,7 @@ from .chain import ChainResult, ChainRow, run_batch
 from .masks import MaskRegion
 from .params import ChainStep, EditStep, ImageOptions, ReviewStep, load_blocks
 from .plan import RunPlan
+from .sheets import sheet_publisher
 from .sources import image_sources, is_manifest
 
 __all__ = ["BATCH_EDIT_KEY", "batch_edit"]
@@ -121,5 +122,6 @@ async def batch_edit(
         key=BATCH_EDIT_KEY,
         title="gpt-image batch edit",
         sheet=review_sheet(store, settings, logger),
+        publish_sheet=sheet_publisher(store, settings.input_policy(), logger),
         logger=logger,
     )

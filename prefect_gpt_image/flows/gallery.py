@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from html import escape
 from typing import Any
 
-from prefect_gpt_image.calls.cache import CACHE_KEY_METADATA, record_key
-from prefect_gpt_image.calls.thumbs import thumbnail_key
+from prefect_gpt_image.calls import CACHE_KEY_METADATA, record_key, thumbnail_key
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
 
 from .batch_report import REPORT_FOLDER, flow_run_id

@@ -37,6 +37,7 @@ from .manifest import read_records
 from .params import BlendStep, ChainStep, EditStep, GenerateStep, ImageOptions, ReviewStep, load_blocks
 from .plan import RunPlan, enforce_budget, has_budget
 from .review import ReviewDecision, ReviewTimeoutError
+from .sheets import sheet_publisher
 
 __all__ = ["PipelineResult", "batch_pipeline", "image_pipeline"]
 
@@ -162,7 +163,7 @@ async def image_pipeline(
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
-        store=store,
+        publish_sheet=sheet_publisher(store, None, logger),
     )
     logger.info(bill.line())
     # The run ends with its bill as its state message; Prefect hands the caller the state's data
@@ -182,7 +183,7 @@ async def _fail(result: ChainResult, error: BaseException, prompt: str, store: I
         key=PIPELINE_ARTIFACT_KEY,
         title="gpt-image pipeline",
         description=f"gpt-image pipeline (failed): {prompt[:120]}",
-        store=store,
+        publish_sheet=sheet_publisher(store, None, get_run_logger()),
     )
     stored = sum(s.status == "stored" for s in result.steps)
     headline = (
@@ -260,5 +261,6 @@ async def batch_pipeline(
         key=BATCH_PIPELINE_KEY,
         title="gpt-image batch pipeline",
         sheet=review_sheet(store, settings, logger),
+        publish_sheet=sheet_publisher(store, settings.input_policy(), logger),
         logger=logger,
     )

@@ -13,9 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
-from prefect_gpt_image.calls import read_input
-from prefect_gpt_image.calls import thumbs as thumbnails
-from prefect_gpt_image.calls.thumbs import ensure_thumbnails, thumbnail_key
+from prefect_gpt_image.calls import ensure_thumbnails, read_input, thumbnail_key, thumbnails_per_run
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
 from prefect_gpt_image.tasks import ImageRef
 
@@ -134,7 +132,7 @@ class Thumbs:
                 reader = self._reader(frame, policy)
                 if frame.sha256 is None:
                     continue
-                if reader is not None and index < thumbnails.THUMBNAILS_PER_RUN:
+                if reader is not None and index < thumbnails_per_run():
                     wanted.setdefault(frame.sha256, reader)
                 else:  # a later row: shown by its thumbnail only if one was made before
                     known.add(frame.sha256)

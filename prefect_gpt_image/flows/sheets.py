@@ -11,6 +11,7 @@ with :func:`~prefect_gpt_image.calls.md_text`; the images are built by
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prefect.artifacts import acreate_markdown_artifact
@@ -22,7 +23,7 @@ from prefect_gpt_image.storage import ImageStore, LocalImageStore
 from .gallery import gallery_key, write_gallery
 from .sheet_rows import Frame, SheetRow, SheetRows, Thumbs, sheet_rows
 
-__all__ = ["SHEET_PAGE_ROWS", "contact_sheet", "publish_sheets", "sheet_pages"]
+__all__ = ["SHEET_PAGE_ROWS", "contact_sheet", "publish_sheets", "sheet_pages", "sheet_publisher"]
 
 SHEET_PAGE_ROWS = 100
 """Rows per page of a contact sheet (a page of 100 thumbnails of a few KB each loads at once)."""
@@ -126,6 +127,18 @@ def _logger(logger: Any) -> Any:
     import logging
 
     return logging.getLogger("prefect_gpt_image.sheets")
+
+
+def sheet_publisher(
+    store: ImageStore, policy: InputPolicy | None, logger: Any
+) -> Callable[[SheetRows, str, str], Awaitable[str | None]]:
+    """:func:`publish_sheets` for ``store``, as the chain flows take it (rows, key, title): they
+    cannot import this module, which builds on their results."""
+
+    async def publish(rows: SheetRows, key: str, title: str) -> str | None:
+        return await publish_sheets(rows, store, key=key, title=title, logger=logger, policy=policy)
+
+    return publish
 
 
 async def publish_sheets(

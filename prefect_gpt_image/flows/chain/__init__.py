@@ -30,7 +30,7 @@ from ..failures import failure_counts, failure_message
 from ..params import ChainStep, ImageOptions
 from ..plan import enforce_budget, has_budget, publish_plan
 from .planning import edit_size, plan_chains
-from .report import chain_markdown, publish_chain_markdown, publish_chain_table
+from .report import SheetPublisher, chain_markdown, publish_chain_markdown, publish_chain_table
 from .reviewed import StepSheet, run_reviewed, split_reviews
 from .running import run_chains
 from .steps import ChainResult, ChainRow, StepResult, failed_steps, step_names
@@ -69,6 +69,7 @@ async def run_batch(
     title: str,
     logger: Any,
     sheet: StepSheet | None = None,
+    publish_sheet: SheetPublisher | None = None,
 ) -> State[Any]:
     """A batch flow's body: plan every row (returned as is with ``plan_only``, checked against the
     budget otherwise), run the chains, publish the table (``key``), the progress (``key-progress``)
@@ -127,8 +128,7 @@ async def run_batch(
             key=f"{key}-chains",
             title=title,
             description=f"{title}: the first rows",
-            store=store,
-            policy=settings.input_policy(),
+            publish_sheet=publish_sheet,
             sheet_key=f"{key}-sheet",
         ),
     )

@@ -3,10 +3,11 @@ escaped: the UI renders it)."""
 
 from __future__ import annotations
 
-from prefect import get_run_logger
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
-from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import (
     md_image,
     md_link,
@@ -14,9 +15,12 @@ from prefect_gpt_image.calls import (
     md_text,
     usd,
 )
-from prefect_gpt_image.storage import ImageStore
 
 from .steps import ChainResult
+
+SheetPublisher = Callable[[ChainResult, str, str], Awaitable[Any]]
+"""Publishes a run's contact sheet and gallery (result, artifact key, title); given by the flows,
+which build on both this package and the sheets (:func:`~..sheets.sheet_publisher`)."""
 
 __all__ = ["chain_markdown", "publish_chain_markdown", "publish_chain_table"]
 
@@ -95,17 +99,13 @@ async def publish_chain_markdown(
     key: str,
     title: str,
     description: str,
-    store: ImageStore | None = None,
-    policy: InputPolicy | None = None,
+    publish_sheet: SheetPublisher | None = None,
     sheet_key: str | None = None,
 ) -> None:
-    """:func:`chain_markdown` as a markdown artifact; with ``store``, the run's contact sheet
-    (``sheet_key``, default ``key-sheet``; its pages link the run's gallery) first:
-    :func:`~..sheets.publish_sheets`."""
-    if store is not None:
-        from ..sheets import publish_sheets  # it builds on this package's results
-
-        sheet = sheet_key or f"{key}-sheet"
-        await publish_sheets(result, store, key=sheet, title=title, logger=get_run_logger(), policy=policy)
+    """:func:`chain_markdown` as a markdown artifact; with ``publish_sheet`` (given by the flow:
+    :func:`~..sheets.sheet_publisher`), the run's contact sheet first (``sheet_key``, default
+    ``key-sheet``; its pages link the run's gallery)."""
+    if publish_sheet is not None:
+        await publish_sheet(result, sheet_key or f"{key}-sheet", title)
     markdown = chain_markdown(result, title=title)
     await acreate_markdown_artifact(markdown=markdown, key=key, description=description)
