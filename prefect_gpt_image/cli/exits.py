@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from prefect_gpt_image.api.errors import GptImageError
+
 __all__ = [
     "BUDGET",
     "CONFIGURATION",
@@ -38,7 +40,7 @@ EPILOG = (
 )
 
 
-class UsageError(ValueError):
+class UsageError(GptImageError, ValueError):
     """A mistake on the command line found by the command itself (exit code 2)."""
 
 

@@ -102,7 +102,8 @@ async def image_pipeline(
         chain.append(ReviewStep(timeout_seconds=review_timeout, max_rounds=max_review_rounds))
     chain += [step for step in (edit, blend) if step is not None]
     steps, reviews = split_reviews(chain)
-    with read_once():  # each remote input fetched once: the plan checks it, the call sends it
+    # Each remote input is fetched once: the plan checks it, the call sends it, the sheet shows it.
+    with read_once():
         # One row: every input of every step is checked before the first paid call, as in a batch.
         plan, prepared = await asyncio.to_thread(
             plan_chains,
@@ -140,35 +141,35 @@ async def image_pipeline(
             )
         else:
             result, errors = await run_chains(prepared, **run)
-    if stopped is not None:
-        raise ReviewTimeoutError(stopped)
-    if errors:
-        await _fail(result, next(iter(errors.values())), prompt, store)
-    made = [step.images for step in result.steps]
-    first = result.steps[0]
-    pipeline = PipelineResult(generated=made[0], dropped=first.status == "dropped", review=first.review)
-    if pipeline.dropped:
-        logger.info("the reviewer dropped the generated image: nothing more is made")
-    else:
-        if edit is not None:
-            pipeline.edited = made[1]
-        if blend is not None:
-            pipeline.blended = made[-1]
-    for step in result.steps:
-        if step.images:
-            logger.info("%s: %s", step.step, step.images[0].uri)
-    bill = result.bill()
-    await publish_chain_markdown(
-        result,
-        key=PIPELINE_ARTIFACT_KEY,
-        title="gpt-image pipeline",
-        description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
-        publish_sheet=sheet_publisher(store, None, logger),
-    )
-    logger.info(bill.line())
-    # The run ends with its bill as its state message; Prefect hands the caller the state's data
-    # (the PipelineResult), as the batch flows' states do.
-    return cast(PipelineResult, Completed(message=bill.line(), data=pipeline))
+        if stopped is not None:
+            raise ReviewTimeoutError(stopped)
+        if errors:
+            await _fail(result, next(iter(errors.values())), prompt, store)
+        made = [step.images for step in result.steps]
+        first = result.steps[0]
+        pipeline = PipelineResult(generated=made[0], dropped=first.status == "dropped", review=first.review)
+        if pipeline.dropped:
+            logger.info("the reviewer dropped the generated image: nothing more is made")
+        else:
+            if edit is not None:
+                pipeline.edited = made[1]
+            if blend is not None:
+                pipeline.blended = made[-1]
+        for step in result.steps:
+            if step.images:
+                logger.info("%s: %s", step.step, step.images[0].uri)
+        bill = result.bill()
+        await publish_chain_markdown(
+            result,
+            key=PIPELINE_ARTIFACT_KEY,
+            title="gpt-image pipeline",
+            description=md_text(f"gpt-image pipeline: {prompt[:120]}"),
+            publish_sheet=sheet_publisher(store, None, logger),
+        )
+        logger.info(bill.line())
+        # The run ends with its bill as its state message; Prefect hands the caller the state's data
+        # (the PipelineResult), as the batch flows' states do.
+        return cast(PipelineResult, Completed(message=bill.line(), data=pipeline))
 
 
 async def _fail(result: ChainResult, error: BaseException, prompt: str, store: ImageStore) -> NoReturn:

@@ -21,13 +21,15 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from prefect_gpt_image.api import GptImageError
+
 __all__ = ["InputSourceError", "reading"]
 
 _MISSING = {"NoSuchBucket": "the bucket does not exist", "NoSuchKey": "no such object", "404": "not found"}
 _DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 
 
-class InputSourceError(ValueError):
+class InputSourceError(GptImageError, ValueError):
     """A flow's input (``images``, ``manifest``) could not be read: the message names the
     parameter, the URI, the cause and what to set. Raised before anything is paid."""
 

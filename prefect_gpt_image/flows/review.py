@@ -34,7 +34,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, BeforeValidator, Field
 
-from prefect_gpt_image.api import EditRequest, GenerateRequest
+from prefect_gpt_image.api import EditRequest, GenerateRequest, GptImageError
 from prefect_gpt_image.api.pricing import PriceModel
 from prefect_gpt_image.blocks import GptImageSettings
 from prefect_gpt_image.calls import cache_key, md_text, read_record
@@ -150,7 +150,7 @@ class ReviewOutcome:
     decisions: dict[int, list[ReviewDecision]] = field(default_factory=dict)
 
 
-class ReviewTimeoutError(TimeoutError):
+class ReviewTimeoutError(GptImageError, TimeoutError):
     """No answer came within the review's timeout: the run ends, nothing is paid after it."""
 
 

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
-from prefect_gpt_image.calls import ensure_thumbnails, read_input, thumbnail_key, thumbnails_per_run
+from prefect_gpt_image.calls import (
+    ensure_thumbnails,
+    read_input,
+    run_cache,
+    thumbnail_key,
+    thumbnails_per_run,
+)
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
 from prefect_gpt_image.tasks import ImageRef
 
@@ -147,8 +153,10 @@ class Thumbs:
                 return lambda: store.path_for(key)
             return lambda: store.read_bytes(key)
         if frame.source is not None and policy is not None:
-            source = frame.source
-            return lambda: read_input(source, store, what="source", policy=policy).data
+            # The run's reads (read_once): its inputs were fetched for the plan and the call; the
+            # thumbnails are made in other threads, which do not inherit the context.
+            source, cache = frame.source, run_cache()
+            return lambda: read_input(source, store, what="source", policy=policy, cache=cache).data
         return None
 
     def src(self, frame: Frame) -> str | None:

@@ -23,7 +23,11 @@ import prefect_gpt_image
 from prefect_gpt_image import api, flows, tasks
 from prefect_gpt_image.api import GeneratedImage, GenerateRequest, GptImageError, ImagesClient, RetryPolicy
 from prefect_gpt_image.api.errors import error_for_status
+from prefect_gpt_image.api.suggest import UnknownOptionError
+from prefect_gpt_image.cli.exits import UsageError
 from prefect_gpt_image.flows import BatchResult, RowResult
+from prefect_gpt_image.flows.reading import InputSourceError
+from prefect_gpt_image.flows.review import ReviewTimeoutError
 from prefect_gpt_image.tasks import ImageRef
 from tests.support.local_http import LocalHTTPServer
 
@@ -190,6 +194,10 @@ def samples() -> dict[str, BaseException]:
         flows.BatchFailedError("1 of 1 rows failed", result=BatchResult(rows=[row])),
         LocalS3Error("weed did not start"),
         LocalPrefectError("the Prefect server did not start"),
+        UnknownOptionError("generate_image() got an unexpected keyword argument 'qualty'"),
+        InputSourceError("images='s3://photos/in/': the bucket does not exist; set images to a prefix"),
+        ReviewTimeoutError("review of step 'generate' (round 1): no answer within 60 s"),
+        UsageError("--size '1000x1000': width and height must be multiples of 16"),
     ]
     return {type(e).__name__: e for e in built}
 

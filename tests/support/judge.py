@@ -32,6 +32,7 @@ from prefect_gpt_image.local_s3 import LocalS3Server
 from tests.support.sandbox import ledger, sandbox_requests
 
 __all__ = [
+    "DERIVED_FOLDERS",
     "IMAGE_SUFFIXES",
     "assert_billed_once",
     "assert_stored_equals_delivered",
@@ -52,6 +53,17 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".jpeg", ".jpg", ".webp")
 """File and key endings of stored images (manifests and records are not images)."""
+DERIVED_FOLDERS = frozenset({"thumbs", "reports"})
+"""Folders of a store that hold pictures made from the images, not images the API delivered:
+thumbnails (``thumbs/``, made once per image for contact sheets) and report charts (``reports/``),
+as docs/storage-and-blocks.md lays the store out. They are judged by their own tests."""
+
+
+def _is_image(name: str) -> bool:
+    """Whether a stored file or key is an image the API delivered (by its ending and folder)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.lower().endswith(IMAGE_SUFFIXES) and not DERIVED_FOLDERS.intersection(parts[:-1])
+
 
 Store = Path | tuple[LocalS3Server, str]
 """Where images were stored: a local folder, or (server, bucket) of a real S3 server."""
@@ -125,7 +137,7 @@ def bucket_objects(server: LocalS3Server, bucket: str) -> list[str]:
 
 def image_files(root: Path) -> list[Path]:
     """Image files under a local store folder."""
-    return sorted(p for p in root.rglob("*") if p.suffix in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in root.rglob("*") if _is_image(p.relative_to(root).as_posix()) and p.is_file())
 
 
 def s3_image_hashes(server: LocalS3Server, bucket: str) -> dict[str, str]:
@@ -133,7 +145,7 @@ def s3_image_hashes(server: LocalS3Server, bucket: str) -> dict[str, str]:
     client = server.client()
     found: dict[str, str] = {}
     for key in bucket_objects(server, bucket):
-        if key.lower().endswith(IMAGE_SUFFIXES):
+        if _is_image(key):
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             found[hashlib.sha256(body).hexdigest()] = key
     return found

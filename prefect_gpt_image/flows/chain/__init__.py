@@ -76,7 +76,8 @@ async def run_batch(
     and the first chains (``key-chains``); Failed when a row failed, naming why. Review steps
     pause the run for a person between the steps (:mod:`.reviewed`), the form showing ``sheet``."""
     work, reviews = split_reviews(steps)
-    with read_once():  # each remote input fetched once: the plan checks it, the call sends it
+    # Each remote input is fetched once: the plan checks it, the call sends it, the sheet shows it.
+    with read_once():
         plan, prepared = await asyncio.to_thread(
             plan_chains,
             rows,
@@ -109,39 +110,39 @@ async def run_batch(
             result, _, stopped = await run_reviewed(prepared, reviews, title=title, sheet=sheet, **run)
         else:
             result, _ = await run_chains(prepared, **run)
-    made = sum(s.status == "stored" and not s.served for s in result.steps)
-    hits = sum(s.served for s in result.steps)
-    total = len(rows)
-    bill = result.bill()
-    summary = (
-        f"{result.stored} of {total} rows stored ({made} step(s) made, {hits} found in the store); "
-        f"{bill.line()}"
-    )
-    headline = f"{result.stored} of {total} rows stored; {bill.with_estimate()}"
-    if result.dropped:
-        summary += f"; {result.dropped} row(s) dropped at review"
-        headline += f"; {result.dropped} row(s) dropped at review"
-    await asyncio.gather(
-        publish_chain_table(result, key=key, description=f"{title}: {headline}"),
-        publish_chain_markdown(
-            result,
-            key=f"{key}-chains",
-            title=title,
-            description=f"{title}: the first rows",
-            publish_sheet=publish_sheet,
-            sheet_key=f"{key}-sheet",
-        ),
-    )
-    if undelivered := sum(n for s in result.steps for n in s.undelivered.values()):
-        summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
-    if lost := sum(rid not in s.undelivered for s in result.steps for rid in s.maybe_billed):
-        summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
-    if stopped is not None:
-        return Failed(message=f"{stopped}; {summary}", data=result)
-    if result.failed:
-        failed = failed_steps(result)
-        headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"
-        message = failure_message(headline, failed, artifact=f"table artifact {key!r}")
-        return Failed(message=message, data=result)
-    logger.info(summary)
-    return Completed(message=summary, data=result)
+        made = sum(s.status == "stored" and not s.served for s in result.steps)
+        hits = sum(s.served for s in result.steps)
+        total = len(rows)
+        bill = result.bill()
+        summary = (
+            f"{result.stored} of {total} rows stored ({made} step(s) made, {hits} found in the store); "
+            f"{bill.line()}"
+        )
+        headline = f"{result.stored} of {total} rows stored; {bill.with_estimate()}"
+        if result.dropped:
+            summary += f"; {result.dropped} row(s) dropped at review"
+            headline += f"; {result.dropped} row(s) dropped at review"
+        await asyncio.gather(
+            publish_chain_table(result, key=key, description=f"{title}: {headline}"),
+            publish_chain_markdown(
+                result,
+                key=f"{key}-chains",
+                title=title,
+                description=f"{title}: the first rows",
+                publish_sheet=publish_sheet,
+                sheet_key=f"{key}-sheet",
+            ),
+        )
+        if undelivered := sum(n for s in result.steps for n in s.undelivered.values()):
+            summary += f"; {undelivered} image(s) billed but not delivered (column maybe_billed)"
+        if lost := sum(rid not in s.undelivered for s in result.steps for rid in s.maybe_billed):
+            summary += f"; {lost} retried attempt(s) may also have been billed (column maybe_billed)"
+        if stopped is not None:
+            return Failed(message=f"{stopped}; {summary}", data=result)
+        if result.failed:
+            failed = failed_steps(result)
+            headline = f"{result.failed} of {total} rows failed ({failure_counts(failed)}); {summary}"
+            message = failure_message(headline, failed, artifact=f"table artifact {key!r}")
+            return Failed(message=message, data=result)
+        logger.info(summary)
+        return Completed(message=summary, data=result)
