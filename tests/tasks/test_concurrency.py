@@ -192,19 +192,11 @@ def test_a_mapped_fan_out_asks_the_server_once_for_its_first_wave(
     per call queued on the server's limit row), handed from call to call, all back at the end."""
     sandbox = make_sandbox(latency=0.2)
     credentials = GptImageCredentials(api_key=CANARY_KEY, base_url=sandbox.base_url)
-    asked: list[int] = []
-    grant = _LeaseService._grant
-
-    async def spy(self: _LeaseService, client: Any, name: str, duration: float, slots: int) -> Any:
-        if name == limit_name:
-            asked.append(slots)
-        return await grant(self, client, name, duration, slots)
-
-    monkeypatch.setattr(_LeaseService, "_grant", spy)
+    order = _spy_order(monkeypatch, limit_name)
 
     fan_out = _mapped_flow("heron", 10, credentials, settings, local_storage)
     assert len(fan_out()) == 10
     stats = ledger(sandbox)["stats"]
     assert stats["billed_images"] == 10 and stats["max_in_flight"] <= 4
-    assert asked == [4]
+    assert [slots for what, slots in order if what == "lease"] == [4]
     assert _limit(limit_name).active_slots == 0
