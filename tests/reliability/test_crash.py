@@ -156,7 +156,8 @@ def test_kill_9_between_answer_and_store_then_the_rerun_pays_only_for_what_is_no
     # the window was hit: the held answers were billed and delivered, their images are not stored;
     # the call cut off in flight was billed and never delivered
     by_id = {e["request_id"]: e for e in before}
-    assert all(by_id[rid]["delivered"] and not _shas(by_id[rid]) & stored for rid in held), (held, before)
+    window = {rid: (by_id[rid]["delivered"], sorted(_shas(by_id[rid]) & stored)) for rid in held}
+    assert all(ok and not kept for ok, kept in window.values()), f"held -> (delivered, stored shas): {window}"
     cut = {rid for rid in in_flight if rid in by_id}
     assert cut and all(not by_id[rid]["delivered"] for rid in cut), (in_flight, before)
     stored_prompts = {prompt_of[e["request_id"]] for e in before if e["delivered"] and _shas(e) <= stored}
