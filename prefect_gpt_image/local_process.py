@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Self
 
@@ -40,15 +41,34 @@ def free_port() -> int:
 
 def stop_process(process: subprocess.Popen[Any], timeout: float = 15.0) -> None:
     """Stop a child started with ``start_new_session=True``, and the processes it started: SIGTERM
-    to its process group, SIGKILL after ``timeout`` seconds. Nothing happens if it has ended."""
-    if process.poll() is not None:
+    to its process group, SIGKILL after ``timeout`` seconds. Also when the child itself has ended
+    before them (a shell whose background jobs outlive it: a Prefect worker whose server is gone
+    can hang in its graceful shutdown); nothing happens when the whole group has ended."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+    if not _group_alive(process.pid):
         return
-    _signal_group(process.pid, signal.SIGTERM)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):  # what the child left
+        _signal_group(process.pid, sig)
+        deadline = time.monotonic() + wait
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _group_alive(pid: int) -> bool:
+    """Whether the process group ``pid`` still has a member."""
     try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        process.wait()
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _signal_group(pid: int, sig: int) -> None:

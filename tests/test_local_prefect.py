@@ -16,6 +16,7 @@ import pytest
 
 from prefect_gpt_image import local_postgres
 from prefect_gpt_image.local_prefect import LocalPostgres, LocalPrefectServer, pg_binary
+from prefect_gpt_image.local_process import stop_process
 
 _CLIENT = """
 import json, sys
@@ -145,3 +146,21 @@ def _pids_of(fragment: str) -> list[int]:
             if fragment in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def test_stop_process_also_stops_what_an_ended_child_left_in_its_group() -> None:
+    """A shell that started a background job and exited (the docs' deploy steps end so, their
+    worker still shutting down): stop_process stops the job too, not only a running child."""
+    shell = subprocess.Popen(
+        ["bash", "-c", "trap '' TERM; sleep 300 >/dev/null & echo $!"],  # the job ignores SIGTERM: SIGKILL it
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    job = int(shell.communicate(timeout=30)[0].strip())
+    assert shell.returncode == 0
+    os.kill(job, 0)  # the job outlived its shell, in the shell's process group
+    assert os.getpgid(job) == shell.pid
+    stop_process(shell, timeout=1.0)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(shell.pid, 0)
