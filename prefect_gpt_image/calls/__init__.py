@@ -40,7 +40,7 @@ from .concurrency import (
 )
 from .context import batch_rows, call_prices, client_config, in_batch
 from .delivery import with_links
-from .encoding import csv_row, md_image, md_inline_png, md_link, md_table, md_text
+from .encoding import csv_row, data_uri, md_image, md_inline_png, md_link, md_table, md_text
 from .errors import (
     BatchFailedError,
     BudgetExceededError,
@@ -98,6 +98,7 @@ __all__ = [
     "client_config",
     "collect_maybe_billed",
     "csv_row",
+    "data_uri",
     "edit_request",
     "ensure_limit",
     "ensure_thumbnails",

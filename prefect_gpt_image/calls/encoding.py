@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-__all__ = ["Markdown", "csv_row", "md_image", "md_inline_png", "md_link", "md_table", "md_text"]
+__all__ = ["Markdown", "csv_row", "data_uri", "md_image", "md_inline_png", "md_link", "md_table", "md_text"]
 
 
 class Markdown(str):
@@ -107,7 +107,13 @@ def md_inline_png(alt: str, png: bytes) -> Markdown:
     with ``alt`` text: it loads wherever the markdown is shown, with no link to a store (a local
     store's ``file://`` link does not load in a browser). Base64 has no character a destination
     must escape. Keep it small: the whole image is in the markdown."""
-    return Markdown(f"![{md_text(alt)}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return Markdown(f"![{md_text(alt)}]({data_uri(png, 'png')})")
+
+
+def data_uri(data: bytes, fmt: str) -> str:
+    """``data`` (image bytes of format ``fmt``: png, jpeg or webp) as a base64 ``data:image/...``
+    URI, the only kind :func:`md_image` takes besides the plugin's own links."""
+    return f"data:image/{fmt};base64,{base64.b64encode(data).decode()}"
 
 
 def md_table(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

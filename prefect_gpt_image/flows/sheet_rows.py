@@ -6,7 +6,6 @@ store, a link for S3)."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import (
+    data_uri,
     ensure_thumbnails,
     read_input,
     run_cache,
@@ -168,8 +168,7 @@ class Thumbs:
             key = thumbnail_key(self.store, sha)
             try:
                 if self.embed:
-                    data = base64.b64encode(self.store.read_bytes(key)).decode()
-                    self._srcs[sha] = f"data:image/jpeg;base64,{data}"
+                    self._srcs[sha] = data_uri(self.store.read_bytes(key), "jpeg")
                 else:
                     self._srcs[sha] = self.store.link_for(key)
             except Exception:
