@@ -57,8 +57,7 @@ def test_the_offline_steps_run_as_written(tmp_path: Path) -> None:
     script = re.sub(r"\b8099\b", str(sandbox_port), script)
     work = tmp_path / "clone"
     work.mkdir()
-    skip = shutil.ignore_patterns("screenshots")
-    shutil.copytree(REPO_ROOT / "deployments", work / "deployments", ignore=skip)
+    shutil.copytree(REPO_ROOT / "deployments", work / "deployments")
     (work / ".venv").symlink_to(Path(sys.prefix))
     (tmp_path / "home").mkdir()
     (work / "steps.sh").write_text(script + "\n", encoding="utf-8")

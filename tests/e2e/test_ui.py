@@ -4,7 +4,7 @@
 opens (a) the pipeline run's Artifacts tab, clicks an image artifact and the pipeline's markdown
 card, and (b) the pipeline deployment's custom run form; it reports what the pages show as JSON
 and this test checks it. Screenshots go to a temporary folder; with ``GPT_IMAGE_UPDATE_SCREENSHOTS=1``
-they also replace the ones in ``deployments/screenshots/`` that the README shows.
+they also replace the ones in ``docs/images/`` that the documentation shows.
 
 Without node, chromium or ``tests/e2e/ui/node_modules`` the test is skipped, except in CI
 (``CI=true``), where it fails: CI must install them (``apt-get install -y chromium`` and
@@ -31,7 +31,8 @@ from tests.support.ci import missing as missing_part
 from .conftest import REPO_ROOT, E2ERuns, E2EStack, deployment_specs, pipeline_parameters
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
-SCREENSHOTS = REPO_ROOT / "deployments" / "screenshots"
+SCREENSHOTS = REPO_ROOT / "docs" / "images"
+"""Where the documentation's screenshots live; the tests refresh them on request."""
 _NODE_TIMEOUT = 150.0
 _PIPELINE_CARD = "gpt-image-pipeline"
 
@@ -61,7 +62,7 @@ def _choices(field: str) -> list[str]:
 
 
 def _publish(shots: Path) -> None:
-    """Copy the screenshots into deployments/screenshots, as small palette PNGs (the tall chain
+    """Copy the screenshots into docs/images, as small palette PNGs (the tall chain
     at half size)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for path in sorted(shots.glob("*.png")):
@@ -172,9 +173,6 @@ def test_ui_shows_the_images_and_the_typed_run_form(request: pytest.FixtureReque
     print(f"UI timings (s): {report['seconds']}")
 
 
-DOCS_IMAGES = REPO_ROOT / "docs" / "images"
-
-
 def _edit_requests(stack: E2EStack) -> list[dict[str, Any]]:
     from tests.support.sandbox import sandbox_requests
 
@@ -239,10 +237,10 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is None or len(colours) > 50, "review-form.png looks blank"
     if os.environ.get("GPT_IMAGE_UPDATE_SCREENSHOTS") == "1":
-        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         with Image.open(shots / "review-form.png") as picture:
             picture.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
-                DOCS_IMAGES / "review-form.png", optimize=True
+                SCREENSHOTS / "review-form.png", optimize=True
             )
 
     with stack.api():
