@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from .bill import usd
 from .errors import BudgetExceededError
 
 __all__ = ["Reservation", "exceeded_cap", "reserve", "spent"]
@@ -99,8 +100,8 @@ def reserve(
             )
         if cap == "max_cost_per_run":
             raise BudgetExceededError(
-                f"budget: this call of {images} image(s) would cost about ${cost:.4f} but "
-                f"the flow run has already used ${totals.cost:.4f} of max_cost_per_run=${max_cost:.4f}; "
+                f"budget: this call of {images} image(s) would cost about {usd(cost)} but "
+                f"the flow run has already used {usd(totals.cost)} of max_cost_per_run={usd(max_cost)}; "
                 "nothing was sent",
                 cap="max_cost_per_run",
             )

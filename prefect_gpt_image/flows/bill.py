@@ -32,6 +32,7 @@ from prefect_gpt_image.calls import (
     md_table,
     md_text,
     read_records,
+    usd,
 )
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import sync_or_async
@@ -100,13 +101,13 @@ class Bill(BaseModel):
     def summary(self) -> str:
         """One line: the period and what was paid."""
         line = (
-            f"{self.start} to {self.end}: paid ${self.paid:.4f} for {self.images} image(s) "
+            f"{self.start} to {self.end}: paid {usd(self.paid)} for {self.images} image(s) "
             f"in {len(self.flow_runs)} flow run(s)"
         )
         if self.undelivered:
             line += (
                 f"; {self.undelivered} image(s) billed but not delivered "
-                f"(about ${self.undelivered_paid:.4f}, not in the total)"
+                f"(about {usd(self.undelivered_paid)}, not in the total)"
             )
         if self.unpriced:
             line += f"; {self.unpriced} image(s) with no cost recorded"
