@@ -24,8 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -37,7 +36,7 @@ from prefect_gpt_image.local_prefect import DEFAULT_SERVICES_OFF, LocalPrefectSe
 from prefect_gpt_image.sandbox import SandboxServer
 from tests.support.sandbox import billed_images, sandbox_requests
 
-from .conftest import _child_env
+from .conftest import _child_env, server_api, wait_for_review
 
 DEPLOYMENT = "gpt-image-batch/served-review"
 EXPIRED = "The flow was paused and never resumed."
@@ -58,15 +57,6 @@ class Served:
     sandbox: SandboxServer
     root: Path
     log: Path
-    env: dict[str, str] = field(repr=False)
-
-    def api(self) -> AbstractContextManager[Any]:
-        """A context in which this process's Prefect client talks to the module's server."""
-        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-
-        return temporary_settings(
-            {PREFECT_API_URL: self.server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}
-        )
 
     def tail(self) -> str:
         """The end of the serving process's and the server's logs."""
@@ -80,33 +70,20 @@ class Served:
         """A run of the served deployment, created as the UI's "Run" button does."""
         from prefect.client.orchestration import get_client
 
-        with self.api(), get_client(sync_client=True) as client:
+        with server_api(self.server), get_client(sync_client=True) as client:
             deployment = client.read_deployment_by_name(DEPLOYMENT)
             return client.create_flow_run_from_deployment(deployment.id, parameters=parameters).id
 
     def suspended(self, run_id: UUID, round_: int) -> str:
         """Wait until the run is suspended with review round ``round_``'s form saved; its description."""
-        from prefect.client.orchestration import get_client
-
-        key = f"suspended-review-1-{round_}-description"
-        deadline = time.monotonic() + _WAIT
-        with self.api(), get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                state = client.read_flow_run(run_id).state
-                assert state is None or not state.is_final(), f"the run ended: {state}\n{self.tail()}"
-                if state is not None and state.is_paused():
-                    saved = client.filter_flow_run_input(run_id, key, limit=1, exclude_keys=set())
-                    if saved:
-                        return str(saved[0].decoded_value)
-                time.sleep(0.3)
-        pytest.fail(f"the run never suspended for round {round_}:\n{self.tail()}")
+        return wait_for_review(self.server, run_id, f"suspended-review-1-{round_}-description", self.tail)
 
     def final(self, run_id: UUID) -> Any:
         """Wait until the run's state is final; that state."""
         from prefect.client.orchestration import get_client
 
         deadline = time.monotonic() + _WAIT
-        with self.api(), get_client(sync_client=True) as client:
+        with server_api(self.server), get_client(sync_client=True) as client:
             while time.monotonic() < deadline:
                 state = client.read_flow_run(run_id).state
                 if state is not None and state.is_final():
@@ -118,14 +95,14 @@ class Served:
         """The run's states, oldest first."""
         from prefect.client.orchestration import get_client
 
-        with self.api(), get_client(sync_client=True) as client:
+        with server_api(self.server), get_client(sync_client=True) as client:
             return sorted(client.read_flow_run_states(run_id), key=lambda s: s.timestamp)
 
     def resume(self, run_id: UUID, answer: dict[str, Any]) -> None:
         """Resume the run with ``answer``, as the UI's Resume form sends it."""
         from prefect.flow_runs import resume_flow_run
 
-        with self.api():
+        with server_api(self.server):
             resume_flow_run(run_id, run_input=answer)
 
 
@@ -154,7 +131,7 @@ def served() -> Iterator[Served]:
             "GPT_IMAGE_ALLOW_PRIVATE_HOSTS": "127.0.0.1,::1,localhost",
             "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         }
-        stack = Served(server, sandbox, root, root / "serve.log", env)
+        stack = Served(server, sandbox, root, root / "serve.log")
         with stack.log.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-c", _SERVE],
@@ -180,7 +157,7 @@ def _wait_for_deployment(stack: Served, process: subprocess.Popen[bytes]) -> Non
     from prefect.exceptions import ObjectNotFound
 
     deadline = time.monotonic() + _WAIT
-    with stack.api(), get_client(sync_client=True) as client:
+    with server_api(stack.server), get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
             assert process.poll() is None, f"serve() ended:\n{stack.tail()}"
             try:
@@ -248,7 +225,7 @@ def test_an_unanswered_review_of_a_served_run_is_ended_by_the_server_and_a_rerun
     assert billed_images(served.sandbox) == before + 3  # nothing paid after the suspension
     from tests.support.prefect import flow_run_logs
 
-    with served.api():
+    with server_api(served.server):
         logs = flow_run_logs(run_id)
     waiting = [m for m in logs if "wait for a decision" in m]
     assert len(waiting) == 1 and "the run fails after 3 s without one" in waiting[0], logs
