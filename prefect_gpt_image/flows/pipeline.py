@@ -24,11 +24,10 @@ from .chain import (
     ChainResult,
     ChainRow,
     failed_steps,
+    make_chains,
     plan_chains,
     publish_chain_markdown,
     run_batch,
-    run_chains,
-    run_reviewed,
     split_reviews,
     step_names,
 )
@@ -120,27 +119,17 @@ async def image_pipeline(
             raise prepared[0].error
         if has_budget(settings):
             await enforce_budget(plan, settings)
-        run: dict[str, Any] = {
-            "variant": variant,
-            "credentials": credentials,
-            "settings": settings,
-            "store": store,
-            "batch": False,
-            "max_parallel": 1,
-            "progress_key": None,
-            "logger": logger,
-        }
-        stopped: str | None = None
-        if reviews:
-            result, errors, stopped = await run_reviewed(
-                prepared,
-                reviews,
-                title="gpt-image pipeline",
-                sheet=review_sheet(store, settings, logger),
-                **run,
-            )
-        else:
-            result, errors = await run_chains(prepared, **run)
+        result, errors, stopped = await make_chains(  # one row, its steps as task runs
+            prepared,
+            reviews,
+            title="gpt-image pipeline",
+            sheet=review_sheet(store, settings, logger),
+            logger=logger,
+            variant=variant,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+        )
         if stopped is not None:
             raise ReviewTimeoutError(stopped)
         if errors:

@@ -13,7 +13,10 @@ While a review waits, an event (:data:`REVIEW_EVENT`) names the flow run, its UI
 counts, so an automation can tell a channel. In a deployment run the flow run is *suspended*
 rather than paused (the process exits and the worker is free; on resume the run starts again
 from the top, every image already made comes from the store's cache records, and the review
-returns the answer given); elsewhere (a script, ``serve``) it is paused, the process waiting.
+returns the answer given); a run of a deployment served by ``flow.serve()`` is a deployment run
+too, taken up again by the serving process. Elsewhere (a script) it is paused, the process
+waiting. A suspended run nobody answers is failed by the server's pause expiration service, with
+Prefect's message (:data:`SUSPENDED_TIMEOUT` says so in the run's log before it suspends).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run, asuspend_flow_run
 from prefect.input import RunInput, keyset_from_base_key
 from prefect.runtime import deployment, flow_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.utilities.urls import url_for
 from pydantic import BaseModel, BeforeValidator, Field
 
 from prefect_gpt_image.api import EditRequest, GenerateRequest, GptImageError
 from prefect_gpt_image.api.pricing import PriceModel
 from prefect_gpt_image.blocks import GptImageSettings
-from prefect_gpt_image.calls import cache_key, md_text, read_record
+from prefect_gpt_image.calls import cache_key, md_link, md_text, read_record
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import ImageRef
 
@@ -68,6 +72,14 @@ UNKNOWN = "unknown"
 
 POLL_SECONDS = 5
 """How often a paused run (in its process) asks the server whether it was resumed."""
+
+SUSPENDED_TIMEOUT = (
+    "; in a deployment run Prefect's server does that (its pause expiration service): "
+    "the run ends Failed with the server's message 'The flow was paused and never resumed.', "
+    "nothing more is paid for, and a new run with the same parameters gets every image made so "
+    "far from the store at no cost"
+)
+"""What the waiting log line adds for a suspended run: its end is the server's, not the flow's."""
 
 PAUSE_GRACE_SECONDS = 120
 """The server's pause outlasts the review's timeout by this much: the run ends itself first."""
@@ -290,28 +302,31 @@ async def _ask(
     key = f"review-{settings.index}-{round_}"
     title = f"{settings.title}: review of step {settings.step}, round {round_}"
     pages = await sheet(sorted(pending), title)
-    description = _description(pending, pages, key, last, problem)
-    if len(pages) > 1:  # the form shows the first page; every page is an artifact of the run
-        await _publish_pages(pages, key, title)
-    form = ReviewForm.with_initial_data(description=description, approve_all=True)
     suspend = deployment.id is not None
     run_id = flow_run.id
     url = url_for("flow-run", obj_id=run_id) if run_id else None
     # A suspended run started again after its resume passes the reviews already answered:
-    # no event for those (nobody is waiting).
-    if suspend and await _answered_before(UUID(str(run_id)), key):
+    # no event for those (nobody is waiting), no pages published again, the form not shown.
+    answered = suspend and await _answered_before(UUID(str(run_id)), key)
+    links: list[str | None] = []
+    if len(pages) > 1 and not answered:  # the form shows page 1 and links every page's artifact
+        links = await _publish_pages(pages, key, title)
+    description = _description(pending, pages, key, last, problem, links)
+    form = ReviewForm.with_initial_data(description=description, approve_all=True)
+    if answered:
         logger.info("review %d, round %d: answered before this run started again", settings.index, round_)
     else:
         _emit(run_id, url, settings, round_, len(pending), "suspend" if suspend else "pause")
         logger.info(
             "review %d, round %d: %d row(s) of step %r wait for a decision (Resume in the UI%s); "
-            "the run fails after %d s without one",
+            "the run fails after %d s without one%s",
             settings.index,
             round_,
             len(pending),
             settings.step,
             f": {url}" if url else "",
             settings.timeout,
+            SUSPENDED_TIMEOUT if suspend else "",
         )
     timed_out = ReviewTimeoutError(
         f"review of step {settings.step!r} (round {round_}): no answer within "
@@ -387,9 +402,15 @@ async def _answered(run_id: UUID, state: str, key: str) -> tuple[str, dt.datetim
 
 
 def _description(
-    pending: Mapping[int, ReviewItem], pages: list[str], key: str, last: bool, problem: str
+    pending: Mapping[int, ReviewItem],
+    pages: list[str],
+    key: str,
+    last: bool,
+    problem: str,
+    links: list[str | None],
 ) -> str:
-    """The form's description: what to do, then the first page of the contact sheet."""
+    """The form's description: what to do, a link to every page of the contact sheet when it
+    has more than one (``links``: each page's artifact in the UI), then the first page."""
     lines = []
     if problem:
         lines += [f"**The last answer was not used**: {md_text(problem)}. Answer again.", ""]
@@ -406,21 +427,40 @@ def _description(
     if len(pages) > 1:
         lines += [
             md_text(
-                f"Below: page 1 of {len(pages)}; every page is a markdown artifact of this run "
-                f"(page 1 under the key gpt-image-{key})."
+                f"Below: page 1 of {len(pages)} of the contact sheet. Every page is a markdown "
+                f"artifact of this run (page 1 under the key gpt-image-{key}); a row on a later "
+                "page is answered here like any other, by its number or id:"
             ),
             "",
         ]
+        links = links + [None] * (len(pages) - len(links))
+        lines += [
+            f"- {md_link(_page_name(pending, number, len(pages)), link)}"
+            for number, link in enumerate(links, start=1)
+        ]
+        lines.append("")
     return "\n".join(lines) + "\n" + (pages[0] if pages else "")
 
 
-async def _publish_pages(pages: list[str], key: str, title: str) -> None:
+def _page_name(pending: Mapping[int, ReviewItem], number: int, count: int) -> str:
+    """'page 2 of 3: rows 101 to 200', the rows as the sheet pages them (:data:`SHEET_ROWS` a page)."""
+    rows = sorted(pending)[(number - 1) * SHEET_ROWS : number * SHEET_ROWS]
+    return f"page {number} of {count}" + (f": rows {rows[0]} to {rows[-1]}" if rows else "")
+
+
+async def _publish_pages(pages: list[str], key: str, title: str) -> list[str | None]:
+    """Publish every page of the review's contact sheet as a markdown artifact of the run (the
+    first under the key ``gpt-image-{key}``); each page's link in the UI (None without a UI URL)."""
+    ui = PREFECT_UI_URL.value()
+    links: list[str | None] = []
     for number, page in enumerate(pages, start=1):
-        await acreate_markdown_artifact(
+        artifact = await acreate_markdown_artifact(
             markdown=page,
             key=f"gpt-image-{key}" if number == 1 else None,
             description=md_text(f"{title}: page {number} of {len(pages)}"),
         )
+        links.append(f"{ui.rstrip('/')}/artifacts/artifact/{artifact}" if ui else None)
+    return links
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +84,7 @@ class E2EStack:
 
     def api(self) -> AbstractContextManager[Any]:
         """A context in which this process's Prefect client talks to the e2e server."""
-        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
-
-        return temporary_settings(
-            {PREFECT_API_URL: self.server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False}
-        )
+        return server_api(self.server)
 
     def deployment_id(self, name: str) -> UUID:
         """The id of deployment ``name`` (as named in prefect.yaml) on the server."""
@@ -108,6 +104,32 @@ class E2EStack:
                 continue
             parts.append(f"--- {path.name} ---\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts).replace(self.api_key, "***")
+
+
+def server_api(server: LocalPrefectServer) -> AbstractContextManager[Any]:
+    """A context in which this process's Prefect client talks to ``server``."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_SERVER_ANALYTICS_ENABLED: False})
+
+
+def wait_for_review(server: LocalPrefectServer, run_id: Any, key: str, tail: Callable[[], str]) -> str:
+    """Wait until the run is suspended for review with its form saved under the run input
+    ``key`` (``suspended-review-{n}-{round}-description``); the form's description. Fails, with
+    ``tail()`` (the logs), if the run ends or never gets there."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + 120
+    with server_api(server), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            state = client.read_flow_run(run_id).state
+            assert state is None or not state.is_final(), f"the run ended: {state}\n{tail()}"
+            if state is not None and state.is_paused():
+                saved = client.filter_flow_run_input(run_id, key, limit=1, exclude_keys=set())
+                if saved:
+                    return str(saved[0].decoded_value)
+            time.sleep(0.5)
+    pytest.fail(f"the run never waited for review ({key}):\n{tail()}")
 
 
 @dataclass(frozen=True)

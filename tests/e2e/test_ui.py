@@ -179,23 +179,6 @@ def _edit_requests(stack: E2EStack) -> list[dict[str, Any]]:
     return [r for r in sandbox_requests(stack.sandbox) if r["endpoint"].endswith("edits")]
 
 
-def _wait_for_review(stack: E2EStack, run_id: Any, key: str) -> str:
-    """Wait until the run is suspended for review with its form saved; the form's description."""
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + 120
-    with stack.api(), get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            state = client.read_flow_run(run_id).state
-            assert state is None or not state.is_final(), f"the run ended: {state}\n{stack.log_tail()}"
-            if state is not None and state.is_paused():
-                saved = client.filter_flow_run_input(run_id, key, limit=1, exclude_keys=set())
-                if saved:
-                    return str(saved[0].decoded_value)
-            time.sleep(0.5)
-    pytest.fail(f"the run never waited for review:\n{stack.log_tail()}")
-
-
 def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sheet(
     request: pytest.FixtureRequest,
 ) -> None:
@@ -210,7 +193,7 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
 
     from tests.support.images import png_bytes
 
-    from .conftest import start_run, wait_for_runs
+    from .conftest import start_run, wait_for_review, wait_for_runs
 
     client = stack.s3.client()
     for i, colour in enumerate(["teal", "tomato", "gold"]):
@@ -220,7 +203,7 @@ def test_a_deployment_run_suspends_for_review_and_the_resume_dialog_shows_its_sh
     edits_before = len(_edit_requests(stack))
     parameters = {"images": f"s3://{stack.bucket}/review-photos/", "review": True, "review_timeout": 900}
     run_id, created = start_run(stack, "backgrounds", parameters)
-    sheet = _wait_for_review(stack, run_id, "suspended-review-1-1-description")
+    sheet = wait_for_review(stack.server, run_id, "suspended-review-1-1-description", stack.log_tail)
     assert len(_edit_requests(stack)) == edits_before + 3
     assert "round 1" in sheet
 

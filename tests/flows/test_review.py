@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 import threading
 import time
 import uuid
@@ -23,7 +24,7 @@ from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.flow_runs import resume_flow_run
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from prefect_gpt_image.flows import (
     REVIEW_EVENT,
@@ -35,7 +36,7 @@ from prefect_gpt_image.flows import (
 )
 from prefect_gpt_image.flows import review as review_module
 from tests.support.images import png_bytes
-from tests.support.markdown import cell_text
+from tests.support.markdown import cell_text, render
 from tests.support.prefect import flow_run_artifacts
 from tests.support.sandbox import billed_images, sandbox_requests
 
@@ -334,3 +335,48 @@ def test_image_pipeline_reviews_the_generation_before_the_edit(env: Any) -> None
     assert billed_images(sandbox) == 1 and not [
         r for r in sandbox_requests(sandbox) if r["endpoint"].endswith("edits")
     ]
+
+
+def test_a_review_of_130_rows_links_every_page_and_takes_answers_about_later_rows(
+    prefect_env: Path, make_sandbox: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """More rows than a sheet page holds: the form's description (page 1) links every page's
+    artifact, the last page lists rows 101 to 130, and a redo of row 120 and a drop of row 101
+    are honoured (the sandbox's ledger: exactly one more call, for row 120's prompt)."""
+    from prefect_gpt_image.flows.sheets import SHEET_PAGE_ROWS
+
+    assert SHEET_PAGE_ROWS == review_module.SHEET_ROWS == 100
+    sandbox = make_sandbox(latency=0)
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-review-pages-0123")
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    prompts = [f"a paper lantern, number {n}" for n in range(1, 131)]
+    flow = _generate(prompts, str(tmp_path / "store"))
+    run_id, description = flow.paused(1)
+    assert billed_images(sandbox) == 130
+    assert "page 1 of 2" in description and "| 100 | " in description and "| 101 | " not in description
+    shown = render(description).html  # as the Resume dialog shows it
+    links = re.findall(r'<a href="([^"]+)">page (\d) of 2: rows (\d+) to (\d+)</a>', shown)
+    assert [(p, a, b) for _, p, a, b in links] == [("1", "1", "100"), ("2", "101", "130")], shown[:3000]
+    artifacts = {a["id"]: a for a in flow_run_artifacts(run_id) if a["type"] == "markdown"}
+    ui = str(PREFECT_UI_URL.value()).rstrip("/")
+    pages = []
+    for link, *_ in links:
+        assert link.startswith(f"{ui}/artifacts/artifact/"), link
+        pages.append(artifacts[link.rsplit("/", 1)[1]]["data"])  # an artifact of this run
+    first, last = pages
+    assert "page 1 of 2: rows 1 to 100 of 130" in first and "| 100 | " in first
+    assert "page 2 of 2: rows 101 to 130 of 130" in last
+    assert all(f"| {n} | " in last for n in range(101, 131)) and "| 100 | " not in last
+
+    resume_flow_run(run_id, run_input=_form(redo=[("120", "in the rain")], drop=["101"]))
+    _, description = flow.paused(2)
+    assert render(description).text.startswith("1 row(s) to review") and "| 120 | " in description
+    resume_flow_run(run_id, run_input=_form())
+    state = run(flow.result())
+    assert state.is_completed(), state.message
+    generations = [r["fields"]["prompt"] for r in sandbox_requests(sandbox)]
+    assert billed_images(sandbox) == 131 and generations[130:] == [f"{prompts[119]} in the rain"]
+    rows = {r.row: r for r in state.result().rows}  # type: ignore[union-attr]
+    assert rows[101].status == "dropped" and [d.decision for d in rows[101].review] == ["dropped"]
+    assert rows[120].status == "stored" and [d.decision for d in rows[120].review] == ["redo", "approved"]
+    assert sum(r.status == "stored" for r in rows.values()) == 129

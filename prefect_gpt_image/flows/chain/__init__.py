@@ -31,9 +31,9 @@ from ..params import ChainStep, ImageOptions
 from ..plan import enforce_budget, has_budget, publish_plan
 from .planning import edit_size, plan_chains
 from .report import SheetPublisher, chain_markdown, publish_chain_markdown, publish_chain_table
-from .reviewed import StepSheet, run_reviewed, split_reviews
+from .reviewed import ReviewPoint, StepSheet, run_reviewed, split_reviews
 from .running import run_chains
-from .steps import ChainResult, ChainRow, StepResult, failed_steps, step_names
+from .steps import ChainResult, ChainRow, PreparedRow, StepResult, failed_steps, step_names
 
 __all__ = [
     "ChainResult",
@@ -43,6 +43,7 @@ __all__ = [
     "chain_markdown",
     "edit_size",
     "failed_steps",
+    "make_chains",
     "plan_chains",
     "publish_chain_markdown",
     "publish_chain_table",
@@ -52,6 +53,44 @@ __all__ = [
     "split_reviews",
     "step_names",
 ]
+
+
+async def make_chains(
+    prepared: list[PreparedRow],
+    reviews: Sequence[ReviewPoint],
+    *,
+    title: str,
+    sheet: StepSheet | None,
+    logger: Any,
+    variant: int,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+    batch: bool = False,
+    max_parallel: int | None = 1,
+    progress_key: str | None = None,
+) -> tuple[ChainResult, dict[tuple[int, str], BaseException], str | None]:
+    """Make the planned chains of ``prepared``: with :func:`run_reviewed` when the chain has
+    review points (``reviews``, the form showing ``sheet``), else with :func:`run_chains` (the
+    other keywords are its own; their defaults are ``image_pipeline``'s one row, each step its
+    own task run, no progress artifact). The results, the failed steps' errors, and why the run
+    stopped early (a review timed out) or None. The one place a flow's body chooses between the
+    two (``run_batch``, ``image_pipeline``)."""
+    run: dict[str, Any] = {
+        "variant": variant,
+        "credentials": credentials,
+        "settings": settings,
+        "store": store,
+        "batch": batch,
+        "max_parallel": max_parallel,
+        "progress_key": progress_key,
+        "logger": logger,
+    }
+    if reviews:
+        assert sheet is not None, "a run with review steps needs its contact sheet"
+        return await run_reviewed(prepared, reviews, title=title, sheet=sheet, **run)
+    result, errors = await run_chains(prepared, **run)
+    return result, errors, None
 
 
 async def run_batch(
@@ -94,22 +133,20 @@ async def run_batch(
             return Completed(message=plan.summary(), data=plan)
         if has_budget(settings):
             await enforce_budget(plan, settings)
-        run: dict[str, Any] = {
-            "variant": variant,
-            "credentials": credentials,
-            "settings": settings,
-            "store": store,
-            "batch": True,
-            "max_parallel": max_parallel,
-            "progress_key": f"{key}-progress",
-            "logger": logger,
-        }
-        stopped: str | None = None
-        if reviews:
-            assert sheet is not None, "a run with review steps needs its contact sheet"
-            result, _, stopped = await run_reviewed(prepared, reviews, title=title, sheet=sheet, **run)
-        else:
-            result, _ = await run_chains(prepared, **run)
+        result, _, stopped = await make_chains(
+            prepared,
+            reviews,
+            title=title,
+            sheet=sheet,
+            logger=logger,
+            batch=True,
+            max_parallel=max_parallel,
+            progress_key=f"{key}-progress",
+            variant=variant,
+            credentials=credentials,
+            settings=settings,
+            store=store,
+        )
         made = sum(s.status == "stored" and not s.served for s in result.steps)
         hits = sum(s.served for s in result.steps)
         total = len(rows)
