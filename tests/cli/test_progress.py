@@ -20,7 +20,8 @@ from prefect_gpt_image.calls import usd
 from .conftest import COMMAND, TIMEOUT, Cli
 
 LINE = re.compile(
-    r"^batch: (?P<final>done, )?(?P<done>\d+)/(?P<total>\d+) rows, [\d.]+ s; "
+    r"^(?P<command>batch|batch-edit|pipeline): (?P<final>done, )?(?P<done>\d+)/(?P<total>\d+) "
+    r"(?P<unit>rows|steps), [\d.]+ s; "
     r"(?P<bill>paid (?P<paid>\$[\d.]+) for (?P<images>\d+) images?; "
     r"(?P<served>\d+) served from the store .*)$"
 )
@@ -59,6 +60,24 @@ def test_progress_lines_off_a_terminal_end_with_what_the_ledger_billed(cli_on_se
     assert all(m["total"] == "6" for m in lines)
     # The command's own bill on stdout says the same.
     assert run.stdout.strip().splitlines()[-1] == final["bill"]
+
+
+def test_a_pipeline_counts_its_steps_and_ends_with_what_the_ledger_billed(cli_on_server: Cli) -> None:
+    cli = cli_on_server
+    manifest = cli.root / "rows.csv"
+    manifest.write_text("product\na mug\na lamp\n")
+    steps = cli.root / "steps.json"
+    steps.write_text(
+        json.dumps([{"kind": "generate", "prompt": "{product}"}, {"kind": "edit", "prompt": "at dusk"}])
+    )
+    run = cli.run("pipeline", str(manifest), str(steps), "--quality", "low")
+    assert run.returncode == 0, run.tail()
+    assert cli.billed_images() == 4
+    lines = [m for m in map(LINE.match, run.stderr.splitlines()) if m is not None]
+    assert lines and all((m["command"], m["unit"], m["total"]) == ("pipeline", "steps", "4") for m in lines)
+    final = lines[-1]
+    assert final["final"] and final["done"] == "4", final.string
+    assert (final["paid"], final["images"]) == (usd(cli.sandbox.ledger.total_cost), "4"), final.string
 
 
 def _on_terminal(cli: Cli, *args: str, stdout_too: bool) -> tuple[int, str, str]:
