@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Outcome:
     """Run (or plan) the batch."""
-    from prefect_gpt_image.flows import batch_generate
+    from prefect_gpt_image.flows import batch_generate, plan_batch
 
     options = flow_options(image_options(args, presets_only=True))
     source: dict[str, object] = {}
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> Outcome:
         "options": options,
         "n": args.n,
     }
-    return run_flow("batch", batch_generate, kwargs, args)
+    return run_flow("batch", batch_generate, plan_batch, kwargs, args)
 
 
 def _prompts(path: Path) -> list[str]:

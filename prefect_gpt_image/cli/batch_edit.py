@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Outcome:
     """Run (or plan) the batch of edits."""
-    from prefect_gpt_image.flows import batch_edit
+    from prefect_gpt_image.flows import batch_edit, plan_batch_edit
 
     options = flow_options(image_options(args, presets_only=True))
     region = parse_region(args.region)
@@ -48,4 +48,4 @@ def run(args: argparse.Namespace) -> Outcome:
         "options": options,
         "image_column": args.image_column,
     }
-    return run_flow("batch-edit", batch_edit, kwargs, args)
+    return run_flow("batch-edit", batch_edit, plan_batch_edit, kwargs, args)

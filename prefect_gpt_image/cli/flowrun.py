@@ -1,22 +1,33 @@
 """Running a batch flow (``batch_generate``, ``batch_edit``, ``batch_pipeline``) for a verb, in
-this process, and turning its result (or plan) into the verb's :class:`~.report.Outcome`.
+this process, and turning its result into the verb's :class:`~.report.Outcome`; or, for ``plan``,
+making the flow's plan with the flow's own planner, outside any flow run.
 
 The flows run as they would in a script: on the configured Prefect server, else Prefect's
-ephemeral one (started for the run). A row or step served from the store is told from a paid one by
-its ``served``.
+ephemeral one (started for the run), their progress shown as rows finish (:mod:`.progress`). A
+row or step served from the store is told from a paid one by its ``served``. A plan needs neither
+a key nor a Prefect server (unless a saved block is named), so it starts at once.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .exits import FAILED, UsageError
-from .report import Outcome, progress
+from .progress import batch_progress
+from .report import Outcome
 from .session import Session, open_session
 from .single import plan_document
 
-__all__ = ["flow_options", "local_path", "run_flow"]
+if TYPE_CHECKING:
+    from prefect_gpt_image.flows import RunPlan
+
+__all__ = ["Planner", "flow_options", "local_path", "run_flow"]
+
+Planner = Callable[..., Coroutine[Any, Any, "RunPlan"]]
+"""A flow's planner (``plan_batch``, ``plan_batch_edit``, ``plan_batch_pipeline``): the flow's
+parameters, ``variant`` and the session's ``settings``, ``credentials`` and ``store``."""
 
 
 def flow_options(options: dict[str, Any]) -> Any:
@@ -47,35 +58,55 @@ def local_path(location: str) -> str:
     return str(path.resolve())
 
 
-def run_flow(command: str, flow: Any, kwargs: dict[str, Any], args: argparse.Namespace) -> Outcome:
-    """Run ``flow(**kwargs)`` with the options every batch flow takes (planning only with
-    ``plan``) in the command's session, and describe what it made."""
+def run_flow(
+    command: str, flow: Any, planner: Planner, kwargs: dict[str, Any], args: argparse.Namespace
+) -> Outcome:
+    """Run ``flow(**kwargs)`` with the options every batch flow takes in the command's session,
+    and describe what it made; with ``plan``, make the flow's plan with ``planner(**kwargs)``
+    (the code the flow's ``plan_only`` runs) at once: no key, no Prefect server, nothing paid."""
+    if args.plan:
+        return _plan(command, planner, kwargs, args)
     with open_session(args) as session:
         return _run_flow(command, flow, kwargs, session, args)
+
+
+def _plan(command: str, planner: Planner, kwargs: dict[str, Any], args: argparse.Namespace) -> Outcome:
+    import asyncio
+
+    with open_session(args, needs_key=False) as session:
+        plan = asyncio.run(
+            planner(
+                **kwargs,
+                variant=args.variant,
+                settings=session.settings,
+                credentials=session.credentials,
+                store=session.store,
+            )
+        )
+    outcome = Outcome(f"plan {command}")
+    outcome.plan = plan_document(plan)
+    return outcome
 
 
 def _run_flow(
     command: str, flow: Any, kwargs: dict[str, Any], session: Session, args: argparse.Namespace
 ) -> Outcome:
-    from prefect_gpt_image.flows import BatchResult, ChainResult, RunPlan
+    from prefect_gpt_image.flows import BatchResult, ChainResult
 
     common = {
         "variant": args.variant,
         "max_parallel": args.max_parallel,
-        "plan_only": args.plan,
         "storage": args.storage,
         "credentials_block": args.credentials_block,
         "settings_block": args.settings_block,
     }
-    with progress(f"{command}: running the flow", as_json=args.json):
+    with batch_progress(command, as_json=args.json):
         state = flow(**kwargs, **common, return_state=True)
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data
-    outcome = Outcome(f"plan {command}" if args.plan else command)
-    if isinstance(data, RunPlan):
-        outcome.plan = plan_document(data)
-    elif isinstance(data, BatchResult):
+    outcome = Outcome(command)
+    if isinstance(data, BatchResult):
         _batch(outcome, data, session, str(state.state_details.flow_run_id))
     elif isinstance(data, ChainResult):
         _chain(outcome, data)

@@ -57,7 +57,7 @@ def read_steps(path: Path) -> list[Any]:
 
 def run(args: argparse.Namespace) -> Outcome:
     """Run (or plan) the pipeline."""
-    from prefect_gpt_image.flows import batch_pipeline
+    from prefect_gpt_image.flows import batch_pipeline, plan_batch_pipeline
 
     options = flow_options(image_options(args, presets_only=True))
     steps = read_steps(Path(local_path(args.steps)))
@@ -66,4 +66,4 @@ def run(args: argparse.Namespace) -> Outcome:
         "steps": steps,
         "options": options,
     }
-    return run_flow("pipeline", batch_pipeline, kwargs, args)
+    return run_flow("pipeline", batch_pipeline, plan_batch_pipeline, kwargs, args)

@@ -117,7 +117,8 @@ class Session:
 
 @contextmanager
 def open_session(args: argparse.Namespace, *, needs_key: bool = True) -> Iterator[Session]:
-    """The command's session, with a sandbox running for it while inside (``--sandbox``)."""
+    """The command's session, with a sandbox running for it while inside (``--sandbox``); without
+    ``needs_key`` (a plan) no key is asked for, but a named credentials block is still loaded."""
     sandbox = None
     if getattr(args, "sandbox", False):
         from prefect_gpt_image.sandbox import SandboxServer
@@ -131,7 +132,7 @@ def open_session(args: argparse.Namespace, *, needs_key: bool = True) -> Iterato
     try:
         settings = _settings(args.settings_block)
         store = _store(args.storage)
-        credentials, prompted = _credentials(args, settings) if needs_key else (None, False)
+        credentials, prompted = _credentials(args, settings, needs_key=needs_key)
         yield Session(settings=settings, store=store, credentials=credentials, prompted=prompted)
     finally:
         if sandbox is not None:
@@ -167,9 +168,10 @@ def _store(location: str | None) -> ImageStore:
 
 
 def _credentials(
-    args: argparse.Namespace, settings: GptImageSettings
+    args: argparse.Namespace, settings: GptImageSettings, *, needs_key: bool
 ) -> tuple[GptImageCredentials | None, bool]:
-    """The saved block, else None (the environment's key, checked now), else a prompted key."""
+    """The saved block, else None (the environment's key, checked now unless not ``needs_key``:
+    a plan prices the calls for the block's endpoint but needs no key), else a prompted key."""
     from prefect_gpt_image.api import ConfigurationError
     from prefect_gpt_image.blocks import GptImageCredentials
     from prefect_gpt_image.calls import client_config
@@ -177,6 +179,8 @@ def _credentials(
     if args.credentials_block:
         block = _load_block(GptImageCredentials, args.credentials_block, "--credentials-block")
         return block, False
+    if not needs_key:
+        return None, False
     try:
         client_config(None, settings)
         return None, False

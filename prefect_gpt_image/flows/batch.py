@@ -16,6 +16,8 @@ artifacts (the table lists every row's image).
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -26,6 +28,7 @@ from prefect.states import Completed, Failed
 from prefect_gpt_image.api import GenerateRequest, GptImageError, RequestValidationError
 from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.api.pricing import PriceModel
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.calls import (
     PartialDeliveryError,
     batch_rows,
@@ -44,17 +47,26 @@ from .batch_review import review_batch
 from .failures import FailedRow, failure_counts, failure_message
 from .manifest import BatchRow, batch_row, read_records
 from .params import ImageOptions, load_blocks
-from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, publish_plan
+from .plan import PlannedCall, RunPlan, enforce_budget, has_budget, planned
 from .rows import Progress, run_workers
 from .sheets import publish_sheets
 from .templates import template_columns
 
-__all__ = ["BatchResult", "RowResult", "batch_generate"]
+__all__ = [
+    "BatchResult",
+    "CheckedRows",
+    "RowResult",
+    "batch_generate",
+    "check_rows",
+    "plan_batch",
+    "plan_rows",
+]
 
 BATCH_TABLE_KEY = "gpt-image-batch"
 BATCH_PROGRESS_KEY = "gpt-image-batch-progress"
 _PROGRESS_INTERVAL = 1.0
 _FIRST_WAVE_WAIT = 3.0
+_LOGGER = logging.getLogger("prefect_gpt_image.flows.batch")
 
 
 @sync_or_async
@@ -105,43 +117,21 @@ async def batch_generate(
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
-    options = options or ImageOptions()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
-    parsed = _rows(prompts, manifest, store, prompt_template, settings.input_policy())
-    defaults = settings.request_defaults()
-
-    results: dict[int, RowResult] = {}
-    todo: list[tuple[int, BatchRow, dict[str, Any]]] = []
-    requests: dict[int, GenerateRequest] = {}
-    for number, row in parsed:
-        if isinstance(row, str):
-            results[number] = RowResult(row=number, prompt="", status="invalid", error=row)
-            continue
-        fields = {**options.fields(), "n": n, **row.overrides()}
-        try:
-            requests[number] = GenerateRequest.build(prompt=row.prompt, **{**defaults, **fields})
-        except RequestValidationError as exc:
-            results[number] = RowResult(
-                row=number, id=row.id, prompt=row.prompt, status="invalid", error=str(exc)
-            )
-            continue
-        todo.append((number, row, fields))
+    batch = (prompts, manifest, prompt_template, options, n)
+    if plan_only:
+        plan = await plan_batch(*batch, variant, settings=settings, credentials=credentials, store=store)
+        return await planned(plan, logger)
+    checked = check_rows(*batch, settings=settings, store=store, logger=logger)
+    parsed, todo, requests = checked.parsed, checked.todo, checked.requests
+    results: dict[int, RowResult] = dict(checked.invalid)
     total = len(parsed)
-    invalid = len(results)
-    logger.info(
-        "batch of %d rows (%d invalid): rows already in the store are served from it, the others run",
-        total,
-        invalid,
-    )
     lookups = StoreLookups(todo, requests, variant, store, logger)
     try:
-        if plan_only or has_budget(settings):
-            plan = await _plan(parsed, results, requests, lookups, call_prices(credentials, settings))
-            if plan_only:
-                await publish_plan(plan)
-                logger.info(plan.summary())
-                return Completed(message=plan.summary(), data=plan)
-            await enforce_budget(plan, settings)
+        if has_budget(settings):
+            await enforce_budget(
+                await plan_rows(checked, lookups, call_prices(credentials, settings)), settings
+            )
         # The progress artifact is made while the first rows are looked up (round trips at once).
         progress_id, must_run = await asyncio.gather(
             acreate_progress_artifact(
@@ -149,8 +139,7 @@ async def batch_generate(
             ),
             lookups.any_miss(),
         )
-        progress = Progress(total, progress_id)
-        progress.done = len(results)
+        progress = Progress(total, progress_id, done=len(results))
         queue: asyncio.Queue[tuple[int, BatchRow, dict[str, Any]]] = asyncio.Queue()
         for item in todo:
             queue.put_nowait(item)
@@ -171,7 +160,7 @@ async def batch_generate(
                     results[number] = made
                     if made.status != "stored":
                         logger.warning("row %d failed: %s", number, made.error)
-                progress.advance()
+                progress.advance(results[number])
 
         if must_run:
             parallel = max_parallel or max(1, 2 * settings.concurrency_limit)
@@ -246,28 +235,97 @@ async def batch_generate(
     return Completed(message=summary, data=result)
 
 
-async def _plan(
-    parsed: list[tuple[int, BatchRow | str]],
-    results: dict[int, RowResult],
-    requests: dict[int, GenerateRequest],
-    lookups: StoreLookups,
-    prices: PriceModel,
-) -> RunPlan:
-    """The batch's plan: every row invalid, found in the store, or a call of ``n`` images priced
-    by ``prices``."""
+@dataclass
+class CheckedRows:
+    """A batch's rows, each checked before anything is paid: the invalid ones already as their
+    results, the others with their request and the fields it was built from."""
+
+    parsed: list[tuple[int, BatchRow | str]]
+    invalid: dict[int, RowResult] = field(default_factory=dict)
+    todo: list[tuple[int, BatchRow, dict[str, Any]]] = field(default_factory=list)
+    requests: dict[int, GenerateRequest] = field(default_factory=dict)
+
+
+def check_rows(
+    prompts: list[str] | None,
+    manifest: str | None,
+    prompt_template: str | None,
+    options: ImageOptions | None,
+    n: int,
+    *,
+    settings: GptImageSettings,
+    store: ImageStore,
+    logger: Any,
+) -> CheckedRows:
+    """Read and check every row of a batch (``batch_generate``'s parameters): its prompt, template
+    and overrides, and its request as the API layer builds it. Nothing is sent."""
+    options = options or ImageOptions()
+    checked = CheckedRows(_rows(prompts, manifest, store, prompt_template, settings.input_policy()))
+    defaults = settings.request_defaults()
+    for number, row in checked.parsed:
+        if isinstance(row, str):
+            checked.invalid[number] = RowResult(row=number, prompt="", status="invalid", error=row)
+            continue
+        fields = {**options.fields(), "n": n, **row.overrides()}
+        try:
+            checked.requests[number] = GenerateRequest.build(prompt=row.prompt, **{**defaults, **fields})
+        except RequestValidationError as exc:
+            checked.invalid[number] = RowResult(
+                row=number, id=row.id, prompt=row.prompt, status="invalid", error=str(exc)
+            )
+            continue
+        checked.todo.append((number, row, fields))
+    logger.info(
+        "batch of %d rows (%d invalid): rows already in the store are served from it, the others run",
+        len(checked.parsed),
+        len(checked.invalid),
+    )
+    return checked
+
+
+async def plan_rows(checked: CheckedRows, lookups: StoreLookups, prices: PriceModel) -> RunPlan:
+    """The batch's plan: every row invalid, found in the store (``lookups``), or a call of ``n``
+    images priced by ``prices``."""
     calls: list[PlannedCall] = []
-    for number, row in parsed:
-        invalid = results.get(number)
+    for number, row in checked.parsed:
+        invalid = checked.invalid.get(number)
         if invalid is not None:
             calls.append(PlannedCall(row=number, id=invalid.id, status="invalid", error=invalid.error))
             continue
         assert isinstance(row, BatchRow)
         cached = await lookups.refs(number) is not None
         status: Literal["cached", "call"] = "cached" if cached else "call"
-        request = requests[number]
+        request = checked.requests[number]
         estimate = prices.estimate_request(request)
         calls.append(PlannedCall(row=number, id=row.id, status=status, images=request.n, estimate=estimate))
     return RunPlan(calls=calls, price_model=prices.label)
+
+
+async def plan_batch(
+    prompts: list[str] | None = None,
+    manifest: str | None = None,
+    prompt_template: str | None = None,
+    options: ImageOptions | None = None,
+    n: int = 1,
+    variant: int = 0,
+    *,
+    settings: GptImageSettings,
+    credentials: GptImageCredentials | None,
+    store: ImageStore,
+    logger: Any = _LOGGER,
+) -> RunPlan:
+    """What ``batch_generate(..., plan_only=True)`` returns, made outside any flow run: every row
+    checked, looked up in ``store`` and priced by the endpoint's price model
+    (:func:`~prefect_gpt_image.calls.call_prices`; ``credentials`` None: the environment's key, or
+    none at all). It needs no key and asks no Prefect server anything; nothing is sent."""
+    checked = check_rows(
+        prompts, manifest, prompt_template, options, n, settings=settings, store=store, logger=logger
+    )
+    lookups = StoreLookups(checked.todo, checked.requests, variant, store, logger)
+    try:
+        return await plan_rows(checked, lookups, call_prices(credentials, settings))
+    finally:
+        lookups.cancel()
 
 
 def _rows(

@@ -9,24 +9,28 @@ reported as invalid rows before anything is paid for.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
+from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import sync_or_async
 
 from .batch_review import review_sheet
-from .chain import ChainResult, ChainRow, run_batch
+from .chain import ChainResult, ChainRow, plan_batch, run_batch
 from .masks import MaskRegion
 from .params import ChainStep, EditStep, ImageOptions, ReviewStep, load_blocks
-from .plan import RunPlan
+from .plan import RunPlan, planned
 from .sheets import sheet_publisher
 from .sources import image_sources, is_manifest
 
-__all__ = ["BATCH_EDIT_KEY", "batch_edit"]
+__all__ = ["BATCH_EDIT_KEY", "batch_edit", "edit_rows", "plan_batch_edit"]
 
 BATCH_EDIT_KEY = "gpt-image-batch-edit"
+_LOGGER = logging.getLogger("prefect_gpt_image.flows.edit")
 
 
 @sync_or_async
@@ -80,6 +84,48 @@ async def batch_edit(
     """
     logger = get_run_logger()
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    edit = (images, prompt, mask_uri, region, references, options, image_column)
+    if plan_only:
+        plan = await plan_batch_edit(
+            *edit, variant, settings=settings, credentials=credentials, store=store, logger=logger
+        )
+        return await planned(plan, logger)
+    rows, step = edit_rows(*edit, settings=settings, store=store, logger=logger)
+    steps: list[ChainStep] = [step]
+    if review:
+        steps.append(ReviewStep(timeout_seconds=review_timeout, max_rounds=max_review_rounds))
+    return await run_batch(
+        rows,
+        steps,
+        options=ImageOptions(),
+        variant=variant,
+        max_parallel=max_parallel,
+        credentials=credentials,
+        settings=settings,
+        store=store,
+        key=BATCH_EDIT_KEY,
+        title="gpt-image batch edit",
+        sheet=review_sheet(store, settings, logger),
+        publish_sheet=sheet_publisher(store, settings.input_policy(), logger),
+        logger=logger,
+    )
+
+
+def edit_rows(
+    images: str | list[str],
+    prompt: str,
+    mask_uri: str | None,
+    region: MaskRegion | None,
+    references: list[str] | None,
+    options: ImageOptions | None,
+    image_column: str,
+    *,
+    settings: GptImageSettings,
+    store: ImageStore,
+    logger: Any,
+) -> tuple[list[ChainRow], EditStep]:
+    """The rows of a batch edit (``batch_edit``'s parameters): one per image found, each with its
+    manifest columns, and the edit step they all get. Nothing is read but the listing (or manifest)."""
     if mask_uri and region is not None:
         raise ValueError("give mask_uri or region, not both")
     step = EditStep(
@@ -106,22 +152,46 @@ async def batch_edit(
         for s in sources
     ]
     logger.info("batch edit of %d image(s)", len(rows))
-    steps: list[ChainStep] = [step]
-    if review:
-        steps.append(ReviewStep(timeout_seconds=review_timeout, max_rounds=max_review_rounds))
-    return await run_batch(
+    return rows, step
+
+
+async def plan_batch_edit(
+    images: str | list[str],
+    prompt: str,
+    mask_uri: str | None = None,
+    region: MaskRegion | None = None,
+    references: list[str] | None = None,
+    options: ImageOptions | None = None,
+    image_column: str = "image",
+    variant: int = 0,
+    *,
+    settings: GptImageSettings,
+    credentials: GptImageCredentials | None,
+    store: ImageStore,
+    logger: Any = _LOGGER,
+) -> RunPlan:
+    """What ``batch_edit(..., plan_only=True)`` returns, made outside any flow run: every image
+    checked, every edit looked up in ``store`` and priced (see :func:`.chain.plan_batch`). It
+    needs no key and asks no Prefect server anything; nothing is sent."""
+    rows, step = edit_rows(
+        images,
+        prompt,
+        mask_uri,
+        region,
+        references,
+        options,
+        image_column,
+        settings=settings,
+        store=store,
+        logger=logger,
+    )
+    plan, _ = await plan_batch(
         rows,
-        steps,
+        [step],
         options=ImageOptions(),
         variant=variant,
-        plan_only=plan_only,
-        max_parallel=max_parallel,
         credentials=credentials,
         settings=settings,
         store=store,
-        key=BATCH_EDIT_KEY,
-        title="gpt-image batch edit",
-        sheet=review_sheet(store, settings, logger),
-        publish_sheet=sheet_publisher(store, settings.input_policy(), logger),
-        logger=logger,
     )
+    return plan

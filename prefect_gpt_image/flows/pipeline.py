@@ -8,13 +8,16 @@ input of every step is checked before the first paid call.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
+from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings
 from prefect_gpt_image.calls import call_prices, md_text, read_once
 from prefect_gpt_image.storage import ImageStore
 from prefect_gpt_image.tasks import BatchFailedError, ImageRef, sync_or_async
@@ -25,6 +28,7 @@ from .chain import (
     ChainRow,
     failed_steps,
     make_chains,
+    plan_batch,
     plan_chains,
     publish_chain_markdown,
     run_batch,
@@ -34,14 +38,15 @@ from .chain import (
 from .failures import failure_counts, failure_message
 from .manifest import read_records
 from .params import BlendStep, ChainStep, EditStep, GenerateStep, ImageOptions, ReviewStep, load_blocks
-from .plan import RunPlan, enforce_budget, has_budget
+from .plan import RunPlan, enforce_budget, has_budget, planned
 from .review import ReviewDecision, ReviewTimeoutError
 from .sheets import sheet_publisher
 
-__all__ = ["PipelineResult", "batch_pipeline", "image_pipeline"]
+__all__ = ["PipelineResult", "batch_pipeline", "image_pipeline", "pipeline_rows", "plan_batch_pipeline"]
 
 PIPELINE_ARTIFACT_KEY = "gpt-image-pipeline"
 BATCH_PIPELINE_KEY = "gpt-image-batch-pipeline"
+_LOGGER = logging.getLogger("prefect_gpt_image.flows.pipeline")
 
 
 class PipelineResult(BaseModel):
@@ -226,6 +231,41 @@ async def batch_pipeline(
     logger = get_run_logger()
     step_names(split_reviews(steps)[0])  # no steps, a name used twice: fails before anything is read
     settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    if plan_only:
+        plan = await plan_batch_pipeline(
+            manifest,
+            steps,
+            options,
+            variant,
+            settings=settings,
+            credentials=credentials,
+            store=store,
+            logger=logger,
+        )
+        return await planned(plan, logger)
+    rows = pipeline_rows(manifest, steps, settings=settings, store=store, logger=logger)
+    return await run_batch(
+        rows,
+        steps,
+        options=options or ImageOptions(),
+        variant=variant,
+        max_parallel=max_parallel,
+        credentials=credentials,
+        settings=settings,
+        store=store,
+        key=BATCH_PIPELINE_KEY,
+        title="gpt-image batch pipeline",
+        sheet=review_sheet(store, settings, logger),
+        publish_sheet=sheet_publisher(store, settings.input_policy(), logger),
+        logger=logger,
+    )
+
+
+def pipeline_rows(
+    manifest: str, steps: Sequence[object], *, settings: GptImageSettings, store: ImageStore, logger: Any
+) -> list[ChainRow]:
+    """The rows of a batch pipeline of ``steps``: one per manifest record, its columns filling the
+    steps' templates (a record that is not an object is an invalid row)."""
     rows = [
         ChainRow(
             number=index,
@@ -238,19 +278,34 @@ async def batch_pipeline(
         )
     ]
     logger.info("batch pipeline of %d row(s) x %d step(s)", len(rows), len(steps))
-    return await run_batch(
+    return rows
+
+
+async def plan_batch_pipeline(
+    manifest: str,
+    steps: Sequence[ChainStep | dict[str, Any]],
+    options: ImageOptions | None = None,
+    variant: int = 0,
+    *,
+    settings: GptImageSettings,
+    credentials: GptImageCredentials | None,
+    store: ImageStore,
+    logger: Any = _LOGGER,
+) -> RunPlan:
+    """What ``batch_pipeline(..., plan_only=True)`` returns, made outside any flow run: every row
+    and step checked, every call looked up in ``store`` and priced (see :func:`.chain.plan_batch`).
+    It needs no key and asks no Prefect server anything; nothing is sent. ``steps`` as the flow
+    takes them: the step models, or their dicts (a JSON or YAML file's)."""
+    steps = TypeAdapter(list[ChainStep]).validate_python(steps)
+    step_names(split_reviews(steps)[0])
+    rows = pipeline_rows(manifest, steps, settings=settings, store=store, logger=logger)
+    plan, _ = await plan_batch(
         rows,
         steps,
         options=options or ImageOptions(),
         variant=variant,
-        plan_only=plan_only,
-        max_parallel=max_parallel,
         credentials=credentials,
         settings=settings,
         store=store,
-        key=BATCH_PIPELINE_KEY,
-        title="gpt-image batch pipeline",
-        sheet=review_sheet(store, settings, logger),
-        publish_sheet=sheet_publisher(store, settings.input_policy(), logger),
-        logger=logger,
     )
+    return plan

@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect.artifacts import acreate_table_artifact
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
+from prefect.states import Completed
 from pydantic import BaseModel, Field
 
 from prefect_gpt_image.blocks import GptImageSettings
@@ -28,6 +30,7 @@ __all__ = [
     "check_budget",
     "enforce_budget",
     "has_budget",
+    "planned",
     "publish_plan",
 ]
 
@@ -145,3 +148,11 @@ async def publish_plan(plan: RunPlan) -> None:
     await acreate_table_artifact(
         table=md_table(plan.table()), key=PLAN_TABLE_KEY, description=f"gpt-image {plan.summary()}"
     )
+
+
+async def planned(plan: RunPlan, logger: Any) -> State[Any]:
+    """The end of a ``plan_only`` run: the plan's table artifact, its summary logged, and a
+    Completed state holding the plan."""
+    await publish_plan(plan)
+    logger.info(plan.summary())
+    return Completed(message=plan.summary(), data=plan)

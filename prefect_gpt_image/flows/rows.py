@@ -1,22 +1,26 @@
 """Running a batch's rows: workers started wave by wave under the shared limit, and the progress
-artifact they move. Shared by ``batch_generate`` and the chain engine (``batch_edit``,
-``batch_pipeline``)."""
+they move: the run's progress artifact, and in this process whoever watches it
+(:func:`watch_progress`: the command line's progress bar). Shared by ``batch_generate`` and the
+chain engine (``batch_edit``, ``batch_pipeline``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
 from uuid import UUID
 
 import anyio
 from prefect.artifacts import aupdate_progress_artifact
 
-from prefect_gpt_image.calls import ensure_limit, slots_in_use
+from prefect_gpt_image.calls import Bill, Charges, ensure_limit, slots_in_use
 
-__all__ = ["Progress", "run_workers"]
+__all__ = ["Progress", "ProgressReport", "run_workers", "watch_progress"]
 
 _PROGRESS_INTERVAL = 1.0
 _FIRST_WAVE_WAIT = 3.0
@@ -69,18 +73,59 @@ async def _start_first_wave(
             await asyncio.sleep(0.001)
 
 
-class Progress:
-    """A progress artifact that moves as rows land, updated at most once a second, in the
-    background (a row never waits for the update)."""
+@dataclass(frozen=True)
+class ProgressReport:
+    """Where a batch is: ``done`` of ``total`` rows (or steps, ``unit``) finished, and what the
+    finished ones paid and were served from the store (the sum of their :class:`Charges`, the
+    same figures as the run's bill). ``final``: the batch's last report."""
 
-    def __init__(self, total: int, artifact_id: UUID) -> None:
-        self.total, self.artifact_id, self.done = total, artifact_id, 0
+    done: int
+    total: int
+    unit: Literal["rows", "steps"]
+    bill: Bill = field(default_factory=Bill)
+    final: bool = False
+
+
+ProgressWatcher = Callable[[ProgressReport], None]
+_watchers: list[ProgressWatcher] = []
+_watchers_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def watch_progress(watcher: ProgressWatcher) -> Iterator[None]:
+    """While inside, ``watcher`` gets a :class:`ProgressReport` of every batch run in this process
+    when it starts, each time a row (or step) finishes and when it ends, on the run's event loop
+    thread: it must return at once (the command line's progress display draws from it)."""
+    with _watchers_lock:
+        _watchers.append(watcher)
+    try:
+        yield
+    finally:
+        with _watchers_lock:
+            _watchers.remove(watcher)
+
+
+class Progress:
+    """A batch's progress: the progress artifact, updated at most once a second in the background
+    (a row never waits for the update), and a report to this process's watchers
+    (:func:`watch_progress`) at the start, at each finished row or step and at the end."""
+
+    def __init__(
+        self, total: int, artifact_id: UUID, *, unit: Literal["rows", "steps"] = "rows", done: int = 0
+    ) -> None:
+        self.total, self.artifact_id, self.done, self.unit = total, artifact_id, done, unit
+        self.bill = Bill()
         self._last = time.monotonic()
         self._update: asyncio.Task[None] | None = None
+        self._report()
 
-    def advance(self) -> None:
-        """Count one more finished row (or step); send the percentage if the last is a second old."""
+    def advance(self, charges: Charges | None = None) -> None:
+        """Count one more finished row (or step), and what it paid or was served (``charges``;
+        None: nothing, e.g. an invalid row); send the percentage if the last is a second old."""
         self.done += 1
+        if charges is not None:
+            self.bill.add(charges.bill())
+        self._report()
         busy = self._update is not None and not self._update.done()
         if not busy and time.monotonic() - self._last >= _PROGRESS_INTERVAL:
             self._last = time.monotonic()
@@ -88,10 +133,20 @@ class Progress:
 
     async def finish(self) -> None:
         """Send the final percentage (after any update in flight); raises if it cannot."""
+        self._report(final=True)
         if self._update is not None:
             await asyncio.gather(self._update, return_exceptions=True)
         self._last = time.monotonic()
         await self._send(best_effort=False)
+
+    def _report(self, final: bool = False) -> None:
+        with _watchers_lock:
+            watchers = list(_watchers)
+        if not watchers:
+            return
+        report = ProgressReport(self.done, self.total, self.unit, dataclasses.replace(self.bill), final=final)
+        for watcher in watchers:
+            watcher(report)
 
     async def _send(self, best_effort: bool = True) -> None:
         percent = 100.0 * self.done / self.total if self.total else 100.0

@@ -28,7 +28,7 @@ from prefect_gpt_image.storage import ImageStore
 
 from ..failures import failure_counts, failure_message
 from ..params import ChainStep, ImageOptions
-from ..plan import enforce_budget, has_budget, publish_plan
+from ..plan import RunPlan, enforce_budget, has_budget
 from .planning import edit_size, plan_chains
 from .report import SheetPublisher, chain_markdown, publish_chain_markdown, publish_chain_table
 from .reviewed import ReviewPoint, StepSheet, run_reviewed, split_reviews
@@ -44,6 +44,7 @@ __all__ = [
     "edit_size",
     "failed_steps",
     "make_chains",
+    "plan_batch",
     "plan_chains",
     "publish_chain_markdown",
     "publish_chain_table",
@@ -93,13 +94,41 @@ async def make_chains(
     return result, errors, None
 
 
+async def plan_batch(
+    rows: Sequence[ChainRow],
+    steps: Sequence[ChainStep],
+    *,
+    options: ImageOptions,
+    variant: int,
+    credentials: GptImageCredentials | None,
+    settings: GptImageSettings,
+    store: ImageStore,
+) -> tuple[RunPlan, list[PreparedRow]]:
+    """The plan of a batch of chains (its review steps aside: they cost nothing) and the prepared
+    rows :func:`run_chains` makes: every row and step checked, looked up in ``store`` and priced by
+    the endpoint's price model (:func:`~prefect_gpt_image.calls.call_prices`; ``credentials``
+    None: the environment's key, or none at all). It needs no key, no flow run and no Prefect
+    server; nothing is sent. Each remote input is fetched once (once per run inside the run's
+    :func:`~prefect_gpt_image.calls.read_once`)."""
+    with read_once():
+        return await asyncio.to_thread(
+            plan_chains,
+            rows,
+            split_reviews(steps)[0],
+            options=options,
+            variant=variant,
+            settings=settings,
+            store=store,
+            prices=call_prices(credentials, settings),
+        )
+
+
 async def run_batch(
     rows: Sequence[ChainRow],
     steps: Sequence[ChainStep],
     *,
     options: ImageOptions,
     variant: int,
-    plan_only: bool,
     max_parallel: int | None,
     credentials: GptImageCredentials | None,
     settings: GptImageSettings,
@@ -110,27 +139,23 @@ async def run_batch(
     sheet: StepSheet | None = None,
     publish_sheet: SheetPublisher | None = None,
 ) -> State[Any]:
-    """A batch flow's body: plan every row (returned as is with ``plan_only``, checked against the
-    budget otherwise), run the chains, publish the table (``key``), the progress (``key-progress``)
+    """A batch flow's body: plan every row (:func:`plan_batch`, checked against the budget), run
+    the chains, publish the table (``key``), the progress (``key-progress``)
     and the first chains (``key-chains``); Failed when a row failed, naming why. Review steps
     pause the run for a person between the steps (:mod:`.reviewed`), the form showing ``sheet``."""
-    work, reviews = split_reviews(steps)
+    reviews = split_reviews(steps)[1]
     # Each remote input is fetched once: the plan checks it, the call sends it, the sheet shows it.
     with read_once():
-        plan, prepared = await asyncio.to_thread(
-            plan_chains,
+        plan, prepared = await plan_batch(
             rows,
-            work,
+            steps,
             options=options,
             variant=variant,
+            credentials=credentials,
             settings=settings,
             store=store,
-            prices=call_prices(credentials, settings),
         )
         logger.info(plan.summary())
-        if plan_only:
-            await publish_plan(plan)
-            return Completed(message=plan.summary(), data=plan)
         if has_budget(settings):
             await enforce_budget(plan, settings)
         result, _, stopped = await make_chains(

@@ -72,7 +72,7 @@ async def run_chains(
         artifact = await acreate_progress_artifact(
             0.0, key=progress_key, description=f"gpt-image: {len(prepared)} rows, {total} steps"
         )
-        progress = Progress(total, artifact)
+        progress = Progress(total, artifact, unit="steps")
     queue: asyncio.Queue[PreparedRow] = asyncio.Queue()
     for item in prepared:
         if item.invalid_step is not None:
@@ -148,7 +148,7 @@ async def _run_row(
             failed = await _run_step(call, result, outputs, rt, logger)
         done.append(result)
         if progress is not None:
-            progress.advance()
+            progress.advance(result)
     return done
 
 
