@@ -98,7 +98,7 @@ def reserve(
                 f"{totals.images} of max_images_per_run={max_images}; nothing was sent",
                 cap="max_images_per_run",
             )
-        if cap == "max_cost_per_run":
+        if cap == "max_cost_per_run" and max_cost is not None:
             raise BudgetExceededError(
                 f"budget: this call of {images} image(s) would cost about {usd(cost)} but "
                 f"the flow run has already used {usd(totals.cost)} of max_cost_per_run={usd(max_cost)}; "
