@@ -106,7 +106,9 @@ async def batch_generate(
     """
     logger = get_run_logger()
     options = options or ImageOptions()
-    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    settings, credentials, store = await load_blocks(
+        settings_block, credentials_block, storage, spending=not plan_only
+    )
     parsed = _rows(prompts, manifest, store, prompt_template, settings.input_policy())
     defaults = settings.request_defaults()
 

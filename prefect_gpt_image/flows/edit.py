@@ -79,7 +79,9 @@ async def batch_edit(
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
-    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    settings, credentials, store = await load_blocks(
+        settings_block, credentials_block, storage, spending=not plan_only
+    )
     if mask_uri and region is not None:
         raise ValueError("give mask_uri or region, not both")
     step = EditStep(
