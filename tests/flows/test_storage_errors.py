@@ -8,6 +8,7 @@ is transient: it is retried, and the call then pays once."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import uuid
 from collections.abc import Callable
@@ -22,11 +23,13 @@ from prefect.client.schemas.objects import State
 from prefect_aws import S3Bucket
 
 from prefect_gpt_image.blocks import GptImageSettings
-from prefect_gpt_image.calls import ImageStorageError
+from prefect_gpt_image.calls import ImagesSpooledError, ImageStorageError
 from prefect_gpt_image.flows import batch_generate
 from prefect_gpt_image.local_s3 import LocalS3Server
 from prefect_gpt_image.tasks import ImageRef, generate_image
+from tests.support.prefect import flow_run_logs
 from tests.support.s3 import s3_bucket_block
+from tests.support.sandbox import wait_until
 
 from .conftest import KEY, run
 
@@ -261,3 +264,41 @@ def test_a_refused_connection_is_retried_and_the_call_then_pays_once(
         # the first check was refused, a retry checked again and went on to the one paid call
         assert s3_traffic.operations.count("ListObjectsV2") >= 2, s3_traffic.operations
         assert len(sandbox.ledger.requests) == 1 and len(sandbox.ledger.entries) == 1
+
+
+def test_a_folder_gone_after_the_paid_call_spools_the_images_without_a_retry(
+    env: Any, tmp_path: Path
+) -> None:
+    """The check passed, the API answered (billed), and the folder is replaced by a file while the
+    result downloads: the paid image goes to the spool, the error says what to set and is not
+    retried, and once the folder can be written again a rerun stores the image from the spool,
+    paying nothing more."""
+    sandbox, _, _ = env
+    folder = tmp_path / "out"
+    sandbox.hold.hold(1)  # the result download waits: the call is billed by then
+    outcome: list[State[Any]] = []
+    caller = threading.Thread(target=lambda: outcome.append(single(str(folder))))
+    caller.start()
+    wait_until(lambda: len(sandbox.hold.held) == 1, "the paid answer's download held")
+    shutil.rmtree(folder)  # the check made it; now nothing can be written under it
+    folder.write_text("a file where the folder was")
+    sandbox.hold.release()
+    caller.join(120)
+
+    (state,) = outcome
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ImagesSpooledError) and error.configuration, error
+    message = str(error)
+    for words in (f"storage={str(folder)!r}", "the folder cannot be written", "Set storage to a folder"):
+        assert words in message, (words, message)
+    assert f"The images are spooled at {error.spool_path}" in message and error.spool_path.is_dir()
+    logs = "\n".join(flow_run_logs(state.state_details.flow_run_id))
+    assert "Retry 1/" not in logs, logs  # not retried: the same mistake would fail again
+    assert len(sandbox.ledger.entries) == 1
+
+    folder.unlink()
+    again = single(str(folder))
+    assert again.is_completed(), again.message
+    (ref,) = again.result()
+    assert ref.sha256 == sandbox.ledger.entries[0]["images"][0]["sha256"]
+    assert len(sandbox.ledger.requests) == 1 and not error.spool_path.exists()  # stored from the spool
