@@ -66,13 +66,14 @@ def s3_traffic(monkeypatch: pytest.MonkeyPatch) -> S3Traffic:
 
 
 @flow
-def one_image(storage: Any) -> list[ImageRef]:
+def one_image(storage: Any, refresh: bool = False) -> list[ImageRef]:
     """The image task in a sync flow of its own, as a script would call it."""
-    return generate_image("a kite over the dunes", storage=storage, settings=GptImageSettings(quality="low"))
+    settings = GptImageSettings(quality="low")
+    return generate_image("a kite over the dunes", storage=storage, settings=settings, refresh_cache=refresh)
 
 
-def single(storage: Any) -> State[Any]:
-    return run(one_image(storage, return_state=True))
+def single(storage: Any, refresh: bool = False) -> State[Any]:
+    return run(one_image(storage, refresh, return_state=True))
 
 
 def batch(storage: Any) -> State[Any]:
@@ -236,6 +237,21 @@ def test_a_storage_that_cannot_work_fails_at_once_saying_what_to_set_and_costs_n
         assert isinstance(error, ImageStorageError) and error.configuration
 
 
+def test_a_refresh_that_reads_nothing_first_still_checks_the_store_before_it_pays(
+    env: Any, s3_traffic: S3Traffic
+) -> None:
+    """``refresh_cache=True`` skips the cache record, so no read would find the missing bucket
+    before the paid call: the check does, and nothing is paid (or spooled)."""
+    sandbox, _, _ = env
+    storage = f"s3://no-such-bucket-{uuid.uuid4().hex[:10]}/fresh"
+    state = single(storage, refresh=True)
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ImageStorageError) and not isinstance(error, ImagesSpooledError), error
+    assert "the bucket does not exist" in str(error) and "nothing was sent" in str(error)
+    assert sandbox.ledger.requests == []
+    assert s3_traffic.operations == ["ListObjectsV2"]
+
+
 def test_a_refused_connection_is_retried_and_the_call_then_pays_once(
     env: Any, s3_traffic: S3Traffic, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,3 +318,38 @@ def test_a_folder_gone_after_the_paid_call_spools_the_images_without_a_retry(
     (ref,) = again.result()
     assert ref.sha256 == sandbox.ledger.entries[0]["images"][0]["sha256"]
     assert len(sandbox.ledger.requests) == 1 and not error.spool_path.exists()  # stored from the spool
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "cause", "retried"),
+    [
+        ("AccessDenied", 403, "access denied (ClientError AccessDenied)", False),
+        ("403", 403, "access denied (ClientError 403)", False),  # a HEAD's error: no body, no code
+        ("InvalidBucketName", 400, "not a valid S3 bucket name", False),
+        ("PermanentRedirect", 301, "in another region", False),
+        ("AuthorizationHeaderMalformed", 400, "in another region", False),
+        ("InternalError", 500, "the S3 server failed (ClientError InternalError)", True),
+        ("SlowDown", 503, "the S3 server failed", True),
+        ("SomethingNew", 400, "S3 error SomethingNew", True),
+    ],
+)
+def test_botocore_codes_the_local_server_cannot_answer_are_read_as_the_docs_say(
+    code: str, status: int, cause: str, retried: bool
+) -> None:
+    """The codes SeaweedFS does not produce here (no policies, one region, no overload), read from
+    the error botocore raises for them: the cause, and whether the call is retried."""
+    from botocore.exceptions import ClientError
+
+    from prefect_gpt_image.calls import is_safe_to_retry
+    from prefect_gpt_image.calls.store_check import storage_error
+    from prefect_gpt_image.storage import S3ImageStore
+
+    answer = {
+        "Error": {"Code": code, "Message": "AKIDSECRET0 was refused"},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    store = S3ImageStore.from_uri("s3://my-bucket/images")
+    error = storage_error(store, ClientError(answer, "ListObjectsV2"), "checking", "nothing was sent")  # type: ignore[arg-type]
+    assert cause in str(error) and "storage: checking S3 s3://my-bucket/images" in str(error), str(error)
+    assert "AKIDSECRET0" not in str(error)  # boto3's message is never repeated
+    assert is_safe_to_retry(error) is retried and error.configuration is not retried
