@@ -180,11 +180,11 @@ class ImageStore(ABC):
     origin: str = "storage"
     """Where this store was configured, for error messages: the parameter and what it was resolved
     from (``storage='s3://bucket/prefix'``, ``$GPT_IMAGE_STORAGE``, a block), never a secret."""
+    _ready = False  # checked by ensure_ready (also for a subclass that skips __init__)
 
     def __init__(self, prefix: str = "") -> None:
         """Set and check the key prefix (a trailing slash is dropped)."""
         self.prefix = _normalize_prefix(prefix)
-        self._ready = False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.describe()}>"
