@@ -13,6 +13,7 @@ from prefect_aws import S3Bucket
 from pydantic import Field
 
 from prefect_gpt_image.storage import MAX_PRESIGN_TTL, ImageStore, S3ImageStore, resolve_store
+from prefect_gpt_image.storage.resolve import safe_location
 
 from ._meta import DOCUMENTATION_URL, LOGO_URL
 
@@ -76,38 +77,60 @@ class GptImageStorage(Block):
         description="Lifetime of presigned S3 links, in seconds (at most 7 days).",
     )
 
-    def get_store(self) -> ImageStore:
-        """The :class:`~prefect_gpt_image.storage.ImageStore` these settings describe.
+    def get_store(self, *, parameter: str = "storage") -> ImageStore:
+        """The :class:`~prefect_gpt_image.storage.ImageStore` these settings describe, given as
+        ``parameter`` (its error messages name it, and this block when it is a saved one).
 
         S3 stores are reused for a few minutes per configuration (making a boto3 client costs
         about 0.2 s of CPU, once per task otherwise); local stores are made each time.
         """
+        origin = self._origin(parameter)
         fingerprint = self._fingerprint()
         if fingerprint is None:
-            return self._make_store()
+            return self._make_store(parameter, origin)
+        fingerprint += origin or ""
         now = time.monotonic()
         with _cache_lock:
             cached = _store_cache.get(fingerprint)
             if cached is not None and now - cached[0] < STORE_REUSE_SECONDS:
                 return cached[1]
-        store = self._make_store()
+        store = self._make_store(parameter, origin)
         with _cache_lock:
             _store_cache[fingerprint] = (now, store)
             for stale in [k for k, (made, _) in _store_cache.items() if now - made >= STORE_REUSE_SECONDS]:
                 del _store_cache[stale]
         return store
 
-    def _make_store(self) -> ImageStore:
+    def _origin(self, parameter: str) -> str | None:
+        """Where the store comes from, for its error messages: this block if saved, else what it
+        holds; None: ``$GPT_IMAGE_STORAGE`` or the default folder (:func:`resolve_store` says)."""
+        if self._block_document_name:
+            return f"{parameter} (GptImageStorage block {self._block_document_name!r})"
         if self.s3_bucket is not None:
-            return S3ImageStore.from_s3_bucket_block(
+            name = self.s3_bucket._block_document_name
+            return f"{parameter} (S3Bucket block {name!r})" if name else f"{parameter} (an S3Bucket block)"
+        location = (self.location or "").strip()
+        return f"{parameter}={safe_location(location)!r}" if location else None
+
+    def _make_store(self, parameter: str, origin: str | None) -> ImageStore:
+        location = (self.location or "").strip()
+        store: ImageStore
+        if self.s3_bucket is not None:
+            store = S3ImageStore.from_s3_bucket_block(
                 self.s3_bucket, public_base_url=self.public_base_url, presign_ttl=self.presign_ttl_seconds
             )
-        location = (self.location or "").strip()
-        if location.lower().startswith("s3://"):
-            return S3ImageStore.from_uri(
-                location, public_base_url=self.public_base_url, presign_ttl=self.presign_ttl_seconds
-            )
-        return resolve_store(location or None)
+        elif location.lower().startswith("s3://"):
+            try:
+                store = S3ImageStore.from_uri(
+                    location, public_base_url=self.public_base_url, presign_ttl=self.presign_ttl_seconds
+                )
+            except ValueError as exc:
+                raise ValueError(f"{origin}: {exc}. Set it to an s3://bucket/prefix URI") from None
+        else:
+            store = resolve_store(location or None, parameter=parameter)
+        if origin is not None:
+            store.origin = origin
+        return store
 
     def _fingerprint(self) -> str | None:
         """A digest of everything an S3 store is made from (secrets included, never kept in

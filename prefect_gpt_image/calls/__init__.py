@@ -38,7 +38,7 @@ from .concurrency import (
     release_idle_leases,
     slots_in_use,
 )
-from .context import batch_rows, call_prices, client_config, in_batch
+from .context import batch_rows, call_prices, client_config, in_batch, run_logger
 from .delivery import with_links
 from .encoding import csv_row, data_uri, md_image, md_inline_png, md_link, md_table, md_text
 from .errors import (
@@ -65,6 +65,7 @@ from .retry import (
     retry_condition,
 )
 from .rows import run_row_call
+from .store_check import check_store
 from .thumbs import ensure_thumbnails, thumbnail_key, thumbnails_per_run
 
 __all__ = [
@@ -95,6 +96,7 @@ __all__ = [
     "bill_line",
     "cache_key",
     "call_prices",
+    "check_store",
     "client_config",
     "collect_maybe_billed",
     "csv_row",
@@ -126,6 +128,7 @@ __all__ = [
     "retry_condition",
     "run_cache",
     "run_image_call",
+    "run_logger",
     "run_row_call",
     "slots_in_use",
     "spent",

@@ -2,6 +2,7 @@
 
 Order of a call (all of it under the lock of its cache key), with the module of each step::
 
+    check the store once per process  -> ImageStorageError saying what to set    (.store_check)
     take the lock of the cache key            (.locks / .redis_locks)
     whole cache record in the store?  -> return its refs, no call, no cost      (.cache)
     entry in the local spool?    -> store it, record it, clear it, no cost     (.spool)
@@ -74,12 +75,12 @@ from .errors import (
     BudgetExceededError,
     CacheLockTimeoutError,
     ImagesLostError,
-    ImageStorageError,
     PartialDeliveryError,
 )
 from .locks import get_lock_manager
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, current_bill, note_maybe_billed, note_undelivered
+from .store_check import NOTHING_SENT, check_store, storage_error
 
 __all__ = ["CallResult", "run_image_call"]
 
@@ -134,6 +135,7 @@ async def run_image_call(
 ) -> CallResult:
     """Make (or find) the images of ``request``; see the module docstring."""
     logger = run_logger()
+    await check_store(store)  # once per store and process: a store that cannot work costs nothing
     key = cache_key(request, variant)
     refresh = refresh_cache or refresh_requested()
     locks = get_lock_manager()
@@ -222,10 +224,7 @@ async def _locked_call(
         try:
             found = await in_thread(read_entry, store, key)
         except Exception as exc:
-            raise ImageStorageError(
-                f"reading the cache record from {store.describe()} failed ({type(exc).__name__}: {exc}); "
-                "nothing was sent"
-            ) from exc
+            raise storage_error(store, exc, "reading the cache record from", NOTHING_SENT) from exc
         if found is not None and not found.complete:
             kept = found
             logger.warning(

@@ -26,12 +26,9 @@ from .artifacts import claim_artifact_slot, publish_artifacts
 from .cache import CACHE_KEY_METADATA, CacheRecord, endpoint_of, write_record
 from .clock import utc_now
 from .context import in_batch, in_thread, run_deployment, run_ids
-from .errors import (
-    ImagesLostError,
-    ImagesSpooledError,
-    ImageStorageError,
-)
+from .errors import ImagesLostError, ImagesSpooledError
 from .refs import ImageRef
+from .store_check import explain_failure, storage_error
 from .thumbs import thumbnail_due, thumbnail_key, thumbnail_write
 
 __all__ = [
@@ -198,9 +195,7 @@ def spool_after_failure(
     logger: Any,
 ) -> Exception:
     """Spool paid images after the store failed; the error to raise."""
-    what = (
-        f"storing {len(images)} paid image(s) in {store.describe()} failed ({type(error).__name__}: {error})"
-    )
+    what, configuration = explain_failure(store, error, f"storing {len(images)} paid image(s) in")
     try:
         path = spool.save(
             key,
@@ -222,7 +217,7 @@ def spool_after_failure(
         "without paying again"
     )
     logger.error(message)
-    return ImagesSpooledError(message, spool_path=path, count=len(images))
+    return ImagesSpooledError(message, spool_path=path, count=len(images), configuration=configuration)
 
 
 async def store_from_spool(
@@ -243,9 +238,11 @@ async def store_from_spool(
             store_result, store, key, files, refs, manifests, entry.request, logger, kept
         )
     except Exception as exc:
-        raise ImageStorageError(
-            f"storing {len(entry.images)} spooled image(s) from {entry.path} in {store.describe()} failed "
-            f"({type(exc).__name__}: {exc}); they stay spooled, run again later (nothing was paid)"
+        raise storage_error(
+            store,
+            exc,
+            f"storing {len(entry.images)} spooled image(s) from {entry.path} in",
+            "they stay spooled, run again later (nothing was paid)",
         ) from exc
     spool.clear(key)
     logger.info(

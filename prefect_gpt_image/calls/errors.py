@@ -69,8 +69,15 @@ class ImageStorageError(ImageTaskError):
     """Reading from or writing to the image store failed.
 
     Before the paid call nothing was spent; after it the images were spooled (see
-    :class:`ImagesSpooledError`), so either way a retry pays nothing twice.
+    :class:`ImagesSpooledError`), so either way a retry pays nothing twice. The message names the
+    ``storage`` parameter (or what it was resolved from), the store, the cause and what to set
+    (:mod:`prefect_gpt_image.calls.store_check`). ``configuration`` is True for a mistake no retry
+    can fix (no credentials, a wrong key, access denied, no such bucket, ...): it is not retried.
     """
+
+    def __init__(self, message: str, *, configuration: bool = False) -> None:
+        super().__init__(message)
+        self.configuration = configuration
 
 
 class ImagesSpooledError(ImageStorageError):
@@ -80,8 +87,8 @@ class ImagesSpooledError(ImageStorageError):
     a new paid call, then clears the spool entry.
     """
 
-    def __init__(self, message: str, *, spool_path: Path, count: int) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, spool_path: Path, count: int, configuration: bool = False) -> None:
+        super().__init__(message, configuration=configuration)
         self.spool_path = spool_path
         self.count = count
 

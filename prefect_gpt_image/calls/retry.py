@@ -5,15 +5,18 @@ backoff and logs each retry in the run log. A Prefect task retry runs the whole 
 is allowed only for failures after which nothing paid can be lost or paid again:
 
 * store failures (:class:`~.errors.ImageStorageError`, including :class:`~.errors.ImagesSpooledError`:
-  paid images are in the spool and the retry stores them without a call);
+  paid images are in the spool and the retry stores them without a call), except configuration
+  mistakes (``configuration``: no credentials, a wrong key, access denied, no such bucket, ...;
+  see :mod:`prefect_gpt_image.storage.diagnosis`), which would fail the same way ~35 s later;
 * API errors that were not billed and may pass later (``retryable`` and not ``maybe_billed``:
   429, 5xx, :class:`~prefect_gpt_image.api.ConnectionFailedError`) and lock timeouts;
 * errors that may have been billed (``maybe_billed``: :class:`~prefect_gpt_image.api.OutcomeUnknownError`,
   stream errors, lost downloads) only when the settings opt in with ``retry_outcome_unknown``.
 
-Never: 400-class errors, validation, budget caps, unreadable inputs, lost images, or anything
-unexpected. :func:`retry_condition` is a plain function because Prefect 3.8.8 silently ignores a
-``retry_condition_fn`` that is a callable object, bound method or ``functools.partial``.
+Never: 400-class errors, storage configuration mistakes, validation, budget caps, unreadable
+inputs, lost images, or anything unexpected. :func:`retry_condition` is a plain function because
+Prefect 3.8.8 silently ignores a ``retry_condition_fn`` that is a callable object, bound method or
+``functools.partial``.
 
 An attempt that may have been billed and was retried anyway (``retry_outcome_unknown``) is
 reported: the calls made inside :func:`collect_maybe_billed` note its request id there (the batch
@@ -133,7 +136,9 @@ def allow_outcome_unknown_retry(error: BaseException) -> None:
 
 def is_safe_to_retry(error: BaseException | None) -> bool:
     """Whether running the image task again after ``error`` cannot pay twice unseen."""
-    if isinstance(error, (ImageStorageError, CacheLockTimeoutError)):
+    if isinstance(error, ImageStorageError):
+        return not error.configuration
+    if isinstance(error, CacheLockTimeoutError):
         return True
     if isinstance(error, GptImageError):
         if error.maybe_billed:

@@ -164,7 +164,7 @@ def _store(location: str | None) -> ImageStore:
 
     from prefect_gpt_image.flows.params import load_storage
 
-    return asyncio.run(load_storage(location))
+    return asyncio.run(load_storage(location, parameter="--storage"))
 
 
 def _credentials(

@@ -117,7 +117,9 @@ async def batch_generate(
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
-    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    settings, credentials, store = await load_blocks(
+        settings_block, credentials_block, storage, spending=not plan_only
+    )
     batch = (prompts, manifest, prompt_template, options, n)
     if plan_only:
         plan = await plan_batch(*batch, variant, settings=settings, credentials=credentials, store=store)

@@ -83,7 +83,9 @@ async def batch_edit(
         settings_block: Name of a saved GptImageSettings block; unset: the defaults.
     """
     logger = get_run_logger()
-    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    settings, credentials, store = await load_blocks(
+        settings_block, credentials_block, storage, spending=not plan_only
+    )
     edit = (images, prompt, mask_uri, region, references, options, image_column)
     if plan_only:
         plan = await plan_batch_edit(

@@ -23,7 +23,7 @@ from pydantic import (
 from prefect_gpt_image.api.models import parse_size
 from prefect_gpt_image.api.suggest import with_suggestions
 from prefect_gpt_image.blocks import GptImageCredentials, GptImageSettings, GptImageStorage
-from prefect_gpt_image.calls import client_config
+from prefect_gpt_image.calls import ImageStorageError, check_store, client_config, run_logger
 from prefect_gpt_image.storage import ImageStore, resolve_store
 
 from .masks import MaskRegion
@@ -230,19 +230,36 @@ def _non_empty(value: str, kind: str) -> str:
 
 
 async def load_blocks(
-    settings_block: str | None, credentials_block: str | None, storage: str | None
+    settings_block: str | None, credentials_block: str | None, storage: str | None, *, spending: bool = True
 ) -> tuple[GptImageSettings, GptImageCredentials | None, ImageStore]:
     """What every flow starts with: its settings, credentials and store, from the parameters.
 
     The key is resolved here, once: a missing key (or one that may not go to the base URL) fails
     the run with :class:`~prefect_gpt_image.api.ConfigurationError` before any row is read or
-    planned, rather than every row failing with it."""
+    planned, rather than every row failing with it. A run that may spend (``spending``: not a
+    plan) checks its store here too (:func:`check_spending_store`)."""
     # Three independent reads from the Prefect API: at once.
     settings, credentials, store = await asyncio.gather(
         load_settings(settings_block), load_credentials(credentials_block), load_storage(storage)
     )
     client_config(credentials, settings)
+    if spending:
+        await check_spending_store(store)
     return settings, credentials, store
+
+
+async def check_spending_store(store: ImageStore) -> None:
+    """Check ``store`` before a run spends anything (once per store and process, see
+    :func:`~prefect_gpt_image.calls.check_store`): a configuration mistake (no credentials, a
+    wrong key, access denied, no such bucket, ...) fails the run at once with what to set, before
+    any row is looked up or paid for, instead of failing every row. A transient failure (a
+    refused connection, a 5xx) is only a warning: the rows check again and retry as usual."""
+    try:
+        await check_store(store)
+    except ImageStorageError as exc:
+        if exc.configuration:
+            raise
+        run_logger().warning("%s; each row checks again and retries", exc)
 
 
 async def load_credentials(name: str | None) -> GptImageCredentials | None:
@@ -255,15 +272,16 @@ async def load_settings(name: str | None) -> GptImageSettings:
     return await GptImageSettings.aload(name) if name else GptImageSettings()
 
 
-async def load_storage(location: str | None) -> ImageStore:
+async def load_storage(location: str | None, *, parameter: str = "storage") -> ImageStore:
     """A store from a folder, an ``s3://bucket/prefix`` URI, or a saved block's slug:
     ``gpt-image-storage/NAME`` or ``s3-bucket/NAME``. None: ``$GPT_IMAGE_STORAGE`` or ./gpt-image-output.
+    Its error messages name ``parameter`` (the CLI's is ``--storage``).
     """
     if location and location.startswith("gpt-image-storage/"):
         block: GptImageStorage = await GptImageStorage.aload(location.split("/", 1)[1])
-        return block.get_store()
+        return block.get_store(parameter=parameter)
     if location and location.startswith("s3-bucket/"):
         from prefect_aws import S3Bucket
 
-        return resolve_store(await S3Bucket.aload(location.split("/", 1)[1]))
-    return resolve_store(location)
+        return resolve_store(await S3Bucket.aload(location.split("/", 1)[1]), parameter=parameter)
+    return resolve_store(location, parameter=parameter)

@@ -230,7 +230,9 @@ async def batch_pipeline(
     """
     logger = get_run_logger()
     step_names(split_reviews(steps)[0])  # no steps, a name used twice: fails before anything is read
-    settings, credentials, store = await load_blocks(settings_block, credentials_block, storage)
+    settings, credentials, store = await load_blocks(
+        settings_block, credentials_block, storage, spending=not plan_only
+    )
     if plan_only:
         plan = await plan_batch_pipeline(
             manifest,

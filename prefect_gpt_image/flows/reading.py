@@ -13,20 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 
 from prefect_gpt_image.api import GptImageError
+from prefect_gpt_image.storage.diagnosis import diagnose
 
 __all__ = ["InputSourceError", "reading"]
-
-_MISSING = {"NoSuchBucket": "the bucket does not exist", "NoSuchKey": "no such object", "404": "not found"}
-_DENIED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled"}
 
 
 class InputSourceError(GptImageError, ValueError):
@@ -47,17 +39,7 @@ def reading(parameter: str, uri: str, store_bucket: str | None = None) -> Iterat
 
 def _explain(parameter: str, uri: str, store_bucket: str | None, exc: Exception) -> str:
     bucket = urlsplit(uri).netloc
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        cause = "no AWS credentials on this worker"
-    elif isinstance(exc, EndpointConnectionError):
-        cause = "the S3 endpoint cannot be reached"
-    elif isinstance(exc, FileNotFoundError):
-        cause = _MISSING["NoSuchKey"]
-    elif isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        cause = _MISSING.get(code) or ("access denied" if code in _DENIED else f"S3 error {code}")
-    else:
-        cause = "S3 failed"
+    diagnosis = diagnose(exc)  # the cause in plain words, as the storage's errors say it
     where = (
         f"bucket {bucket!r} is the storage's bucket, read with the storage block's credentials: check "
         "that block (python deployments/blocks.py --s3-bucket-block NAME, or the UI's Blocks page)"
@@ -66,12 +48,15 @@ def _explain(parameter: str, uri: str, store_bucket: str | None, exc: Exception)
         "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile or an instance role; AWS_ENDPOINT_URL "
         "for an S3-compatible server); a prefix in the storage block's bucket uses that block's"
     )
-    if cause in _MISSING.values():  # nothing to fix in the credentials: the URI names nothing
+    if diagnosis.kind in (
+        "no-bucket",
+        "no-object",
+    ):  # nothing to fix in the credentials: the URI names nothing
         return (
-            f"{parameter}: cannot read {uri!r}: {cause} ({type(exc).__name__}: {exc}). Set the "
-            f"{parameter!r} parameter to an existing folder, s3:// prefix or object"
+            f"{parameter}: cannot read {uri!r}: {diagnosis.cause}. Set the {parameter!r} parameter to an "
+            "existing folder, s3:// prefix or object"
         )
     return (
-        f"{parameter}: cannot read {uri!r}: {cause} ({type(exc).__name__}: {exc}). Set the {parameter!r} "
-        f"parameter to a folder or s3:// URI this worker can read; {where}"
+        f"{parameter}: cannot read {uri!r}: {diagnosis.cause}. Set the {parameter!r} parameter to a folder "
+        f"or s3:// URI this worker can read; {where}"
     )

@@ -18,9 +18,10 @@ import hashlib
 import json
 import re
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -66,6 +67,10 @@ def run_concurrently(*calls: Callable[[], Any]) -> list[Any]:
         raise first
     return results
 
+
+_PROBES: dict[object, Future[None]] = {}
+"""The :meth:`ImageStore.ensure_ready` checks in flight, by store."""
+_PROBES_LOCK = threading.Lock()
 
 JSON_CONTENT_TYPE = "application/json"
 IMAGES_FOLDER = "images"
@@ -172,6 +177,10 @@ class ImageStore(ABC):
 
     prefix: str
     """The key prefix of everything this store writes ("" for none), without a trailing slash."""
+    origin: str = "storage"
+    """Where this store was configured, for error messages: the parameter and what it was resolved
+    from (``storage='s3://bucket/prefix'``, ``$GPT_IMAGE_STORAGE``, a block), never a secret."""
+    _ready = False  # checked by ensure_ready (also for a subclass that skips __init__)
 
     def __init__(self, prefix: str = "") -> None:
         """Set and check the key prefix (a trailing slash is dropped)."""
@@ -290,6 +299,53 @@ class ImageStore(ABC):
     @abstractmethod
     def describe(self) -> str:
         """Where this store writes, for people and logs (never any secret)."""
+
+    def location(self) -> str:
+        """Where this store writes, in short (the folder, or the bucket, prefix and endpoint)."""
+        return self.describe()
+
+    def ensure_ready(self) -> None:
+        """Check that this store can work (:meth:`_probe`: S3 credentials and bucket, a local
+        folder's writability), once per store and process: a call about to pay checks first, so a
+        store that cannot work costs nothing. Concurrent callers share one check in flight and its
+        outcome; a failure is not remembered (the next call checks again), a success is. Raises
+        the backend's error."""
+        if self._is_ready():
+            return
+        token = self._ready_token()
+        with _PROBES_LOCK:
+            shared = _PROBES.get(token)
+            mine = shared is None
+            if shared is None:
+                shared = _PROBES[token] = Future()
+        if not mine:
+            shared.result()  # the check in flight's outcome (its error, re-raised)
+            return
+        try:
+            if not self._is_ready():
+                self._probe()
+                self._mark_ready()
+        except BaseException as exc:
+            shared.set_exception(exc)
+            raise
+        else:
+            shared.set_result(None)
+        finally:
+            with _PROBES_LOCK:
+                _PROBES.pop(token, None)
+
+    def _probe(self) -> None:  # noqa: B027 - a store with nothing to check checks nothing
+        """One cheap check that this store can work; raises the backend's error if not."""
+
+    def _ready_token(self) -> object:
+        """What identifies this store among the checks in flight."""
+        return self
+
+    def _is_ready(self) -> bool:
+        return self._ready
+
+    def _mark_ready(self) -> None:
+        self._ready = True
 
     # -- backend primitives (keys are already checked) -----------------------------------------
 

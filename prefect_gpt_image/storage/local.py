@@ -89,6 +89,11 @@ def _metadata_key(key: str) -> str:
     return f"{key}{_METADATA_SUFFIX}"
 
 
+_WRITABLE: set[Path] = set()
+"""The folders :meth:`LocalImageStore.ensure_ready` found writable in this process (a local store
+is made per call: the check is remembered by folder, not by store)."""
+
+
 class LocalImageStore(ImageStore):
     """Images in a local folder, under ``root/prefix``.
 
@@ -106,6 +111,25 @@ class LocalImageStore(ImageStore):
     def describe(self) -> str:
         """The folder this store writes to."""
         return f"local folder {self.root / self.prefix if self.prefix else self.root}"
+
+    def _folder(self) -> Path:
+        return self.root / self.prefix if self.prefix else self.root
+
+    def _probe(self) -> None:
+        """Create the folder and a temporary file in it (removed at once): it can be written."""
+        folder = self._folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".gpt-image-probe.", suffix=".tmp"):
+            pass
+
+    def _ready_token(self) -> object:
+        return self._folder()
+
+    def _is_ready(self) -> bool:
+        return self._folder() in _WRITABLE
+
+    def _mark_ready(self) -> None:
+        _WRITABLE.add(self._folder())
 
     def path_for(self, key: str) -> Path:
         """The local path of ``key``."""

@@ -79,6 +79,10 @@ class S3ImageStore(ImageStore):
         self.bucket = bucket
         self.public_base_url = public_base_url.rstrip("/") + "/" if public_base_url else None
         self.presign_ttl = check_ttl(presign_ttl)
+        self.credentials_block: str | None = None
+        """The S3 bucket block whose credentials and endpoint the client was made from (e.g.
+        "S3Bucket block 'images'"), for error messages; None: boto3's standard chain (AWS_*
+        variables, profiles, instance roles)."""
 
     @classmethod
     def from_uri(
@@ -95,7 +99,13 @@ class S3ImageStore(ImageStore):
         if parsed.query or parsed.fragment or "@" in parsed.netloc:
             raise ValueError("an s3:// URI takes only a bucket and a prefix (no query, no user)")
         session = boto3.session.Session()
-        client = session.client("s3", config=Config(signature_version="s3v4"))
+        try:
+            client = session.client("s3", config=Config(signature_version="s3v4"))
+        except ValueError as exc:  # e.g. AWS_ENDPOINT_URL without http(s)://
+            raise ValueError(
+                f"{exc}: set AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) to an http(s)://host:port URL, "
+                "or unset it for AWS itself"
+            ) from None
         if not _is_aws(client.meta.endpoint_url):
             client = session.client("s3", config=s3_config(client.meta.endpoint_url))
         return cls(
@@ -127,24 +137,39 @@ class S3ImageStore(ImageStore):
             params["region_name"] = credentials.region_name
         session: boto3.session.Session = credentials.get_boto3_session()
         client = session.client("s3", config=config, **params)
-        return cls(
+        store = cls(
             client,
             block.bucket_name,
             str(block.bucket_folder or "").strip("/"),
             public_base_url=public_base_url,
             presign_ttl=presign_ttl,
         )
+        name = getattr(block, "_block_document_name", None)
+        store.credentials_block = f"S3Bucket block {name!r}" if name else "the S3Bucket block"
+        return store
 
     def describe(self) -> str:
         """Bucket, prefix, endpoint and kind of links (no credentials)."""
-        where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        endpoint = self.client.meta.endpoint_url
-        at = "" if _is_aws(endpoint) else f" at {_safe_url(endpoint)}"
         if self.public_base_url:
             links = f"public links under {_safe_url(self.public_base_url)}"
         else:
             links = f"presigned links valid {self.presign_ttl} s"
-        return f"S3 {where}{at} ({links})"
+        return f"{self.location()} ({links})"
+
+    def location(self) -> str:
+        """``S3 s3://bucket/prefix``, with the endpoint when it is not AWS (no credentials)."""
+        where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        endpoint = self.client.meta.endpoint_url
+        at = "" if _is_aws(endpoint) else f" at {_safe_url(endpoint)}"
+        return f"S3 {where}{at}"
+
+    def _probe(self) -> None:
+        """List at most one key under the prefix: one request that needs the credentials (signing
+        fails without any, before anything is sent), the bucket, the endpoint and the region, and
+        the permission the store's reads already need (s3:ListBucket, as a HEAD on the bucket
+        does), answering with an error code (a HEAD's error has no body to tell them apart)."""
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1)
 
     def _create(self, key: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> bool:
         checksum = base64.b64encode(bytes.fromhex(metadata["sha256"])).decode()

@@ -5,11 +5,8 @@ exist, and an ``s3://`` manifest read the same way."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from prefect_gpt_image.flows import batch_edit, batch_generate
 
@@ -17,29 +14,6 @@ from .conftest import run
 
 PLACEHOLDER = "s3://product-photos/incoming/"
 """The ``images`` the shipped ``backgrounds`` deployment names (deployments/prefect.yaml)."""
-
-
-@pytest.fixture
-def no_aws_credentials(env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """A worker with no AWS credentials anywhere boto3 looks; the endpoint stays the local S3
-    server, and any connection off loopback (the EC2 metadata service) is refused and recorded."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    refused: list[Any] = []
-    connect = socket.socket.connect
-
-    def loopback_only(sock: socket.socket, address: Any) -> Any:
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            refused.append(address)
-            raise OSError(f"test refuses a connection to {address!r}")
-        return connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
-    yield env
-    assert refused == [], "boto3 tried to connect off the machine"
 
 
 def test_the_backgrounds_placeholder_on_a_worker_without_credentials(
