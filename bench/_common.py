@@ -504,6 +504,20 @@ def machine() -> str:
     )
 
 
+def request_timeline(
+    log: Sequence[dict[str, Any]], k: int
+) -> tuple[list[float], list[float], list[float]] | None:
+    """The image requests of a sandbox's request log that were answered, as sorted start and
+    answer times (epoch seconds) and the gaps between an answer and the request taking its slot
+    (the i-th request after the first ``k`` against the (i-k)-th answer); None if none was."""
+    calls = [r for r in log if r["endpoint"].endswith("/generations") and r["finished"]]
+    if not calls:
+        return None
+    starts = sorted(r["started"] for r in calls)
+    ends = sorted(r["finished"] for r in calls)
+    return starts, ends, [starts[i] - ends[i - k] for i in range(k, len(starts))]
+
+
 def median(values: Sequence[float]) -> float:
     """The median (NaN for none)."""
     return statistics.median(values) if values else math.nan

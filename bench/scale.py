@@ -7,7 +7,12 @@ its UI), SeaweedFS (the images go to ``s3://bench/scale-N``). The batch has a gl
 limit K. For each N (fresh prompts, nothing cached) the table shows the wall time against the
 bound ceil(N/K)·L, this process's RSS growth (peak during the batch minus the RSS before it), the
 CPU of the Prefect server and of PostgreSQL per row, and the S3 requests this process made per
-row (counted in botocore, by operation). The largest batch is then run again (a rerun: 0 API
+row (counted in botocore, by operation), and where the time over the bound went (as
+compose.py reads it from the sandbox's request log): the lag from calling the flow to the first
+request, the stretch of the requests beyond the bound (the gaps between an answer and the request
+taking its slot, median and mean), and the tail from the last answer to the flow's return, with
+the contact sheet's and the table's share of it; ``start lag + steady over bound + tail`` is the
+wall time over the bound. The largest batch is then run again (a rerun: 0 API
 calls), and while the first run of the largest batch runs, headless Chromium (the
 ``tests/e2e/ui`` setup) loads its flow-run page and the Artifacts page.
 
@@ -93,6 +98,99 @@ class PrefectRequests:
 
     def snapshot(self) -> Counter[str]:
         return Counter(self.counts)
+
+
+class Spans:
+    """Times the batch flow's closing writes (the contact sheet, the table), as the flow calls them,
+    and Prefect's walk of the flow's return value: wraps those names in
+    ``prefect_gpt_image.flows.batch`` and ``prefect.flow_engine`` (the behaviour is unchanged).
+    ``spans`` maps name to the epoch seconds (start, end) of its last call."""
+
+    NAMES = ("publish_sheets", "publish_batch_table")
+
+    def __init__(self) -> None:
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.walked = math.nan
+        """Milliseconds Prefect took to walk the flow's return value for futures (the last run's)."""
+
+    def install(self) -> None:
+        from prefect import flow_engine
+
+        from prefect_gpt_image.flows import batch
+
+        for name in self.NAMES:
+            setattr(batch, name, self._timed(name, getattr(batch, name)))
+        # Prefect walks a flow's return value for futures (prefect.utilities.collections.visit_collection)
+        walk = flow_engine.resolve_futures_to_states
+
+        def walked(result: Any) -> Any:
+            started = time.time()
+            try:
+                return walk(result)
+            finally:
+                self.walked = 1000 * (time.time() - started)
+
+        flow_engine.resolve_futures_to_states = walked  # type: ignore[assignment]
+
+    def _timed(self, name: str, original: Any) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.time()
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                self.spans[name] = (started, time.time())
+
+        return timed
+
+    def tail(self, last_answer: float, ended: float) -> dict[str, float]:
+        """The tail (last answer to the flow's return) in three parts: until the closing writes
+        start (the last rows stored, the slots' context left), the closing writes (each one's own
+        length beside), and after them (the summary, Prefect ending the flow run)."""
+        if not self.spans:
+            return {}
+        first = min(start for start, _ in self.spans.values())
+        last = max(end for _, end in self.spans.values())
+        return {
+            "tail: to the closing writes ms": 1000 * (first - last_answer),
+            "tail: closing writes ms": 1000 * (last - first),
+            **{f"of which {name} ms": 1000 * (end - start) for name, (start, end) in self.spans.items()},
+            "tail: after them ms": 1000 * (ended - last),
+            "of which Prefect walking the result ms": self.walked,
+        }
+
+
+def decomposition(
+    requests: list[dict[str, Any]], started: float, ended: float, k: int, ideal: float, spans: Spans
+) -> dict[str, float]:
+    """Where a batch's time over the bound went, from the sandbox's request log (epoch seconds,
+    as compose.py reads it): the lag from calling the flow to its first request, the stretch of the
+    requests beyond the bound (``ideal``: ceil(N/K)·L) and the gaps between an answer and the
+    request taking its slot (the i-th request against the (i-K)-th answer), and the tail from the
+    last answer to the flow's return (its parts: :meth:`Spans.tail`).
+    ``start lag + steady over bound + tail = wall - ideal``."""
+    from prefect_gpt_image.calls import thumbnails_per_run
+
+    timeline = common.request_timeline(requests, k)
+    if timeline is None:
+        return {}
+    starts, ends, gaps = timeline
+    # The run's first THUMBNAILS_PER_RUN images get a thumbnail as they are stored, later ones none:
+    # the gaps of the requests among the first (after the first wave) against those of the rest,
+    # in the same run, on the same machine.
+    thumbs = thumbnails_per_run()
+    with_thumbs, without = gaps[: max(0, thumbs - k)], gaps[thumbs:]
+    return {
+        "start lag ms": 1000 * (starts[0] - started),
+        "steady over bound ms": 1000 * (ends[-1] - starts[0] - ideal),
+        "tail ms": 1000 * (ended - ends[-1]),
+        "gap ms (median)": 1000 * common.median(gaps) if gaps else 0.0,
+        "gap ms (mean)": 1000 * sum(gaps) / len(gaps) if gaps else 0.0,
+        "gap ms (median, rows with thumbnails)": 1000 * common.median(with_thumbs)
+        if with_thumbs
+        else math.nan,
+        "gap ms (median, later rows)": 1000 * common.median(without) if without else math.nan,
+        **spans.tail(ends[-1], ended),
+    }
 
 
 def _prompts(tag: str, n: int) -> list[str]:
@@ -226,6 +324,7 @@ def _measure(
     sandbox: common.ChildSandbox,
     s3: S3Requests,
     api: PrefectRequests,
+    spans: Spans,
     settings: str,
     options: Any,
     probe: UiProbe | None,
@@ -241,9 +340,13 @@ def _measure(
     db = stack.db_pids()
     server0, db0 = common.cpu_seconds([stack.server_pid]), common.cpu_seconds(db)
     own0 = os.times()
+    spans.spans.clear()
+    spans.walked = math.nan
     if probe is not None:
         probe.start()
+    load0 = os.getloadavg()[0]
     with common.profiled(profile), common.PeakRSS() as peak:
+        started = time.time()
         wall, result = common.run_batch(
             None,
             manifest=str(manifest),
@@ -251,12 +354,15 @@ def _measure(
             storage=f"s3://bench/scale-{n}",
             settings_block=settings,
         )
+        ended = time.time()
     own1 = os.times()
+    load1 = os.getloadavg()[0]
     server_cpu = common.cpu_seconds([stack.server_pid]) - server0
     db_cpu = common.cpu_seconds(db) - db0
     requests = s3.snapshot() - before_s3
     api_requests = api.snapshot() - before_api
     stats = sandbox.stats()
+    log = sandbox.requests()
     if probe is not None:
         probe.join()
     stored = getattr(result, "stored", -1)
@@ -276,6 +382,8 @@ def _measure(
         "wall s": wall,
         "ideal s": ideal,
         "over ideal": wall / ideal,
+        "load (1 min)": f"{load0:.1f} -> {load1:.1f}",
+        **decomposition(log, started, ended, k, ideal, spans),
         "API calls": stats["requests"],
         "max in flight": stats["max_in_flight"],
         "stored": stored,
@@ -311,12 +419,14 @@ def main() -> int:
     problems: list[str] = []
     s3 = S3Requests()
     api = PrefectRequests()
+    spans = Spans()
     probe: UiProbe | None = None
     with common.start_stack(args.db, ui=not args.no_ui) as stack, contextlib.ExitStack() as stop:
         from prefect_gpt_image.flows import ImageOptions
 
         s3.install()
         api.install()
+        spans.install()
         flags = common.sandbox_flags(latency, k)
         if not args.realistic:
             flags.remove("--texture")
@@ -343,6 +453,7 @@ def main() -> int:
                 sandbox=sb,
                 s3=s3,
                 api=api,
+                spans=spans,
                 settings=settings,
                 options=options,
                 probe=probe if n == largest else None,
@@ -399,6 +510,13 @@ def main() -> int:
             "flow_cpu_ms_per_row": big["CPU ms/row (this process)"],
             "store_requests_per_row": big["S3 requests/row"],
         }
+        for column, name in (
+            ("start lag ms", "start_lag_ms"),
+            ("tail ms", "tail_ms"),
+            ("gap ms (median)", "gap_ms_median"),
+        ):
+            if column in big:
+                last[f"{name}_{largest}"] = big[column]
         if mid:
             # growth of the peak from the next smaller batch to the largest, per 1000 rows more
             m = mid[-1]

@@ -114,12 +114,10 @@ def _row(
 def _timeline(log: list[dict[str, Any]], started: float, ended: float, k: int) -> dict[str, Any]:
     """Start lag, tail and the median gap between an answer and the request taking its slot
     (the i-th request after the first K against the i-th answer), from the sandbox's log."""
-    calls = [r for r in log if r["endpoint"].endswith("/generations") and r["finished"]]
-    if not calls:
+    timeline = common.request_timeline(log, k)
+    if timeline is None:
         return {}
-    starts = sorted(r["started"] for r in calls)
-    ends = sorted(r["finished"] for r in calls)
-    gaps = [starts[i] - ends[i - k] for i in range(k, len(starts))]
+    starts, ends, gaps = timeline
     return {
         "start lag ms": 1000 * (starts[0] - started),
         "tail ms": 1000 * (ended - ends[-1]),

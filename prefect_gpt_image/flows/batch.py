@@ -203,14 +203,20 @@ async def batch_generate(
             prices=call_prices(credentials, settings),
         )
     result = BatchResult(rows=[results[number] for number, _ in parsed])
-    # The contact sheet (its pages link the gallery), before the table.
-    await publish_sheets(result, store, key=SHEET_KEY, title="gpt-image batch", logger=logger)
-    table, description, report = await publish_batch_table(result, total, store, logger)
-    # The kept slots go back while the artifacts are written (three round trips at once).
-    await asyncio.gather(
+
+    async def publish_table() -> str | None:
+        table, description, report = await publish_batch_table(result, total, store, logger)
+        await acreate_table_artifact(table=table, key=BATCH_TABLE_KEY, description=description)
+        return report
+
+    # The run's closing writes at once, so its end waits for the longest of them rather than their
+    # sum (bench/scale.py's "tail"): the table (and its CSV report), the contact sheet (its pages
+    # and the gallery), the final progress, and the kept slots going back.
+    report, *_ = await asyncio.gather(
+        publish_table(),
+        publish_sheets(result, store, key=SHEET_KEY, title="gpt-image batch", logger=logger),
         release_idle_leases(settings.concurrency_limit_name),
         progress.finish(),
-        acreate_table_artifact(table=table, key=BATCH_TABLE_KEY, description=description),
     )
     summary = (
         f"{result.stored} of {total} rows stored ({lookups.hits} found in the store); {result.bill().line()}"

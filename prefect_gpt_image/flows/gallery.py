@@ -21,7 +21,7 @@ from prefect_gpt_image.storage import ImageStore, LocalImageStore
 from .batch_report import REPORT_FOLDER, flow_run_id
 from .sheet_rows import Frame, SheetRow, Thumbs
 
-__all__ = ["RECORD_LOOKUPS", "gallery_html", "gallery_key", "write_gallery"]
+__all__ = ["RECORD_LOOKUPS", "gallery_html", "gallery_key", "gallery_link", "write_gallery"]
 
 RECORD_LOOKUPS = 1000
 """Images of an S3 store whose call's record the gallery links (one HEAD each, to read the
@@ -54,6 +54,12 @@ def write_gallery(
     key = at or gallery_key(store)
     page = gallery_html(shown, thumbs, title=title, at=key)
     store.put_bytes(key, page.encode(), "text/html; charset=utf-8")
+    return gallery_link(store, key)
+
+
+def gallery_link(store: ImageStore, key: str) -> str:
+    """Where a person opens the gallery at ``key``: the file's path for a local store, else its
+    link (presigned or public). Known before the gallery is written."""
     return store.uri_for(key) if isinstance(store, LocalImageStore) else store.link_for(key)
 
 

@@ -20,7 +20,7 @@ from prefect_gpt_image.api.inputpolicy import InputPolicy
 from prefect_gpt_image.calls import md_image, md_link, md_text
 from prefect_gpt_image.storage import ImageStore, LocalImageStore
 
-from .gallery import gallery_key, write_gallery
+from .gallery import gallery_key, gallery_link, write_gallery
 from .sheet_rows import Frame, SheetRow, SheetRows, Thumbs, sheet_rows
 
 __all__ = ["SHEET_PAGE_ROWS", "contact_sheet", "publish_sheets", "sheet_pages", "sheet_publisher"]
@@ -152,9 +152,10 @@ async def publish_sheets(
     page_rows: int | None = None,
 ) -> str | None:
     """Publish the run's contact sheet and gallery: the gallery written to the store (beside the
-    run's report, see :func:`~.gallery.write_gallery`), then one markdown artifact per page, the
-    first under ``key`` (the others on the run only, named "page k of n"). The gallery's link
-    (None when writing it failed). Best effort: a failure is a warning, the run goes on."""
+    run's report, see :func:`~.gallery.write_gallery`) while the pages are made, then one markdown
+    artifact per page, the first under ``key`` (the others on the run only, named "page k of n").
+    The pages name the gallery only once it is written. The gallery's link (None when writing it
+    failed). Best effort: a failure is a warning, the run goes on."""
     gallery: str | None = None
     try:
         shown = sheet_rows(rows)
@@ -162,15 +163,30 @@ async def publish_sheets(
     except Exception as exc:
         logger.warning("Making the contact sheet's thumbnails failed: %s", exc)
         return None
-    try:
-        where = gallery_key(store)
-        gallery = await asyncio.to_thread(write_gallery, shown, thumbs, title=title, at=where, logger=logger)
-    except Exception as exc:
-        logger.warning("Writing the run's gallery failed: %s", exc)
-    try:
-        pages = await asyncio.to_thread(
-            sheet_pages, shown, thumbs, title=title, page_rows=page_rows or SHEET_PAGE_ROWS, gallery=gallery
+    where = gallery_key(store)
+
+    async def write() -> str | None:
+        try:
+            return await asyncio.to_thread(write_gallery, shown, thumbs, title=title, at=where, logger=logger)
+        except Exception as exc:
+            logger.warning("Writing the run's gallery failed: %s", exc)
+            return None
+
+    def make_pages(gallery: str | None) -> list[str]:
+        return sheet_pages(
+            shown, thumbs, title=title, page_rows=page_rows or SHEET_PAGE_ROWS, gallery=gallery
         )
+
+    try:
+        # The gallery is written while the pages are made (the run's end waits for the longer of
+        # the two): its link is known before it is written.
+        try:
+            link: str | None = gallery_link(store, where)
+        except Exception:  # writing it fails too, and says why
+            link = None
+        gallery, pages = await asyncio.gather(write(), asyncio.to_thread(make_pages, link))
+        if (gallery is None) != (link is None):  # the pages name the gallery only if it is there
+            pages = await asyncio.to_thread(make_pages, gallery)
         gate = asyncio.Semaphore(_PUBLISH_AT_ONCE)
 
         async def publish(number: int, page: str) -> None:
