@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.schedule import SharedStackFileScheduling, longest_first
+
 pytest_plugins = ["tests.support.s3", "tests.support.prefect"]
 
 os.environ["DO_NOT_TRACK"] = "1"
@@ -38,6 +40,20 @@ def pytest_configure(config: pytest.Config) -> None:
     from prefect.events.worker import EventsWorker
 
     EventsWorker.set_client_override(NullEventsClient)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest test files first (tests/support/schedule.py): under ``-n 2`` neither worker is
+    left alone with a minutes-long file at the end."""
+    longest_first(items)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` in the order :func:`pytest_collection_modifyitems` chose, the end-to-end
+    stack's files one work unit (tests/support/schedule.py); any other mode is xdist's own."""
+    if config.getvalue("dist") == "loadfile":
+        return SharedStackFileScheduling(config, log)
+    return None
 
 
 @pytest.fixture

@@ -142,7 +142,6 @@ class Usage:
 
 @pytest.fixture
 def usage(
-    ephemeral_first_run: EphemeralRun,
     prefect_server: PrefectServer,
     make_sandbox: Callable[..., Any],
     tmp_path: Path,
@@ -179,9 +178,11 @@ class EphemeralRun:
 @pytest.fixture(scope="session")
 def ephemeral_first_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EphemeralRun]:
     """``ephemeral_first_run.py`` with no ``PREFECT_API_URL`` (Prefect's ephemeral server, a fresh
-    home), started in the background with the first usage test (before the session's Prefect
-    server), so that its server's start-up (tens of seconds on a busy machine) overlaps the other
-    tests; ``test_first_run_on_the_ephemeral_prefect`` waits for it and checks it."""
+    home), started in the background with the first test of ``test_scripts.py`` (its autouse
+    fixture asks for it before the session's Prefect server), so that its server's start-up (tens
+    of seconds on a busy machine) overlaps that file's other tests;
+    ``test_first_run_on_the_ephemeral_prefect`` waits for it and checks it. Only that file asks
+    for it: the usage files run on both xdist workers, and each would start one otherwise."""
     root = tmp_path_factory.mktemp("ephemeral")
     with SandboxServer(latency=LATENCY) as sandbox:
         env = clean_env()

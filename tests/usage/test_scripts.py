@@ -13,12 +13,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from tests.support.judge import held_requests, s3_image_hashes, unheld_answers_stored
 from tests.support.sandbox import sandbox_requests
 
 from .conftest import EphemeralRun, Usage
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ephemeral_first_run_starts_first(ephemeral_first_run: EphemeralRun) -> EphemeralRun:
+    """The ephemeral first run starts with this file's first test, in the background, and
+    ``test_first_run_on_the_ephemeral_prefect`` checks it (see ``ephemeral_first_run``)."""
+    return ephemeral_first_run
 
 
 def _billed_by_endpoint(sandbox: Any) -> Counter[str]:
