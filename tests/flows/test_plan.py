@@ -4,13 +4,14 @@ estimate equal to what the real run bills, a budget below the plan refused befor
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from prefect_gpt_image.flows import BatchResult, ImageOptions, batch_generate
 from prefect_gpt_image.flows.plan import RunPlan
-from tests.support.judge import assert_billed_once, ledger_cost
+from tests.support.judge import ledger_cost
 from tests.support.prefect import flow_run_artifacts
 from tests.support.sandbox import billed_images, ledger, sandbox_requests
 
@@ -125,8 +126,17 @@ def test_a_cap_crossed_mid_run_by_paid_retries_never_lets_spend_pass_it(env: Any
     # rows whose retries it refused failed naming it
     entries = ledger(sandbox)["entries"]
     assert len(entries) == 8 and sum(not e["delivered"] for e in entries) == 3
-    assert_billed_once(sandbox, prompts)
     assert state.is_failed()
     result: BatchResult = state.result(raise_on_failure=False)  # type: ignore[assignment]
     failed = [row for row in result.rows if row.status != "stored"]
     assert len(failed) == 3 and all("max_cost_per_run" in (row.error or "") for row in failed), failed
+    # Which rows the cap stops depends on timing (a dropped row's retry may reserve the last of
+    # the budget before a later row's first attempt): every stored row got exactly one delivered
+    # image, a failed row none, and no prompt was billed more than its first attempt and one retry.
+    prompt_of = {r["request_id"]: r["fields"].get("prompt") for r in sandbox_requests(sandbox)}
+    delivered = Counter(str(prompt_of.get(e["request_id"])) for e in entries if e["delivered"])
+    billed = Counter(str(prompt_of.get(e["request_id"])) for e in entries)
+    assert {row.prompt: delivered[row.prompt] for row in result.rows} == {
+        row.prompt: 1 if row.status == "stored" else 0 for row in result.rows
+    }, (delivered, [(row.prompt, row.status) for row in result.rows])
+    assert set(billed) <= set(prompts) and max(billed.values()) <= 2, billed
