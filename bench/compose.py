@@ -15,7 +15,7 @@ default with no server configured (its own SQLite server, started by the first f
 
 The table shows where the time over the bound goes: the lag from calling the flow to the first
 request, the tail from the last answer to the flow's return (and the part of it after the flow's
-body returned: Prefect ending the flow run), the median gap between an answer and
+body returned: Prefect ending the flow run, and of that the wait for its heartbeat thread to stop), the median gap between an answer and
 the request taking its slot, and this process's CPU per image. Two baselines show what Prefect
 alone costs for the same fan-outs: tasks that sleep L holding one of K semaphore slots, no plugin
 (``prefect map``, ``prefect gather``). Last line: ``map_over_ideal``, ``gather_over_ideal`` (local
