@@ -15,12 +15,12 @@ default with no server configured (its own SQLite server, started by the first f
 
 The table shows where the time over the bound goes: the lag from calling the flow to the first
 request, the tail from the last answer to the flow's return (and the part of it after the flow's
-body returned: Prefect ending the flow run, and of that the wait for its heartbeat thread to stop), the median gap between an answer and
-the request taking its slot, and this process's CPU per image. Two baselines show what Prefect
-alone costs for the same fan-outs: tasks that sleep L holding one of K semaphore slots, no plugin
-(``prefect map``, ``prefect gather``). Last line: ``map_over_ideal``, ``gather_over_ideal`` (local
-server), the baselines' ``prefect_map_over_ideal``, ``prefect_gather_over_ideal``, and the same
-with ``_ephemeral``.
+body returned: Prefect ending the flow run, and of that the wait for its heartbeat thread to stop),
+the median gap between an answer and the request taking its slot, and this process's CPU per image.
+Two baselines show what Prefect alone costs for the same fan-outs: tasks that sleep L holding one of
+K semaphore slots, no plugin (``prefect map``, ``prefect gather``). Last line: ``map_over_ideal``,
+``gather_over_ideal`` (local server), the baselines' ``prefect_map_over_ideal``,
+``prefect_gather_over_ideal``, and the same with ``_ephemeral``.
 
 A third run is the newcomer's first fan-out (:data:`NEWCOMER`): a sync ``.map`` of 24 calls under
 a limit of 4 at L = 0.5 s on the ephemeral default, beside Prefect alone (``--no-newcomer`` skips
