@@ -213,6 +213,28 @@ async def _result_of_flow_state(awaitable: Coroutine[Any, Any, Any]) -> Any:
     return await state.aresult()
 
 
+def _resolve_annotations(fn: Callable[..., Any]) -> None:
+    """Replace ``fn``'s annotations written as strings (``from __future__ import annotations``)
+    by the objects they name, where they resolve now.
+
+    A flow run in a subprocess (``flow.serve()``, Prefect's ``run_flow_in_subprocess``) gets the
+    flow by value through cloudpickle, which keeps only the globals the function's code uses: a
+    name used only in an annotation (``options: ImageOptions | None``) is lost, and the child's
+    parameter validation fails with "``Batch_GenerateModel`` is not fully defined". With the
+    annotations as objects, they travel with the function. An annotation naming something not
+    defined yet (a return type defined further down) stays a string; Prefect validates only the
+    parameters."""
+    resolved: dict[str, Any] = {}
+    for name, annotation in fn.__annotations__.items():
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, fn.__globals__)  # noqa: S307 (the module's own annotation)
+            except NameError:
+                pass
+        resolved[name] = annotation
+    fn.__annotations__ = resolved
+
+
 @overload
 def sync_or_async(
     obj: Task[P, Coroutine[Any, Any, R]], *, admission: Admission | None = None
@@ -240,6 +262,7 @@ def sync_or_async(obj: Any = None, *, admission: Admission | None = None) -> Any
         raise TypeError(f"{obj!r} is not async: sync_or_async is for async tasks and flows")
     if isinstance(obj, Flow):
         obj.__class__ = SyncOrAsyncFlow
+        _resolve_annotations(obj.fn)
     else:
         obj.__class__ = SyncOrAsyncTask
         if admission is not None:
