@@ -58,6 +58,9 @@ LONGEST_FIRST: tuple[str, ...] = (
     "tests/reliability/test_input_policy.py",
     "tests/flows/test_cost.py",
     "tests/flows/test_plan.py",
+    "tests/flows/test_storage_errors.py",
+    "tests/e2e/test_review_served.py",
+    "tests/flows/test_review.py",
     "tests/reliability/test_bad_input.py",
     "tests/reliability/test_interrupt.py",
 )
