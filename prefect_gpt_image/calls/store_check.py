@@ -49,6 +49,8 @@ def storage_error(store: ImageStore, error: BaseException, doing: str, outcome: 
 async def check_store(store: ImageStore) -> None:
     """Check that ``store`` can work before anything is paid (once per store and process); an
     :class:`ImageStorageError` saying what to set if not, before any API request."""
+    if store.ready:  # checked before: every call of a batch asks, so no thread hop for it
+        return
     try:
         await in_thread(store.ensure_ready)
     except Exception as exc:

@@ -334,6 +334,12 @@ class ImageStore(ABC):
             with _PROBES_LOCK:
                 _PROBES.pop(token, None)
 
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`ensure_ready` has already succeeded for this store in this process (no
+        I/O: a call may ask on the event loop and skip the check's thread)."""
+        return self._is_ready()
+
     def _probe(self) -> None:  # noqa: B027 - a store with nothing to check checks nothing
         """One cheap check that this store can work; raises the backend's error if not."""
 
