@@ -4,6 +4,8 @@ the sandbox, and judged by the sandbox's ledger and request log and by the store
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import sys
 import time
@@ -92,3 +94,33 @@ def cli_on_server(cli: Cli, prefect_server: Any) -> Cli:
     env.update(prefect_server.client_env(cli.root / "prefect-home"))
     cli.env = env
     return cli
+
+
+def read_terminal(
+    fd: int,
+    timeout: float,
+    *,
+    ended: Callable[[], bool] = lambda: False,
+    on_output: Callable[[bytes], None] | None = None,
+) -> bytes:
+    """What the program on the pseudo-terminal ``fd`` wrote, read until it closes the terminal,
+    ``ended()`` says it exited while nothing was written, or ``timeout`` s pass (a deadline for a
+    hang only). ``on_output`` sees everything read so far after each chunk (to type an answer)."""
+    output = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if not ready:
+            if ended():
+                break
+            continue
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal: it ended
+            break
+        if not chunk:
+            break
+        output += chunk
+        if on_output is not None:
+            on_output(output)
+    return output

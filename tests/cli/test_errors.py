@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
-from .conftest import API_KEY, COMMAND, Cli
+from .conftest import API_KEY, COMMAND, Cli, read_terminal
 
 
 def test_api_key_option_is_refused_saying_why_and_never_echoed(cli: Cli) -> None:
@@ -81,23 +79,15 @@ def test_a_key_typed_at_the_hidden_prompt_is_used_and_never_shown_or_written(
     if pid == 0:  # the child: the command on the pseudo-terminal
         os.chdir(cli.root)
         os.execve(COMMAND, [COMMAND, "generate", "a fox", "--quality", "low"], env)  # noqa: S606
-    output = b""
     sent = False
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1.0)
-        if not ready:
-            continue
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:  # the child closed the terminal: it ended
-            break
-        if not chunk:
-            break
-        output += chunk
+
+    def answer(output: bytes) -> None:
+        nonlocal sent
         if not sent and b"API key" in output:
             os.write(fd, typed.encode() + b"\n")
             sent = True
+
+    output = read_terminal(fd, 120, on_output=answer)
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     text = output.decode(errors="replace")

@@ -8,16 +8,14 @@ import fcntl
 import json
 import os
 import re
-import select
 import struct
 import subprocess
 import termios
-import time
 from pathlib import Path
 
 from prefect_gpt_image.calls import usd
 
-from .conftest import COMMAND, TIMEOUT, Cli
+from .conftest import COMMAND, TIMEOUT, Cli, read_terminal
 
 LINE = re.compile(
     r"^(?P<command>batch|batch-edit|pipeline): (?P<final>done, )?(?P<done>\d+)/(?P<total>\d+) "
@@ -96,21 +94,7 @@ def _on_terminal(cli: Cli, *args: str, stdout_too: bool) -> tuple[int, str, str]
         stderr=slave,
     )
     os.close(slave)
-    screen = b""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 1.0)
-        if not ready:
-            if child.poll() is not None:
-                break
-            continue
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the child closed the terminal: it ended
-            break
-        if not chunk:
-            break
-        screen += chunk
+    screen = read_terminal(master, TIMEOUT, ended=lambda: child.poll() is not None)
     out = child.stdout.read().decode() if child.stdout is not None else ""
     code = child.wait(timeout=TIMEOUT)
     os.close(master)
