@@ -34,6 +34,7 @@ from .errors import (
 from .images import ImageSource
 from .loops import LoopThread, close_with_loop
 from .models import EditRequest, GenerateRequest
+from .pool import pooled_transport
 from .responses import GeneratedImage
 from .retrying import with_retries
 from .streaming import read_stream
@@ -87,13 +88,13 @@ class AsyncImagesClient:
         else:
             self.config = ClientConfig.from_env(**overrides)
         t = self.config.timeouts
+        limits = httpx.Limits(
+            max_connections=self.config.max_connections,
+            max_keepalive_connections=self.config.max_connections,
+        )
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(t.read, connect=t.connect, write=t.write, pool=t.pool),
-            limits=httpx.Limits(
-                max_connections=self.config.max_connections,
-                max_keepalive_connections=self.config.max_connections,
-            ),
-            transport=httpx.AsyncHTTPTransport(retries=0, verify=tls_context()),
+            transport=pooled_transport(limits, tls_context()),
             follow_redirects=False,
             headers={"User-Agent": self.config.user_agent},
         )

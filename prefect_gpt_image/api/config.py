@@ -121,7 +121,8 @@ class ClientConfig:
 
     ``allowed_media_hosts`` lists the hosts result URLs may come from, in addition to the base
     URL's host; ``max_download_bytes`` caps each result; ``spool_dir``, when set, streams results
-    to files there instead of memory.
+    to files there instead of memory. ``max_connections`` caps the connections the client keeps
+    open (and reuses); a request beyond it waits for one to be free (``timeouts.pool``).
     """
 
     api_key: SecretStr = field(repr=False)

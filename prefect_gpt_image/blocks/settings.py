@@ -262,11 +262,14 @@ class GptImageSettings(Block):
         )
 
     def configure(self, config: ClientConfig) -> ClientConfig:
-        """``config`` with these settings' timeouts, retry policy and allowed media hosts."""
+        """``config`` with these settings' timeouts, retry policy and allowed media hosts, and
+        room in its connection pool for every concurrency slot's call and a download each: a
+        download never queues behind calls that hold the connections for a minute."""
         return config.with_options(
             timeouts=self.timeouts(),
             retry=self.retry_policy(),
             allowed_media_hosts=tuple(self.allowed_media_hosts),
+            max_connections=max(config.max_connections, 2 * self.concurrency_limit),
         )
 
     def input_policy(self) -> InputPolicy:

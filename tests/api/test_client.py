@@ -42,7 +42,7 @@ from prefect_gpt_image.api import (
 from prefect_gpt_image.api import retrying as retry_module
 from tests.support.images import decode, mask_bytes, png_bytes
 from tests.support.judge import media_gets
-from tests.support.sandbox import HeldWaits, billed_images, sandbox_requests
+from tests.support.sandbox import HeldWaits, billed_images, ledger, sandbox_requests
 
 KEY = "sk-test-SECRET-4f1c9e2a77"
 FAST = RetryPolicy(
@@ -401,6 +401,64 @@ def test_connection_refused_is_retried_then_raised() -> None:
             with pytest.raises(ConnectionFailedError) as info:
                 client.generate("a cat", on_retry=retries.append)
     assert len(retries) == 2 and info.value.retryable and KEY not in str(info.value)
+
+
+class Connects:
+    """Counts the TCP connections this process opens to one port (a hook on ``socket.connect``,
+    the call asyncio makes for each new connection)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+        self.count = 0
+        real = socket.socket.connect
+
+        def connect(sock: socket.socket, address: Any) -> None:
+            if isinstance(address, tuple) and address[1] == port:
+                self.count += 1
+            real(sock, address)
+
+        monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def _calls_at_once(client: AsyncImagesClient, calls: int, at_once: int) -> None:
+    async def run() -> None:
+        gate = asyncio.Semaphore(at_once)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await client.generate(f"connection {i}", size="1024x1024", quality="low")
+
+        async with client:
+            await asyncio.gather(*(one(i) for i in range(calls)))
+
+    asyncio.run(run())
+
+
+def test_connections_are_kept_and_reused_above_twenty_calls_at_once(
+    make_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 calls at once, 120 in all (a POST and a result GET each): the pool keeps its
+    connections, so the 240 requests need at most one connection per request in flight, not a new
+    one each. httpx's default pool keeps 20 idle connections, and ignores a client's limits once
+    it is given a transport: the client used to open a connection for most requests."""
+    sandbox = make_sandbox(latency=0.2, max_concurrency=40)
+    connects = Connects(monkeypatch, sandbox.port)
+    _calls_at_once(AsyncImagesClient(KEY, base_url=sandbox.base_url), calls=120, at_once=40)
+    opened = connects.count  # before the ledger's own requests below
+    assert billed_images(sandbox) == 120
+    assert opened <= 80, f"{opened} connections for 240 requests"
+
+
+def test_max_connections_caps_the_requests_in_flight(
+    make_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``max_connections=4``: 12 calls at once send at most 4 requests at a time over 4 connections."""
+    sandbox = make_sandbox(latency=0.2)
+    connects = Connects(monkeypatch, sandbox.port)
+    config = ClientConfig(api_key=KEY, base_url=sandbox.base_url, max_connections=4)
+    _calls_at_once(AsyncImagesClient(config=config), calls=12, at_once=12)
+    opened = connects.count  # before the ledger's own requests below
+    assert billed_images(sandbox) == 12
+    assert ledger(sandbox)["stats"]["max_in_flight"] <= 4 and opened <= 4
 
 
 def test_media_failing_once_is_downloaded_on_retry(sandbox: Any) -> None:

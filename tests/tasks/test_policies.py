@@ -161,3 +161,11 @@ def test_settings_build_the_client_config() -> None:
     with pytest.raises(ValueError, match="output_compression"):
         GptImageSettings(output_compression=50)
     assert settings.call_deadline_seconds() > 2 * 42
+
+
+def test_the_client_pool_has_room_for_every_slot_and_a_download_each() -> None:
+    """A call holds its connection until the API answers (up to minutes); a result download
+    that queued behind such calls for a connection would wait as long."""
+    credentials = GptImageCredentials(api_key="sk-x", base_url="http://127.0.0.1:9/v1")
+    assert credentials.client_config(GptImageSettings(concurrency_limit=100)).max_connections == 200
+    assert credentials.client_config(GptImageSettings(concurrency_limit=4)).max_connections == 64
