@@ -85,6 +85,7 @@ from .store_check import NOTHING_SENT, check_store, storage_error
 __all__ = ["CallResult", "run_image_call"]
 
 _T = TypeVar("_T")
+_HOST = socket.gethostname()  # in every lock holder's name (a system call per call otherwise)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ async def run_image_call(
     refresh = refresh_cache or refresh_requested()
     locks = get_lock_manager()
     lock_key = f"gpt-image-{key}"
-    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
+    holder = f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
     hold = settings.call_deadline_seconds()
     if not await locks.aacquire_lock(lock_key, holder, acquire_timeout=hold, hold_timeout=hold):
         raise CacheLockTimeoutError(
@@ -391,24 +392,22 @@ async def _locked_call(
             first=len(kept.refs),
         )
         files = [(image.path if image.path is not None else image.read_bytes()) for image in images]
+
+        def store_and_discard() -> list[ImageRef]:
+            linked = store_result(store, key, files, refs, manifests, summary, logger, kept)
+            # In this thread too: no file system call on the event loop. A file left behind goes
+            # with the download folder at exit; the images are stored either way.
+            with contextlib.suppress(OSError):
+                discard_downloads(images)
+            return linked
+
         try:
-            linked: list[ImageRef] = await in_thread(
-                store_result,
-                store,
-                key,
-                files,
-                refs,
-                manifests,
-                summary,
-                logger,
-                kept,
-            )
+            linked: list[ImageRef] = await in_thread(store_and_discard)
         except Exception as exc:
             error = spool_after_failure(exc, store, key, images, files, refs, manifests, summary, logger)
             if not isinstance(error, ImagesLostError):
                 discard_downloads(images)
             raise error from exc
-        discard_downloads(images)
         return linked
 
     async def _store_partial(error: DownloadError) -> PartialDeliveryError:

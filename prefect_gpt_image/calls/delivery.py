@@ -167,11 +167,11 @@ def store_result(
     """Store a call's images (``files``, in the order of ``refs``) and its cache record, which
     holds their manifests (after those of the images a partial record ``kept``); the refs of
     all of them with their links."""
-    # Every write at once: one round trip to the store. The record may land before the images;
-    # read_record trusts it only once the images it names are there, so after a failed write the
-    # rerun finds no hit and stores the spooled images (paid once). Each image names the record
-    # in its metadata (its lineage). The links are signed in this thread while the writes are in
-    # flight.
+    # Every write at once: one round trip to the store (the first in this thread, the others in
+    # the store's pool). The record may land before the images; read_record trusts it only once
+    # the images it names are there, so after a failed write the rerun finds no hit and stores
+    # the spooled images (paid once). Each image names the record in its metadata (its lineage).
+    # The links are signed once they are written (signing is local: a fraction of a write).
     every = [*kept.refs, *refs] if kept is not None else refs
     described = [*kept.manifests, *manifests] if kept is not None else manifests
     writes: list[Callable[[], Any]] = [partial(write_record, store, key, every, summary, described)]
@@ -179,8 +179,8 @@ def store_result(
         writes.append(partial(store.put_image, ref.sha256, ref.format, data, {CACHE_KEY_METADATA: key}))
         if manifest.get("thumbnail"):  # from the bytes in hand
             writes.append(thumbnail_write(store, ref.sha256, data, logger))
-    linked: list[ImageRef] = run_concurrently(partial(with_links, store, every, logger), *writes)[0]
-    return linked
+    run_concurrently(*writes)
+    return with_links(store, every, logger)
 
 
 def spool_after_failure(

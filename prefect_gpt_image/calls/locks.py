@@ -77,6 +77,11 @@ class ImageLockManager(PollingLocks, FileSystemLockManager):
         if default_hold_timeout <= 0:
             raise ValueError("default_hold_timeout must be positive")
         self.default_hold_timeout = default_hold_timeout
+        # What this manager last wrote for each (key, holder) it holds: releasing compares the
+        # file with it (one read) instead of reading and checking the lock first. Every image call
+        # takes and releases a lock on the event loop, where each system call may wait for the
+        # GIL behind the store's threads.
+        self._written: dict[tuple[str, str], bytes] = {}
 
     def __repr__(self) -> str:
         return f"ImageLockManager({str(self.lock_files_directory)!r})"
@@ -116,21 +121,23 @@ class ImageLockManager(PollingLocks, FileSystemLockManager):
         self._break(key, info["raw"])
         return None
 
-    def _break(self, key: str, stale: bytes) -> None:
-        """Remove the lock file if it still holds the ``stale`` content."""
+    def _break(self, key: str, stale: bytes) -> bool:
+        """Remove the lock file if it still holds the ``stale`` content; whether it did."""
         path = self._path(key)
         tomb = path.with_name(f".{path.name}.{uuid.uuid4().hex}.stale")
         try:
             os.rename(path, tomb)
         except FileNotFoundError:
-            return
+            return False
         try:
-            if tomb.read_bytes() != stale:
-                # A fresh lock was taken between our read and the rename: put it back.
-                try:
-                    os.link(tomb, path)
-                except FileExistsError:
-                    pass
+            if tomb.read_bytes() == stale:
+                return True
+            # A fresh lock was taken between our read and the rename: put it back.
+            try:
+                os.link(tomb, path)
+            except FileExistsError:
+                pass
+            return False
         finally:
             tomb.unlink(missing_ok=True)
 
@@ -142,15 +149,26 @@ class ImageLockManager(PollingLocks, FileSystemLockManager):
             {"holder": holder, "expires": time.time() + hold, "pid": os.getpid(), "host": _HOST}
         ).encode()
         path = self._path(key)
+        mine = (key, holder)
+        # Most locks are free: create the file straight away (it fails if there is one).
+        if mine not in self._written and write_atomically(path, body, overwrite=False):
+            self._written[mine] = body
+            return True
         current = self._live(key)
         if current is not None and current["holder"] != holder:
             return False
         # Held already: extend it (replace our own file); else create it only if nobody did.
-        return write_atomically(path, body, overwrite=current is not None)
+        if write_atomically(path, body, overwrite=current is not None):
+            self._written[mine] = body
+            return True
+        return False
 
     def release_lock(self, key: str, holder: str) -> None:
         """Release ``holder``'s lock on ``key``; ValueError if ``holder`` does not hold it
         (it expired and was taken over, or was never taken)."""
+        written = self._written.pop((key, holder), None)
+        if written is not None and self._break(key, written):
+            return  # the file was still the one this manager wrote for ``holder``
         info = self._live(key)
         if info is None:
             raise ValueError(f"no lock for key {key}")

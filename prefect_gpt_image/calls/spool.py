@@ -11,6 +11,7 @@ atomically: a folder without it is an unfinished write and is ignored). Nothing 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -39,7 +40,14 @@ _ENTRY = "entry.json"
 
 def spool_dir() -> Path:
     """``$GPT_IMAGE_SPOOL``, else ``./.gpt-image-spool``, made absolute."""
-    return Path(os.environ.get(SPOOL_ENV, "").strip() or DEFAULT_SPOOL_DIR).expanduser().resolve()
+    return _resolved(os.environ.get(SPOOL_ENV, "").strip() or DEFAULT_SPOOL_DIR, os.getcwd())
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved(configured: str, cwd: str) -> Path:
+    """``configured`` made absolute from ``cwd``, once per pair: every image call looks in the
+    spool, and resolving a path costs a system call per folder of it (on the event loop)."""
+    return (Path(cwd) / Path(configured).expanduser()).resolve()
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,22 @@ def test_lock_is_exclusive_and_extendable(tmp_path: Path) -> None:
     assert locks.acquire_lock("k", "b", acquire_timeout=0)
 
 
+def test_a_holder_whose_lock_expired_and_was_taken_never_releases_the_new_holders(tmp_path: Path) -> None:
+    """``a``'s lock expires (its file says so) and ``b`` takes it: ``a``'s release raises and
+    leaves ``b``'s lock in place, even though ``a``'s manager remembers what it wrote."""
+    locks = ImageLockManager(tmp_path)
+    assert locks.acquire_lock("k", "a", hold_timeout=60)
+    path = tmp_path / "k.lock"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "expires": time.time() - 1}))
+    other = ImageLockManager(tmp_path)
+    assert other.acquire_lock("k", "b", acquire_timeout=0)
+    with pytest.raises(ValueError, match="not held by a"):
+        locks.release_lock("k", "a")
+    assert locks.is_lock_holder("k", "b")
+    other.release_lock("k", "b")
+    assert not locks.is_locked("k") and not any(tmp_path.iterdir())
+
+
 class _TriedLocks(ImageLockManager):
     """A lock manager that notes when an attempt to take a lock found it held."""
 
