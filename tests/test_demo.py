@@ -6,6 +6,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,16 +29,28 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
 
 
 def run_demo(tmp_path: Path, *args: str) -> str:
+    """Run ``prefect-gpt-image demo`` as a user whose own Prefect profile (in ``~/.prefect``)
+    names a server: the demo must use neither that server nor that home."""
     cli = Path(sys.executable).with_name("prefect-gpt-image")
-    done = subprocess.run(
-        [str(cli), "demo", *args],
-        cwd=tmp_path,
-        env=demo_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    user_home = tmp_path / ".prefect"
+    user_home.mkdir(exist_ok=True)
+    # The user's server: a port held by this test, never listening (a connection is refused).
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        api = f"http://127.0.0.1:{held.getsockname()[1]}/api"
+        (user_home / "profiles.toml").write_text(
+            f'active = "mine"\n\n[profiles.mine]\nPREFECT_API_URL = "{api}"\n'
+        )
+        done = subprocess.run(
+            [str(cli), "demo", *args],
+            cwd=tmp_path,
+            env=demo_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in user_home.iterdir()) == ["profiles.toml"]  # nothing of the user's touched
     # No telemetry error (the demo's Prefect servers send none), no database lock race.
     for noise in ("telemetry", "database is locked"):
         assert noise not in (done.stdout + done.stderr).lower(), done.stderr[-3000:]

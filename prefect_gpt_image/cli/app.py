@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
 from . import batch, batch_edit, bill, edit, generate, pipeline
@@ -135,9 +134,15 @@ def _demo(args: argparse.Namespace) -> int:
     """The pipeline (generate → mask edit → reference blend) and a small batch, run twice to show
     the cache, offline: a sandbox for the API, an ephemeral Prefect, local or SeaweedFS storage.
     """
-    from prefect_gpt_image.demo import run_demo
-
-    return run_demo(out=Path(args.out), s3=args.s3, keep_server=args.keep_server)
+    # In a fresh interpreter: this command has imported Prefect, which read its settings then,
+    # so the demo's own Prefect home, offline settings and start-up allowance would not apply
+    # (its runs would go to the user's ~/.prefect database, or to a server a profile names).
+    argv = [sys.executable, "-m", "prefect_gpt_image.demo", "--out", str(args.out)]
+    argv += ["--s3"] if args.s3 else []
+    argv += ["--keep-server"] if args.keep_server else []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - this interpreter, our own module, no shell
 
 
 if __name__ == "__main__":
