@@ -29,7 +29,7 @@ from .context import in_batch, in_thread, run_deployment, run_ids
 from .errors import ImagesLostError, ImagesSpooledError
 from .refs import ImageRef
 from .store_check import explain_failure, storage_error
-from .thumbs import thumbnail_due, thumbnail_key, thumbnail_write
+from .thumbs import thumbnail_due, thumbnail_key, thumbnail_later, thumbnail_write
 
 __all__ = [
     "ImageCost",
@@ -177,7 +177,10 @@ def store_result(
     writes: list[Callable[[], Any]] = [partial(write_record, store, key, every, summary, described)]
     for ref, data, manifest in zip(refs, files, manifests, strict=True):
         writes.append(partial(store.put_image, ref.sha256, ref.format, data, {CACHE_KEY_METADATA: key}))
-        if manifest.get("thumbnail"):  # from the bytes in hand
+        if not manifest.get("thumbnail"):
+            continue
+        # From the bytes in hand; a batch row's in the background (its next row need not wait).
+        if not (in_batch() and thumbnail_later(store, ref.sha256, data, logger)):
             writes.append(thumbnail_write(store, ref.sha256, data, logger))
     run_concurrently(*writes)
     return with_links(store, every, logger)

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 import re
+import threading
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,11 +31,13 @@ from prefect_gpt_image.flows import (
     GenerateStep,
     ImageOptions,
     MaskRegion,
+    ProgressReport,
     batch_edit,
     batch_generate,
     batch_pipeline,
     image_pipeline,
     sheets,
+    watch_progress,
 )
 from prefect_gpt_image.storage import ImageStore, LocalImageStore, S3ImageStore
 from tests.support.images import png_bytes
@@ -453,3 +456,49 @@ def test_thumbnails_stop_after_the_runs_first_rows(
     assert images == [f"../thumbs/{shas[0]}.jpeg", f"../thumbs/{shas[1]}.jpeg"] + [
         f"../images/{sha}.png" for sha in shas[2:]
     ]
+
+
+def test_a_batch_rows_thumbnail_is_made_in_the_background_and_the_sheet_waits_for_it(
+    prefect_env: Path, make_sandbox: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch row does not wait for its thumbnail (decoding the image is most of a row's CPU):
+    every row is done while no thumbnail could be made yet; the contact sheet then waits for
+    them, shows each, and none is made twice."""
+    from prefect_gpt_image.calls import thumbs
+
+    sandbox = make_sandbox(latency=0.0)
+    monkeypatch.setenv("GPT_IMAGE_API_KEY", "sk-sheets")
+    monkeypatch.setenv("GPT_IMAGE_BASE_URL", sandbox.base_url)
+    made: list[int] = []
+    rows_done = threading.Event()
+    real = thumbs.make_thumbnail
+
+    def held(data: bytes | Path) -> bytes:
+        rows_done.wait(timeout=60)  # no thumbnail before every row is done
+        made.append(len(made))
+        return real(data)
+
+    def watcher(report: ProgressReport) -> None:
+        if report.done == report.total and not made:
+            rows_done.set()
+
+    monkeypatch.setattr(thumbs, "make_thumbnail", held)
+    root = tmp_path / "out"
+    with watch_progress(watcher):
+        state = run(
+            batch_generate(
+                prompts=[f"kite {i}" for i in range(1, 7)],
+                options=ImageOptions(size="1024x1024", quality="low"),
+                storage=str(root),
+                return_state=True,
+            )
+        )
+    assert state.is_completed(), state.message
+    assert rows_done.is_set()  # the rows ended while their thumbnails were held back
+    result: BatchResult = state.result()  # type: ignore[assignment]
+    shas = sorted(r.images[0].sha256 for r in result.rows)
+    assert sorted(p.name for p in (root / "thumbs").iterdir()) == [f"{sha}.jpeg" for sha in shas]
+    assert len(made) == 6  # each made once: the sheet found them all
+    (page,) = sheet_artifacts(state, "gpt-image-batch-sheet")
+    shown = sheet_rows(check_page(page["data"], links=None))
+    assert ["<img" in c[3] for c in shown] == [True] * 6
