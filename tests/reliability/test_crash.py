@@ -131,18 +131,21 @@ def test_kill_9_between_answer_and_store_then_the_rerun_pays_only_for_what_is_no
             log,
         )
         sandbox.hold.hold(HELD)
+        # The bucket's listing (slow under load) first, then the sandbox's own state, read last
+        # so that a call seen in flight is still in flight at the kill (its latency is 1 s).
         wait_until(
             f"{HELD} downloads held with a call in flight and every other answer stored",
             lambda: (
-                len(sandbox.hold.held) == HELD
+                records_and_images_of_unheld_answers_stored()
+                and len(sandbox.hold.held) == HELD
                 and ledger.in_flight >= 1
-                and records_and_images_of_unheld_answers_stored()
             ),
             process,
             log,
         )
         held = held_requests(sandbox)
         in_flight = {r["request_id"] for r in ledger.requests if r["finished"] is None}
+        killed_at = time.time()
         os.kill(process.pid, signal.SIGKILL)
         assert process.wait(10) == -signal.SIGKILL
     finally:
@@ -158,7 +161,9 @@ def test_kill_9_between_answer_and_store_then_the_rerun_pays_only_for_what_is_no
     by_id = {e["request_id"]: e for e in before}
     window = {rid: (by_id[rid]["delivered"], sorted(_shas(by_id[rid]) & stored)) for rid in held}
     assert all(ok and not kept for ok, kept in window.values()), f"held -> (delivered, stored shas): {window}"
-    cut = {rid for rid in in_flight if rid in by_id}
+    # (one that ended in the instant between our look and the kill was not cut off)
+    ended = {r["request_id"]: r["finished"] for r in ledger.requests}
+    cut = {rid for rid in in_flight if rid in by_id and not (ended.get(rid) or killed_at) < killed_at}
     assert cut and all(not by_id[rid]["delivered"] for rid in cut), (in_flight, before)
     stored_prompts = {prompt_of[e["request_id"]] for e in before if e["delivered"] and _shas(e) <= stored}
     assert stored_prompts and not stored_prompts & {prompt_of[rid] for rid in held | cut}
