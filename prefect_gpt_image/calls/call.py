@@ -32,11 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import threading
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
@@ -77,7 +73,7 @@ from .errors import (
     ImagesLostError,
     PartialDeliveryError,
 )
-from .locks import get_lock_manager
+from .locks import get_lock_manager, new_holder
 from .refs import ImageRef
 from .retry import allow_outcome_unknown_retry, current_bill, note_maybe_billed, note_undelivered
 from .store_check import NOTHING_SENT, check_store, storage_error
@@ -85,7 +81,6 @@ from .store_check import NOTHING_SENT, check_store, storage_error
 __all__ = ["CallResult", "run_image_call"]
 
 _T = TypeVar("_T")
-_HOST = socket.gethostname()  # in every lock holder's name (a system call per call otherwise)
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,7 @@ async def run_image_call(
     refresh = refresh_cache or refresh_requested()
     locks = get_lock_manager()
     lock_key = f"gpt-image-{key}"
-    holder = f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
+    holder = new_holder()
     hold = settings.call_deadline_seconds()
     if not await locks.aacquire_lock(lock_key, holder, acquire_timeout=hold, hold_timeout=hold):
         raise CacheLockTimeoutError(

@@ -50,6 +50,7 @@ __all__ = [
     "default_lock_dir",
     "get_lock_manager",
     "lock_manager_for_url",
+    "new_holder",
     "use_lock_manager",
 ]
 
@@ -187,6 +188,12 @@ class ImageLockManager(PollingLocks, FileSystemLockManager):
 
 
 _HOST = socket.gethostname()
+
+
+def new_holder() -> str:
+    """A holder name for one call's lock, unique to it: this machine, process and thread (what a
+    stale lock's owner is judged by), and a random part."""
+    return f"{_HOST}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex}"
 
 
 def _holder_is_gone(info: dict[str, Any]) -> bool:
