@@ -63,8 +63,11 @@ _MAKERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gpt-image-thumbs
 """Makes the thumbnails a sheet asks for and those of batch rows (Pillow releases the GIL while
 it decodes and encodes)."""
 _MAX_PENDING = 32
-"""Background thumbnails waiting at most (their images' bytes are held meanwhile)."""
-_PENDING: set[Future[None]] = set()
+"""Background thumbnails waiting at most."""
+_MAX_PENDING_BYTES = 32 * 1024 * 1024
+"""Bytes of images held for background thumbnails at most (a 4K PNG is about 12 MB)."""
+_PENDING: dict[Future[None], int] = {}
+"""Background thumbnails not done yet, with the bytes each holds."""
 _PENDING_LOCK = threading.Lock()
 
 
@@ -122,24 +125,27 @@ def thumbnail_write(store: ImageStore, sha256: str, data: bytes | Path, logger: 
 
 def thumbnail_later(store: ImageStore, sha256: str, data: bytes | Path, logger: Any) -> bool:
     """Make and write the thumbnail of the image ``sha256`` in the background (the makers' pool)
-    unless :data:`_MAX_PENDING` are already waiting; whether it was handed on (else the caller
-    makes it itself). A batch row's store step then does not wait for the decode (4-15 ms of CPU
-    a thumbnail, more on a busy machine): its worker takes the next row. ``data`` a file is read
+    unless :data:`_MAX_PENDING` are already waiting or they would hold more than
+    :data:`_MAX_PENDING_BYTES` of images; whether it was handed on (else the caller makes it
+    itself). A batch row's store step then does not wait for the decode (4-15 ms of CPU a
+    thumbnail, more on a busy machine): its worker takes the next row. ``data`` a file is read
     now (a download file goes once its image is stored). Every sheet waits for the pending ones
     first (:func:`ensure_thumbnails`), so none is made twice."""
-    if len(_PENDING) >= _MAX_PENDING:  # a look without the lock: the bound need not be exact
-        return False
-    body = data.read_bytes() if isinstance(data, Path) else data
-    future = _MAKERS.submit(thumbnail_write(store, sha256, body, logger))
+    size = data.stat().st_size if isinstance(data, Path) else len(data)
     with _PENDING_LOCK:
-        _PENDING.add(future)
+        held = sum(_PENDING.values())
+        if len(_PENDING) >= _MAX_PENDING or held + size > _MAX_PENDING_BYTES:
+            return False
+        body = data.read_bytes() if isinstance(data, Path) else data
+        future = _MAKERS.submit(thumbnail_write(store, sha256, body, logger))
+        _PENDING[future] = size
     future.add_done_callback(_done)  # at once if it is done already: after the add
     return True
 
 
 def _done(future: Future[None]) -> None:
     with _PENDING_LOCK:
-        _PENDING.discard(future)
+        _PENDING.pop(future, None)
 
 
 def wait_for_thumbnails() -> None:
